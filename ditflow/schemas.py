@@ -1,0 +1,241 @@
+"""Every cross-module data type, as pydantic models. LLM JSON becomes these at the boundary and nowhere else.
+
+Sections: limits → agent data (ParsedRequest, Plan) → tool specs and records → verification → turns and events.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ----------------------------------------------------------------------------- limits (named once)
+MAX_INSTRUCTION_CHARS = 4000  # longer instructions are refused with a clear error, not truncated silently
+MAX_OUTPUTS = 16  # outputs per turn
+MAX_INPUTS = 8
+MAX_PANELS = 9  # panels per canvas (configurable per call up to this hard cap)
+MAX_PROMPT_CHARS = 2000
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # task / session / case ids that become folder names
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def check_id(value: str) -> str:
+    """Validate an id that becomes a path component; rejects '..', slashes, absolute paths."""
+    if not isinstance(value, str) or not _ID_RE.match(value) or ".." in value:
+        raise ValueError(f"invalid id {value!r}: use 1–64 letters, digits, '_', '.', '-' (no '..', no slashes)")
+    return value
+
+
+SafeId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- agent data
+TaskKind = Literal["generate", "edit", "restore", "guide", "article"]
+
+
+class InputImage(Strict):
+    """What the parser knows of one input image (1-based index, as the user counts)."""
+
+    index: int = Field(ge=1, le=MAX_INPUTS)
+    description: str = Field(max_length=MAX_PROMPT_CHARS)
+    degradations: list[str] = Field(default_factory=list)
+
+
+class OutputSpec(Strict):
+    """One requested output. `description` is self-contained: it never says "image 2"."""
+
+    index: int = Field(ge=1, le=MAX_OUTPUTS)
+    description: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    sources: list[int] = Field(default_factory=list, description="1-based input images this output derives from")
+    caption: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="story text for picture books")
+
+
+class ParsedRequest(Strict):
+    task: TaskKind
+    num_inputs: int = Field(ge=0, le=MAX_INPUTS)
+    num_outputs: int = Field(ge=1, le=MAX_OUTPUTS)
+    inputs: list[InputImage] = Field(default_factory=list)
+    outputs: list[OutputSpec]
+    title: str | None = Field(None, max_length=200)
+    shared: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what all outputs share")
+    clarification: str | None = Field(None, description="set when the request cannot be done as asked")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParsedRequest":
+        if len(self.outputs) != self.num_outputs:
+            raise ValueError(f"num_outputs is {self.num_outputs} but {len(self.outputs)} outputs are described")
+        if len(self.inputs) != self.num_inputs:
+            raise ValueError(f"num_inputs is {self.num_inputs} but {len(self.inputs)} inputs are described")
+        if [o.index for o in self.outputs] != list(range(1, self.num_outputs + 1)):
+            raise ValueError("outputs must be numbered 1..num_outputs in order")
+        for o in self.outputs:
+            bad = [s for s in o.sources if not 1 <= s <= self.num_inputs]
+            if bad:
+                raise ValueError(f"output {o.index} refers to input(s) {bad}, but {self.num_inputs} were given")
+        return self
+
+
+ToolName = Literal["generate", "group", "edit", "inpaint", "restore", "guide"]
+
+
+class Ref(Strict):
+    """A reference panel: an input image or an earlier output of this turn (or of the previous turn)."""
+
+    kind: Literal["input", "output", "previous"]
+    index: int = Field(ge=1, le=MAX_OUTPUTS)
+
+
+class Step(Strict):
+    tool: ToolName
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS * 4, description="panel prompt, with layout tags for groups")
+    outputs: list[int] = Field(min_length=1, max_length=MAX_PANELS, description="1-based output indices produced")
+    refs: list[Ref] = Field(default_factory=list, max_length=MAX_PANELS)
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class Plan(Strict):
+    steps: list[Step] = Field(min_length=1)
+    article: bool = False
+
+    def check_against(self, parsed: ParsedRequest) -> "Plan":
+        """Every output produced exactly once; refs only to inputs that exist or outputs made earlier."""
+        made: list[int] = []
+        for s in self.steps:
+            for r in s.refs:
+                if r.kind == "input" and r.index > parsed.num_inputs:
+                    raise ValueError(f"step refers to input {r.index}, but {parsed.num_inputs} were given")
+                if r.kind == "output" and r.index not in made:
+                    raise ValueError(f"step refers to output {r.index} before it is made")
+            made += s.outputs
+        if sorted(made) != list(range(1, parsed.num_outputs + 1)):
+            raise ValueError(f"plan makes outputs {sorted(made)}, expected 1..{parsed.num_outputs} once each")
+        return self
+
+
+# ----------------------------------------------------------------------------- tool specs and records
+class ToolSpec(Strict):
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    steps: int | None = Field(None, ge=1, le=200)
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+
+
+class GenerateSpec(ToolSpec):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS * 4)
+    height: int | None = Field(None, ge=16, le=4096, multiple_of=16)
+    width: int | None = Field(None, ge=16, le=4096, multiple_of=16)
+    classifier_guidance: float = Field(0.0, ge=0.0, le=100.0)
+
+
+class GroupSpec(ToolSpec):
+    """In-context group: references on the canvas, targets generated. Prompts are per panel (refs first)."""
+
+    overview: str = Field("", max_length=MAX_PROMPT_CHARS)
+    panel_prompts: list[str] = Field(min_length=1, max_length=MAX_PANELS)
+    n_refs: int = Field(0, ge=0, le=MAX_PANELS - 1)
+    max_panels: int = Field(4, ge=1, le=MAX_PANELS)
+
+
+class EditSpec(ToolSpec):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    mode: Literal["sdedit", "inpaint", "in-context"] = "sdedit"
+    strength: float = Field(0.6, gt=0.0, le=1.0)
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in px
+    target: str | None = Field(None, description='detector mask for builtin scenes, e.g. "the red circle"')
+
+
+class RestoreSpec(ToolSpec):
+    degradation: Literal["auto", "noise", "blur", "sr2", "sr4", "jpeg", "inpaint"] = "auto"
+    severity: float | None = Field(None, ge=0.0)
+
+
+class GuideSpec(ToolSpec):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    target: dict[str, str] = Field(default_factory=dict, description='attribute → label, e.g. {"color": "red"}')
+    scale: float = Field(5.0, ge=0.0, le=100.0)
+
+
+class ToolRecord(BaseModel):
+    """What a tool did: enough to reproduce it. Returned by every toolkit function beside its images."""
+
+    tool: str
+    spec: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+    details: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- verification
+ClaimStatus = Literal["pass", "fail", "not_checkable", "unverified"]
+
+
+class Claim(BaseModel):
+    text: str
+    attribute: str  # color | shape | size | position | count | background | panel | other
+    status: ClaimStatus
+    seen: str | None = None  # what the verifier saw instead, when it failed
+
+
+class Verdict(BaseModel):
+    output: int
+    claims: list[Claim] = Field(default_factory=list)
+    verifier: str = ""
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.claims) and all(c.status == "pass" for c in self.claims)
+
+    @property
+    def score(self) -> float:
+        return sum(c.status == "pass" for c in self.claims) / max(1, len(self.claims))
+
+
+# ----------------------------------------------------------------------------- turns and events
+Stage = Literal["parse", "plan", "execute", "denoise", "verify", "repair", "article", "save", "done", "error"]
+
+
+class ProgressEvent(BaseModel):
+    """Streamed to callbacks/iterators so a host app can show its own progress."""
+
+    stage: Stage
+    message: str = ""
+    step: int = 0
+    total: int = 0
+    output: int | None = None
+
+
+class TurnTimings(BaseModel):
+    parse_s: float = 0.0
+    plan_s: float = 0.0
+    execute_s: float = 0.0
+    verify_s: float = 0.0
+    article_s: float = 0.0
+    total_s: float = 0.0
+
+
+class TurnRecord(BaseModel):
+    """One finished turn, as saved in manifests and the session history (images as file names)."""
+
+    turn: int
+    instruction: str
+    inputs: list[dict[str, Any]] = Field(default_factory=list)  # {"path", "sha256"}
+    parsed: ParsedRequest | None = None
+    plan: Plan | None = None
+    images: list[str] = Field(default_factory=list)
+    tool_calls: list[ToolRecord] = Field(default_factory=list)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    article_markdown: str | None = None
+    model: str = ""
+    llm: str = ""
+    seed: int = 0
+    timings: TurnTimings = Field(default_factory=TurnTimings)
+    error: str | None = None
+
+    @field_validator("instruction")
+    @classmethod
+    def _bounded(cls, v: str) -> str:
+        return v[: MAX_INSTRUCTION_CHARS * 30]  # stored bounded; validation of length happens at input
