@@ -239,3 +239,14 @@ class TurnRecord(BaseModel):
     @classmethod
     def _bounded(cls, v: str) -> str:
         return v[: MAX_INSTRUCTION_CHARS * 30]  # stored bounded; validation of length happens at input
+
+
+class RunManifest(TurnRecord):
+    """`manifest.json` beside a run's outputs (`ditflow run`, batch tasks, sessions): the turn, plus what is needed
+    to check the files and reproduce them. Written last, so its presence means the folder is complete."""
+
+    ditflow_version: str = ""
+    created: float = 0.0
+    settings: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="file name → sha256 of every output file")
+    task: dict[str, Any] | None = Field(None, description="the batch task this run came from, if any")

@@ -1,0 +1,336 @@
+"""`ditflow batch TASKS -o DIR [--resume] [--workers N]`: many instructions, resumable, exactly once.
+
+TASKS is JSONL (one JSON object a line) or YAML (a list, or `{tasks: [...]}`); each task is
+`{id, instruction, images, seed, model?}`, with image paths relative to the TASKS file.
+
+How a kill at any moment loses nothing and duplicates nothing:
+- a task runs in `DIR/.staging/<id>/`; when its images, plan and manifest are written, the whole folder is renamed
+  to `DIR/<id>/` in one `os.replace`, so `DIR/<id>/` with a matching manifest means done, and nothing else does;
+- `--resume` deletes `DIR/.staging/`, skips done tasks, and runs the rest (failed ones included);
+- `DIR/batch.json` records each task's status for people and tools; it is rewritten atomically by the one
+  parent process, and rebuilt from the folders on resume, so the folders stay the truth;
+- a lock on `DIR/.lock` keeps two batches from writing one DIR.
+A failed task gets `DIR/<id>/error.json` instead of a manifest; the others go on; the exit code is 1 if any failed.
+With `--workers N`, N processes each load the pipeline once and share it across their tasks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ditflow.schemas import MAX_INSTRUCTION_CHARS, SafeId, Strict
+from ditflow.sessions import write_json_atomic
+
+BATCH_FILE, LOCK_FILE, STAGING, ERROR_FILE = "batch.json", ".lock", ".staging", "error.json"
+MAX_WORKERS = 64
+
+
+class BatchTask(Strict):
+    id: SafeId
+    instruction: str = Field(min_length=1, max_length=MAX_INSTRUCTION_CHARS)
+    images: list[str] = Field(default_factory=list)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    model: str | None = Field(None, min_length=1)
+
+
+class TaskState(BaseModel):
+    id: str
+    status: Literal["pending", "running", "done", "failed"] = "pending"
+    error: str | None = None
+    seconds: float = 0.0
+    images: list[str] = Field(default_factory=list)
+    attempts: int = 0
+    skipped: bool = Field(False, description="done in an earlier run, not redone")
+
+
+class BatchManifest(BaseModel):
+    tasks_file: str
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    settings: dict = Field(default_factory=dict)
+    workers: int = 1
+    tasks: list[TaskState] = Field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(t.status == status for t in self.tasks)
+
+
+# ----------------------------------------------------------------------------- reading tasks
+def load_tasks(path: str | Path) -> list[BatchTask]:
+    """Parse and validate a task file; errors name the line (JSONL) or entry (YAML) and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    entries: list[tuple[str, object]] = []
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from e
+        if isinstance(data, dict) and "tasks" in data:
+            data = data["tasks"]
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a list of tasks (or a mapping with a 'tasks' list)")
+        entries = [(f"entry {i}", item) for i, item in enumerate(data, 1)]
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    entries.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); use one task object per line") from e
+    tasks: list[BatchTask] = []
+    seen: dict[str, str] = {}
+    for where, item in entries:
+        try:
+            task = BatchTask.model_validate(item)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "task"
+            raise ValueError(f"{path}: {where}: {field}: {first['msg']}") from e
+        if task.id in seen:
+            raise ValueError(f"{path}: {where}: duplicate id {task.id!r} (first at {seen[task.id]}); ids must be unique")
+        seen[task.id] = where
+        images = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in task.images]
+        tasks.append(task.model_copy(update={"images": images}))
+    if not tasks:
+        raise ValueError(f"{path}: no tasks found")
+    return tasks
+
+
+# ----------------------------------------------------------------------------- one task (in a worker)
+class _Engines:
+    """The worker's loaded Session: one pipeline, reused across tasks; replaced only when a task names another
+    model, so at most one pipeline is in memory per worker."""
+
+    def __init__(self, settings_json: str):
+        from ditflow.config import Settings
+
+        self.settings = Settings.model_validate_json(settings_json)
+        self.session = None
+
+    def get(self, model: str | None):
+        from ditflow.api import Session
+
+        want = model or self.settings.model
+        if self.session is None or self.session.settings.model != want:
+            if self.session is not None:
+                self.session.close()
+            self.session = Session(settings=self.settings.model_copy(update={"model": want}), persist=False)
+        return self.session
+
+
+def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
+    """Run one task in its staging folder and move the folder into place; never raises for a task's own failure."""
+    staging = out / STAGING / task.id
+    final = out / task.id
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    t0 = time.perf_counter()
+    state = TaskState(id=task.id, status="failed")
+    try:
+        turn = engines.get(task.model).run(task.instruction, task.images, staging, seed=task.seed,
+                                           task=task.model_dump(mode="json"))
+        state.images = [p.name for p in turn.image_paths]
+        if turn.record.error or not turn.record.images:
+            state.error = turn.record.error or "the agents produced no image"
+        else:
+            state.status = "done"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a task's failure is recorded and the batch goes on; the traceback goes beside it
+        state.error = f"{type(e).__name__}: {e}"
+        (staging / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
+    state.seconds = time.perf_counter() - t0
+    if state.status == "failed":
+        write_json_atomic(staging / ERROR_FILE, {"task": task.model_dump(mode="json"), "error": state.error})
+    shutil.rmtree(final, ignore_errors=True)  # only a failed or corrupt earlier attempt can be here
+    os.replace(staging, final)  # the commit point: the folder appears whole, or not at all
+    _fsync_dir(out)
+    return state
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_WORKER: _Engines | None = None
+
+
+def _worker_init(settings_json: str, threads: int) -> None:
+    """Per worker process: die with the parent (so a killed batch leaves no writer behind), share the cores."""
+    global _WORKER
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER = _Engines(settings_json)
+
+
+def _worker_run(task_json: str, out: str) -> str:
+    return run_task(_WORKER, BatchTask.model_validate_json(task_json), Path(out)).model_dump_json()
+
+
+# ----------------------------------------------------------------------------- the batch (in the parent)
+def is_done(task: BatchTask, folder: Path) -> bool:
+    """Done means: the folder's manifest parses, every file matches its hash, and it ran this very task."""
+    from ditflow.api import read_manifest
+
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.error or not manifest.images:
+        return False
+    if manifest.task != task.model_dump(mode="json"):
+        raise ValueError(f"task {task.id!r} changed since it finished in {folder}; "
+                         "use a new -o, or delete that folder to redo it")
+    return True
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ValueError(f"another `ditflow batch` is writing {self.path.parent}; wait for it or use another -o")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the lock; the kernel also releases it if we are killed
+
+
+def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, workers: int = 1, settings=None,
+              on_task=None) -> BatchManifest:
+    """Run every task not already done; returns the final batch manifest (also at DIR/batch.json)."""
+    from ditflow.config import Settings
+
+    settings = settings or Settings.load()
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
+    tasks = load_tasks(tasks_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out / LOCK_FILE):
+        if (out / BATCH_FILE).exists() and not resume:
+            raise ValueError(f"{out} already holds a batch; pass --resume to continue it, or choose another -o")
+        shutil.rmtree(out / STAGING, ignore_errors=True)  # half-written tasks from a killed run: redone below
+        manifest = BatchManifest(tasks_file=str(Path(tasks_path).resolve()), settings=settings.public(),
+                                 workers=workers)
+        pending: list[BatchTask] = []
+        for task in tasks:
+            if is_done(task, out / task.id):
+                from ditflow.api import read_manifest
+
+                images = read_manifest(out / task.id, check_files=False).images
+                manifest.tasks.append(TaskState(id=task.id, status="done", images=images, skipped=True))
+            else:
+                manifest.tasks.append(TaskState(id=task.id))
+                pending.append(task)
+        states = {t.id: t for t in manifest.tasks}
+
+        def save() -> None:
+            manifest.updated = time.time()
+            write_json_atomic(out / BATCH_FILE, manifest)
+
+        save()
+
+        def finished(state: TaskState) -> None:
+            state.attempts = states[state.id].attempts
+            states[state.id].__dict__.update(state.__dict__)
+            save()
+            if on_task:
+                on_task(state)
+
+        if workers == 1 or len(pending) <= 1:
+            engines = _Engines(settings.model_dump_json())
+            for task in pending:
+                states[task.id].status, states[task.id].attempts = "running", states[task.id].attempts + 1
+                save()
+                finished(run_task(engines, task, out))
+        else:
+            _run_pool(pending, out, settings, workers, states, save, finished)
+        return manifest
+
+
+def _run_pool(pending, out, settings, workers, states, save, finished) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(settings.model_dump_json(), threads)) as pool:
+        queue, running = list(pending), {}
+        while queue or running:
+            while queue and len(running) < workers:  # keep exactly `workers` tasks in flight, in file order
+                task = queue.pop(0)
+                states[task.id].status, states[task.id].attempts = "running", states[task.id].attempts + 1
+                running[pool.submit(_worker_run, task.model_dump_json(), str(out))] = task
+            save()
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = running.pop(fut)
+                try:
+                    finished(TaskState.model_validate_json(fut.result()))
+                except Exception as e:  # the worker itself died (out of memory, killed): record, go on
+                    finished(TaskState(id=task.id, status="failed", error=f"worker failed: {type(e).__name__}: {e}"))
+
+
+# ----------------------------------------------------------------------------- command line
+def cli(argv: list[str], command: str = "batch") -> int:
+    from rich.console import Console
+
+    from ditflow.cli_run import add_engine_args
+    from ditflow.config import Settings
+
+    p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0])
+    p.add_argument("tasks", type=Path, help="JSONL or YAML task file")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (one sub-folder per task)")
+    p.add_argument("--resume", action="store_true", help="continue a killed or finished batch in DIR")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own pipeline")
+    add_engine_args(p)
+    args = p.parse_args(argv)
+    settings = Settings.load(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
+                             verify=args.verify)
+    console = Console(stderr=True)
+    total = len(load_tasks(args.tasks))
+    t0 = time.perf_counter()
+
+    def report(state: TaskState) -> None:
+        mark = "[green]done[/]" if state.status == "done" else f"[red]failed[/]: {state.error}"
+        console.print(f"{state.id}: {mark} ({state.seconds:.1f}s)", highlight=False)
+
+    manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
+                         on_task=report)
+    skipped = sum(t.skipped for t in manifest.tasks)
+    ran = total - skipped
+    minutes = (time.perf_counter() - t0) / 60
+    console.print(f"{manifest.count('done')}/{total} done, {manifest.count('failed')} failed, {skipped} skipped "
+                  f"(already done); {ran} run in {minutes * 60:.1f}s"
+                  + (f" = {ran / minutes:.1f} tasks/min" if ran and minutes > 0 else ""), highlight=False)
+    print(args.out / BATCH_FILE)
+    return 1 if manifest.count("failed") else 0

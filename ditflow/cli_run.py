@@ -1,0 +1,66 @@
+"""`ditflow run "INSTRUCTION" [-i IMG ...] -o DIR`: one instruction, end to end.
+
+Writes DIR/0001.png ..., DIR/plan.json, DIR/article.md (articles, picture books) and, last, DIR/manifest.json
+(instruction, inputs with hashes, model, LLM, seed, timings, tool calls), each atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ditflow.api import MANIFEST_FILE, Session
+from ditflow.progress import RichProgress
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by run, chat and batch; None means "use the setting / environment / default"."""
+    p.add_argument("--model", help="builtin (default), builtin-small, tiny, a diffusers folder, or a hub id")
+    p.add_argument("--llm", help="rules (default), local, openai, or an http(s)://host/v1 endpoint")
+    p.add_argument("--seed", type=int, help="base seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip verify/repair")
+
+
+def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("instruction", help="what to make, in plain words")
+    p.add_argument("-i", "--image", dest="images", action="append", default=[], metavar="IMG",
+                   help="input image (repeat for several; numbered 1, 2, ... in the instruction)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    add_engine_args(p)
+    return p
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; with --overwrite, drop the earlier run's numbered outputs first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder; choose another -o")
+    if (out / MANIFEST_FILE).exists():
+        if not overwrite:
+            raise ValueError(f"{out} already holds a run; choose another -o or pass --overwrite")
+        for old in out.glob("[0-9][0-9][0-9][0-9].*"):
+            old.unlink()
+        (out / MANIFEST_FILE).unlink()
+
+
+def cli(argv: list[str], command: str = "run") -> int:
+    args = parser(f"ditflow {command}").parse_args(argv)
+    prepare_out(args.out, args.overwrite)
+    with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
+                 verify=args.verify, persist=False) as session:
+        show = RichProgress(enabled=not args.quiet)
+        with show:
+            turn = session.run(args.instruction, args.images, args.out, on_progress=show)
+    for path in turn.image_paths:
+        print(path)
+    if turn.record.article_markdown:
+        print(args.out / "article.md")
+    print(args.out / MANIFEST_FILE)
+    if turn.record.error:
+        print(f"ditflow {command}: the agents could not finish: {turn.record.error}", file=sys.stderr)
+        return 1
+    return 0
