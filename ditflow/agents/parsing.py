@@ -1,0 +1,793 @@
+"""Instruction parsing: text + input images → a validated `ParsedRequest`.
+
+Two parsers share this module:
+- `parse_rules`: the deterministic parser. It owns the hard fields (task, counts, colours, shapes, positions,
+  backgrounds, references to inputs) in the embedded default, because a tiny LLM gets them wrong (issue 5).
+- `parse`: asks the configured LLM backend, then lets the rules referee what they can check (explicit numbers,
+  named colours, input references). Every disagreement is resolved in favour of the rules and logged as a note.
+
+Read bottom-up: vocabulary → safety checks → references → counts → task → descriptions → follow-ups → entry points.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ditflow.agents import scene as sc
+from ditflow.pipelines.world import BACKGROUNDS, COLORS, POSITION_CELL, POSITIONS
+from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, InputImage, OutputSpec,
+                             ParsedRequest, TaskKind)
+
+log = logging.getLogger(__name__)
+
+
+class InstructionError(ValueError):
+    """The instruction itself is unusable (empty, too long); the message says what to change."""
+
+
+# ----------------------------------------------------------------------------- vocabulary
+NUMBERS = {"one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+           "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+           "sixteen": 16, "twenty": 20, "thirty": 30, "fifty": 50, "hundred": 100, "a dozen": 12, "dozen": 12,
+           "a couple of": 2, "a couple": 2, "couple of": 2, "a pair of": 2, "pair of": 2, "a duo of": 2,
+           "a trio of": 3, "a single": 1, "both": 2}
+# Vague quantities (issue 5: "some" 2–3, "a series" 3–10): the value chosen inside each range.
+VAGUE = {"some": 3, "a few": 3, "few": 3, "several": 4, "a handful of": 4, "a bunch of": 4, "a series of": 4,
+         "a set of": 4, "a sequence of": 4, "multiple": 3, "many": 6, "lots of": 6, "a lot of": 6}
+ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+            "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5, "6th": 6}
+OUTPUT_NOUN = (r"(?:images?|pictures?|pics?|pix|photos?|photographs?|drawings?|illustrations?|frames?|snapshots?"
+               r"|panels?|pages?|figures?|variations?|versions?|shots?|renders?|renderings?|options?|takes?"
+               r"|scenes?|slides?|cards?|sketch(?:es)?|paintings?|artworks?|icons?|posters?|stickers?"
+               r"|alternatives?|copies|outputs?|samples?|spreads?)")
+SERIES_NOUN = r"(?:frames|snapshots|panels|pages|shots|slides|scenes)"
+REF_NOUN = r"(?:images?|pictures?|pics?|photos?|pages?|panels?|frames?|inputs?|imgs?|ones?|drawings?)"
+DEFAULT_BOOK_PAGES = 4
+DEFAULT_SERIES = 4  # "a series of frames", a comic strip, a storyboard
+DEFAULT_PLURAL = 2  # a bare plural ("pictures of ...")
+
+_num_alt = "|".join(sorted((re.escape(k) for k in NUMBERS), key=len, reverse=True))
+_vague_alt = "|".join(sorted((re.escape(k) for k in VAGUE), key=len, reverse=True))
+_ord_alt = "|".join(ORDINALS)
+COUNT_RE = re.compile(rf"\b(?P<num>\d+|{_num_alt}|{_vague_alt})(?!\s+(?:per|each|of (?:them|these|those)))(?:[\s-]+(?!\d|{_num_alt}\b)[a-z']+){{0,3}}?"
+                      rf"[\s-]+(?P<noun>{OUTPUT_NOUN})\b")
+MORE_RE = re.compile(rf"\b(?:(?P<num>\d+|{_num_alt})\s+(?:more|extra|additional|new)|(?P<another>another)"
+                     rf"|(?P<onemore>one more))\b")
+ARTICLE_RE = re.compile(r"picture[- ]?books?|story[- ]?books?|children'?s (?:book|story)|illustrated (?:story|"
+                        r"article|blog|post|essay|guide|tutorial|book)|\barticles?\b|blog ?posts?|\bblog\b|story "
+                        r"with (?:pictures|images|illustrations)|tell (?:me )?a story|\bstory\b|\bbook\b|\bfable\b"
+                        r"|\bfairy ?tale\b")
+GUIDE_RE = re.compile(r"\bclassifier\b|\bguidance\b|\bguided\b|\bguide\b|\bsteer")
+RESTORE_WORDS = {  # user words → RestoreSpec.degradation
+    "noise": r"denois|\bnois[ey]|grain|speckl|static",
+    "blur": r"deblur|blur|sharpen|out of focus|unfocused|fuzzy|soft focus",
+    "sr4": r"(?:4x|4×|x4|four times|by 4|by four)",
+    "sr2": r"upscal|upsampl|super[- ]?res|pixelat|low[- ]?res|higher resolution|increase the resolution",
+    "jpeg": r"jpe?g|compression|artifact|blocky|blockiness",
+    "inpaint": r"missing|fill in|\bholes?\b|scratch|torn|damaged|\bgaps?\b",
+}
+RESTORE_RE = re.compile(r"restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|clean ?up|"
+                        + "|".join(v for k, v in RESTORE_WORDS.items() if k != "sr4"))
+DEGRADATION_SUFFIX = re.compile(r",?\s*\b(noisy|grainy|blurry|blurred|pixelated|low-resolution|jpeg-compressed|"
+                                r"compressed|damaged|with missing parts)\b")
+SUFFIX_TO_DEGRADATION = {"noisy": "noise", "grainy": "noise", "blurry": "blur", "blurred": "blur",
+                         "pixelated": "sr2", "low-resolution": "sr2", "jpeg-compressed": "jpeg", "compressed": "jpeg",
+                         "damaged": "inpaint", "with missing parts": "inpaint"}
+ADD_VERB = r"\b(?:add|adds|adding|put|place|insert|include|draw in|drop in)\b"
+REMOVE_VERB = r"\b(?:remove|delete|erase|take out|take away|get rid of|drop)\b"
+MOVE_VERB = r"\b(?:move|shift|slide|push|drag|put|place|relocate|reposition)\b"
+BIGGER = r"\b(?:bigger|larger|enlarge|grow|increase (?:the|its) size|make (?:it|them|the \w+) (?:big|large|huge))\b"
+SMALLER = r"\b(?:smaller|shrink|reduce (?:the|its) size|make (?:it|them|the \w+) (?:small|tiny|little))\b"
+EDIT_VERB = re.compile(r"\b(?:make|turn|change|recolou?r|paint|colou?r|replace|swap|switch|convert|move|shift|"
+                       r"edit|modify|remove|delete|erase|add|put|place|give|set|transform|fill)\b")
+# Text addressed to the system rather than describing images (OWASP LLM01 "prompt injection" patterns).
+INJECTION_RE = re.compile(
+    r"\b(?:ignore|disregard|forget|override|bypass)\b[^.]{0,40}\b(?:schema|instructions?|rules|prompt|system|"
+    r"guidelines|constraints)\b|\bsystem prompt\b|\byou are now\b|\bjailbreak|\bwrite (?:a )?files?\b|"
+    r"(?:^|\s)/(?:etc|bin|usr|root|home|tmp|var|dev|proc)\b|\.\./|\brm -rf\b|\bexecute (?:code|commands?|shell)\b|"
+    r"\bshell command|\bsudo\b|\bapi[_ ]?key\b|\bpassword")
+NEGATION_RE = re.compile(
+    r"\b(?:don'?t|do not|does not|doesn'?t|never|not|no|without|except|avoid|avoiding|none of (?:them|the \w+)|"
+    r"other than|anything but|instead of|rather than|isn'?t|aren'?t|but not)\b"
+    r"(?P<span>[^,.;:!?]{0,40}?)(?=[,.;:!?]|\bbut\b|\bjust\b|\bonly\b|\bdraw\b|\bplease\b|$)")
+COMMAND_WORDS = re.compile(
+    r"^(?:(?:please|pls|plz|kindly|now|ok|okay|hey|hi)\b[\s,]*)*(?:(?:could|can|would|will) you(?: please)?"
+    r"(?: be so kind as to)?|i(?:'d| would)? (?:like|love|want|need)(?: to see| to have| you to)?|i want to see|"
+    r"can i (?:get|have)|let me see|give me|show me|gimme|whip up|imagine|generate|create|draw|paint|render|make"
+    r"(?: me)?|produce|sketch|show|design|illustrate|write|tell me|depict)?\b[\s,]*", re.I)
+ARTICLE_NOUNS = r"(?:picture[- ]?book|story[- ]?book|children'?s (?:book|story)|illustrated \w+|article|blog ?post|" \
+                r"story|book|fable)"
+
+
+# ----------------------------------------------------------------------------- context
+class GalleryItem(BaseModel):
+    """One image of the current set, as later turns refer to it ("page 3", "the second one")."""
+
+    path: str = ""
+    description: str
+    caption: str | None = None
+
+
+class Context(BaseModel):
+    """Everything the parser may read: the instruction, the given images, and the conversation so far."""
+
+    instruction: str
+    inputs: list[InputImage] = Field(default_factory=list)
+    gallery: list[GalleryItem] = Field(default_factory=list, description="the current set, from earlier turns")
+    previous_task: TaskKind | None = None
+    previous_shared: str | None = None
+    previous_title: str | None = None
+
+
+@dataclass
+class Parse:
+    """What a parser returns: the request, whether the previous set became this turn's inputs, and notes."""
+
+    request: ParsedRequest
+    uses_gallery: bool = False
+    notes: list[str] = field(default_factory=list)
+    valid_before_fallback: bool = True
+    source: str = "rules"
+
+
+def check_instruction(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InstructionError("the instruction is empty; describe the images you want, e.g. 'a red circle'")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise InstructionError(f"the instruction is {len(text):,} characters; the limit is "
+                               f"{MAX_INSTRUCTION_CHARS:,}. Shorten it or split it into several turns")
+    return text.strip()
+
+
+def _clarify(question: str, ctx: Context) -> ParsedRequest:
+    """A request that cannot be done as asked: one placeholder output and the question for the user."""
+    return ParsedRequest(task="generate", num_inputs=0, num_outputs=1,
+                         outputs=[OutputSpec(index=1, description=ctx.instruction.strip()[:200] or "(empty)")],
+                         clarification=question)
+
+
+# ----------------------------------------------------------------------------- negations
+def strip_negations(text: str) -> tuple[str, set[str]]:
+    """Remove negated spans ("don't make it red", "no green ones") and return the words they forbid."""
+    forbidden: set[str] = set()
+
+    def cut(m: re.Match) -> str:
+        span = m.group("span")
+        for w in re.findall(r"[a-z]+", span):
+            if w in sc.COLOR_WORDS:
+                forbidden.add(sc.COLOR_WORDS[w])
+            elif w in sc.SHAPE_WORDS:
+                forbidden.add(sc.SHAPE_WORDS[w])
+            elif w in sc.BACKGROUND_WORDS and "background" in span:
+                forbidden.add(sc.BACKGROUND_WORDS[w])
+        return " "
+
+    return re.sub(r"\s+", " ", NEGATION_RE.sub(cut, text)).strip(), forbidden
+
+
+# ----------------------------------------------------------------------------- references to inputs
+@dataclass
+class Refs:
+    indices: list[int]  # explicit, in order of mention
+    spans: list[tuple[int, int, list[int]]]  # (start, end, indices) of each mention
+    all: bool = False
+
+
+def find_refs(text: str, n: int) -> Refs:
+    """Explicit references to inputs: "image 2", "images 1 and 3", "the second one", "page 3", "the last image"."""
+    spans: list[tuple[int, int, list[int]]] = []
+    for m in re.finditer(rf"\b(?:{REF_NOUN}|#)\s*#?(\d+)\b((?:\s*(?:,|and|&|or)\s*#?\d+\b)*)", text):
+        nums = [int(m.group(1))] + [int(x) for x in re.findall(r"\d+", m.group(2) or "")]
+        spans.append((m.start(), m.end(), nums))
+    for m in re.finditer(rf"\b(?:the\s+)?({_ord_alt}|last)\s+(?:\w+\s+)?{REF_NOUN}\b|\b({_ord_alt}|last) one\b", text):
+        word = m.group(1) or m.group(2)
+        spans.append((m.start(), m.end(), [n if word == "last" else ORDINALS[word]]))
+    spans.sort()
+    indices: list[int] = []
+    for _, _, nums in spans:
+        indices += [k for k in nums if k not in indices]
+    everyone = bool(re.search(r"\b(?:both|all|each|every|them|these|those|they)\b", text))
+    return Refs(indices, spans, everyone and not indices)
+
+
+# ----------------------------------------------------------------------------- counts
+@dataclass
+class Count:
+    n: int
+    explicit: bool  # a number the user wrote; the referee enforces it
+    why: str
+
+
+def _number(word: str) -> tuple[int, bool]:
+    if word.isdigit():
+        return int(word), True
+    if word in NUMBERS:
+        return NUMBERS[word], True
+    return VAGUE[word], False
+
+
+def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
+    """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
+    m = COUNT_RE.search(text)
+    if m:
+        n, explicit = _number(m.group("num"))
+        return Count(n, explicit, m.group(0))
+    m = re.search(rf"\b(?P<num>\d+|{_num_alt})\s+(?:\w+\s+)?(?:shapes|objects|things|colou?rs)\b", text)
+    if m and re.search(r"one (?:per|each)|separate|each in|in (?:\w+ )?colou?rs|own (?:image|picture)|"
+                       r"different colou?rs", text):
+        n, explicit = _number(m.group("num"))
+        return Count(n, explicit, m.group(0))
+    if items and (task == "article" or re.search(r"colou?rs?\s*:", text)):
+        return Count(len(items), True, "listed items")
+    if task == "article":
+        return Count(DEFAULT_BOOK_PAGES, False, "default pages")
+    m = re.search(rf"\b(?P<vague>{_vague_alt})\b", text)
+    if m and re.search(OUTPUT_NOUN, text[m.end():]):
+        return Count(VAGUE[m.group("vague")], False, m.group(0))
+    if re.search(r"comic|storyboard|animation|flip ?book", text) or re.search(rf"\b{SERIES_NOUN}\b", text):
+        return Count(DEFAULT_SERIES, False, "a series")
+    if re.search(rf"\b{OUTPUT_NOUN}\b", text) and re.search(r"\b(?:images|pictures|pics|photos|drawings|"
+                                                          r"illustrations|variations|versions|figures)\b", text):
+        return Count(DEFAULT_PLURAL, False, "a bare plural")
+    return None
+
+
+def list_items(text: str) -> list[str]:
+    """Items after a colon: "...: a red circle, a blue square and a green triangle" → three items."""
+    if ":" not in text:
+        return []
+    tail = text.split(":", 1)[1].strip().rstrip(".!")
+    items = [s.strip() for s in re.split(r",\s*(?:and\s+)?|\s+and\s+(?=(?:a|an|the|they|it|then)\b|\w+$)|;", tail)]
+    return [s for s in items if s] if len(items) > 1 else []
+
+
+# ----------------------------------------------------------------------------- task
+def restore_kind(text: str) -> str | None:
+    """The degradation a user names ("grainy" → noise, "upscale 4x" → sr4), or None."""
+    for name in ("inpaint", "jpeg", "noise", "blur"):
+        if re.search(RESTORE_WORDS[name], text):
+            return name
+    if re.search(RESTORE_WORDS["sr2"], text):
+        return "sr4" if re.search(RESTORE_WORDS["sr4"], text) else "sr2"
+    return None
+
+
+def _has_edit_ops(text: str) -> bool:
+    colourish = any(re.search(rf"\b{w}\b", text) for w in sc.COLOR_WORDS) or "background" in text
+    shapeish = bool(sc.mentions(text))
+    return bool(EDIT_VERB.search(text)) and (colourish or shapeish or bool(re.search(BIGGER + "|" + SMALLER, text))
+                                             or bool(re.search(MOVE_VERB, text)))
+
+
+# ----------------------------------------------------------------------------- descriptions
+def split_degradations(description: str) -> tuple[str, list[str]]:
+    """"a blue square, noisy" → ("a blue square", ["noise"])."""
+    found = [SUFFIX_TO_DEGRADATION[m.group(1)] for m in DEGRADATION_SUFFIX.finditer(description)]
+    return DEGRADATION_SUFFIX.sub("", description).strip(" ,"), found
+
+
+def _free_colors(text: str, spans: list[tuple[int, int]]) -> list[str]:
+    """Object colours named outside any object phrase ("make it blue"), in order."""
+    out = []
+    for m in re.finditer(r"[a-z]+", text):
+        if m.group(0) in sc.COLOR_WORDS and not any(a <= m.start() < b for a, b in spans):
+            c = sc.COLOR_WORDS[m.group(0)]
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def apply_edit(desc: str, clause: str) -> str:
+    """The self-contained description of `desc` after the edit `clause` ("make the circle blue")."""
+    base, _ = split_degradations(desc)
+    scene = sc.parse_scene(base)
+    clause = sc.normalise(clause)
+    ments = sc.mentions(clause)
+    if not scene.things:  # a photo or anything outside the shapes world: say what changes, in words
+        change = re.sub(rf"\b(?:{REF_NOUN}|#)\s*#?\d+\b|\b(?:in|of|on) (?:it|this|the (?:image|photo|picture))\b",
+                        "", clause).strip(" ,.")
+        return f"{base}, edited: {change}" if change else base
+    bg_clause = "background" in clause or "backdrop" in clause
+    new = scene
+    spans = [(m.start, m.end) for m in ments]
+    selectors, targets, added, removed = [], [], [], []
+    add_at = [m.end() for m in re.finditer(ADD_VERB, clause)]
+    rem_at = [m.end() for m in re.finditer(REMOVE_VERB, clause)]
+    for m in ments:
+        before = clause[max(0, m.start - 12):m.start]
+        existing = any(t.shape == m.thing.shape and (m.thing.color in (None, t.color)) for t in scene.things)
+        if any(0 <= m.start - a <= 14 for a in rem_at):
+            removed.append(m.thing)
+        elif any(0 <= m.start - a <= 14 for a in add_at) and not existing:
+            added.append(m.thing)
+        elif re.search(r"\b(?:to|into|with|for|as|by)\s+(?:an?\s+|the\s+)?$", before) or (
+                not existing and m.thing.shape not in [t.shape for t in scene.things]):
+            targets.append(m.thing)
+        else:
+            selectors.append(m.thing)
+    selector = selectors[0] if selectors else None
+    for t in removed:
+        new = sc.remove(new, t)
+    for t in targets:
+        new = sc.reshape(new, t.shape, selector)
+        if t.color:
+            new = sc.recolor(new, t.color, sc.Thing(t.shape) if selector is None else
+                             sc.Thing(t.shape, None))
+    for t in added:
+        new = sc.add(new, t)
+    colors = [] if bg_clause and not ments else _free_colors(clause, spans)
+    if colors:
+        new = sc.recolor(new, colors[-1], sc.Thing(targets[0].shape) if targets else selector)
+    if re.search(BIGGER, clause):
+        new = sc.resize(new, "large", selector)
+    elif re.search(SMALLER, clause):
+        new = sc.resize(new, "small", selector)
+    if re.search(MOVE_VERB, clause) and not added:
+        pos, _, _ = sc.find_position(clause)
+        if pos:
+            new = sc.move(new, pos, sc.Thing(targets[0].shape) if targets else selector)
+    if bg_clause:
+        bg = sc.find_background(clause)
+        if bg is None:  # "swap the background of picture 2 to black"
+            bg = next((sc.BACKGROUND_WORDS[w] for w in re.findall(r"[a-z]+", clause) if w in sc.BACKGROUND_WORDS
+                       and w not in ("dark", "light")), None)
+        if bg:
+            new = sc.set_background(new, bg)
+    return sc.scene_text(new)
+
+
+def _interpolate(a: str, b: str, n: int) -> list[str]:
+    (r0, c0), (r1, c1) = POSITION_CELL[a], POSITION_CELL[b]
+    out = []
+    for i in range(n):
+        f = i / max(1, n - 1)
+        out.append(POSITIONS[round(r0 + f * (r1 - r0))][round(c0 + f * (c1 - c0))])
+    return out
+
+
+def _motion(text: str, n: int) -> list[str] | None:
+    """Positions per frame for "moving from left to right", "across", "each in a different corner", "clockwise"."""
+    corners = ["top-left", "top-right", "bottom-right", "bottom-left"]
+    if re.search(r"different corners?|each corner|clockwise|around the (?:canvas|corners)", text):
+        return [corners[i % 4] for i in range(n)]
+    m = re.search(r"\bfrom (?:the )?(.{2,25}?) to (?:the )?(.{2,25}?)(?:[,.;]|$| and| in| over)", text)
+    if m:
+        a, _, _ = sc.find_position(m.group(1) if " " in m.group(1) or m.group(1) in ("left", "right", "top", "bottom")
+                                   else "the " + m.group(1))
+        b, _, _ = sc.find_position(m.group(2))
+        if a and b:
+            return _interpolate(a, b, n)
+    if re.search(r"\b(?:moving|moves|travels?|travel(?:l)?ing|walks?|rolls?|rolling|slides?|sliding)\b", text):
+        return _interpolate("left", "right", n)
+    if re.search(r"\b(?:bounc|jump|hop)", text):
+        return ["bottom" if i % 2 == 0 else "top" for i in range(n)]
+    return None
+
+
+def _transition(text: str) -> str | None:
+    m = re.search(r"\b(?:turns?|turning|becomes?|becoming|changes? (?:to|into)|changing (?:to|into)|fades? to|"
+                  r"grows? into)\s+(?:a\s+|an\s+)?(\w+)", text)
+    if m and m.group(1) in sc.COLOR_WORDS:
+        return sc.COLOR_WORDS[m.group(1)]
+    return None
+
+
+def _growth(text: str) -> tuple[str, str] | None:
+    if re.search(r"\b(?:grows|growing|gets bigger|getting bigger|expands|swells)\b", text):
+        return "small", "large"
+    if re.search(r"\b(?:shrinks|shrinking|gets smaller|getting smaller)\b", text):
+        return "large", "small"
+    return None
+
+
+def _subject(text: str) -> str:
+    """The words that describe what to draw, with the command, count and book words taken out."""
+    t = COMMAND_WORDS.sub("", text.strip()).strip()
+    t = re.sub(rf"^(?:a |an |the )?(?:short |little |small |nice |simple )?(?:\w+[- ]page )?{ARTICLE_NOUNS}"
+               rf"(?:\s+(?:with|in|of)\s+\w+\s+{OUTPUT_NOUN})?[\s,:]*(?:about|of|on|featuring|explaining|"
+               rf"showing|with|called)?\s*", "", t)
+    t = COUNT_RE.sub("", t, count=1)
+    t = re.sub(rf"^\s*(?:a |an |one )?(?:single |lone )?{OUTPUT_NOUN}\b", "", t)
+    t = re.sub(r"^\s*(?:of|showing|featuring|with|about|for|that shows?|:)\s+", "", t).strip(" ,.:;!?")
+    t = re.sub(r",?\s*(?:please|pls|thanks|thank you)$", "", t).strip(" ,.")
+    return t or text.strip()
+
+
+def _title(subject: str) -> str:
+    words = subject.strip(" .").split()
+    return " ".join(w if w in ("a", "an", "the", "of", "and", "to", "that") and i else w.capitalize()
+                    for i, w in enumerate(words))[:120] or "A Story"
+
+
+def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> tuple[list[str], str | None]:
+    """Self-contained descriptions for n new images, and what they share (None for independent images)."""
+    scene = sc.parse_scene(text)
+    ments = sc.mentions(text)
+    spans = [(m.start, m.end) for m in ments]
+    things = list(scene.things)
+    if n > 1:  # "pictures of blue diamonds": one object per picture unless a number says otherwise
+        things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if m.extras.get("bare_plural") else t
+                  for t, m in zip(things, ments)]
+    colors = [c for c in _free_colors(text, spans) if not re.search(rf"\b{c}\s+background", text)]
+    end_color = _transition(text)
+    if end_color in colors:
+        colors.remove(end_color)
+    if things and colors and all(t.color is None for t in things) and len(colors) == 1:
+        things = [sc.Thing(t.shape, colors[0], t.size, t.position, t.count) for t in things]
+    base = sc.Scene(tuple(things), scene.background)
+    story = task == "article" or bool(re.search(r"comic|story|series|frames|snapshots|sequence|animation|same", text))
+    if not things:
+        subject = _subject(text)
+        if n == 1:
+            return [subject], None
+        return [f"{subject}, scene {i + 1} of {n}" for i in range(n)], subject
+    if n == 1:
+        return [sc.scene_text(base)], None
+    subject_text = sc.scene_text(base)
+    # Listed items: "...: a red circle, a blue square and a green triangle", or colours "in three colours: ...".
+    if len(items) == n:
+        out = []
+        for item in items:
+            s = sc.parse_scene(item)
+            cols = [sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", item) if w in sc.COLOR_WORDS]
+            if s.things:
+                out.append(sc.scene_text(sc.Scene(s.things, s.background or base.background)))
+            elif cols and base.things:
+                out.append(sc.scene_text(sc.recolor(base, cols[0])))
+            elif re.match(r"(?:they|it|both|together)\b", item) and base.things:
+                out.append(subject_text + ", " + item)
+            else:
+                out.append(f"{subject_text}, {item}")
+        return out, subject_text if story or task == "article" else None
+    separate = re.search(r"separate|each (?:in|on) its own|one (?:per|each)|\b(?:images?|pictures?|pair of \w+)\s*:",
+                         text)
+    if len(things) == n and separate and task != "article":
+        return [sc.scene_text(sc.Scene((t,), base.background)) for t in things], None
+    scenes = [base] * n
+    if re.search(r"different colou?rs|each (?:in|a) (?:different|another) colou?r|in \w+ colou?rs|"
+                 r"various colou?rs|every colou?r", text):
+        pool = colors or [c for c in COLORS]
+        scenes = [sc.recolor(base, pool[i % len(pool)]) for i in range(n)]
+    if end_color:
+        start = next((t.color for t in base.things if t.color), None)
+        scenes = [s if i < n / 2 else sc.recolor(s, end_color) for i, s in enumerate(scenes)]
+        if start is None:
+            scenes = [s for s in scenes]
+    growth = _growth(text)
+    if growth:
+        scenes = [sc.resize(s, growth[0] if i < n / 2 else growth[1]) for i, s in enumerate(scenes)]
+    path = _motion(text, n)
+    if path and len(base.things) == 1:
+        scenes = [sc.move(s, p) for s, p in zip(scenes, path)]
+    return [sc.scene_text(s) for s in scenes], subject_text if (story or path or end_color or growth) else None
+
+
+# ----------------------------------------------------------------------------- the deterministic parser
+def parse_rules(ctx: Context) -> Parse:
+    """Parse `ctx` deterministically. Never raises on content: unusable requests carry a clarification."""
+    raw = check_instruction(ctx.instruction)
+    text = sc.normalise(raw)
+    if INJECTION_RE.search(text):
+        return Parse(_clarify("The instruction contains text addressed to the system (e.g. about schemas, prompts "
+                              "or files). ditflow only makes images and writes only to this session's output "
+                              "folder; please rephrase it as a description of the images you want.", ctx))
+    text, forbidden = strip_negations(text)
+    if not text:
+        return Parse(_clarify("Everything in the instruction is negated; what should the images show?", ctx))
+    inputs = list(ctx.inputs)
+    uses_gallery = False
+    follow = _follow_up_kind(text, ctx)
+    if follow == "edit":  # "make the second one green": the current set becomes this turn's inputs
+        inputs = [InputImage(index=i + 1, description=g.description) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+        uses_gallery = True
+    elif follow == "continue":
+        return Parse(_continuation(text, ctx, forbidden), uses_gallery=True)
+    n_in = len(inputs)
+    refs = find_refs(text, n_in)
+    bad = [k for k in refs.indices if not 1 <= k <= n_in]
+    if bad:
+        given = f"only {n_in} image{'s' if n_in != 1 else ''} {'was' if n_in == 1 else 'were'} given" if n_in \
+            else "no images were given (attach them, or generate some first)"
+        return Parse(_clarify(f"You referred to image {bad[0]}, but {given}. Which image did you mean?", ctx))
+    # ---- task
+    if ARTICLE_RE.search(text) and not n_in:
+        task: str = "article"
+    elif GUIDE_RE.search(text) and not n_in:
+        task = "guide"
+    elif n_in and RESTORE_RE.search(text):
+        task = "restore"
+        if _has_edit_ops(re.sub(r"\b(?:restore|fix|clean|repair|enhance|denoise|deblur|sharpen)\b.*?"
+                                r"(?:\band then\b|\bthen\b|,)", " ", text)) and re.search(r"\bthen\b|\band\b", text):
+            task = "edit"  # "restore it and then make the circle blue": restore first, then edit
+    elif n_in and (_has_edit_ops(text) or refs.indices):
+        task = "edit"
+    elif n_in and re.search(r"\b(?:variations?|versions?|similar|like (?:this|it|these)|in the style of|based on|"
+                            r"same style|inspired by)\b", text):
+        task = "generate"
+    elif re.search(r"\b(?:it|this|that|them|the (?:image|picture|photo))\b", text) and EDIT_VERB.search(text) \
+            and not sc.mentions(text) and not n_in:
+        return Parse(_clarify("There is no image to change yet: attach one, or describe a new image.", ctx))
+    elif not n_in and (RESTORE_RE.search(text) and re.search(r"\b(?:it|this|the (?:image|photo|picture))\b", text)):
+        return Parse(_clarify("There is no image to restore: attach the image you want restored.", ctx))
+    else:
+        task = "generate"
+    # ---- panel limits
+    canvas = re.search(rf"\b(?:single|one) (?:canvas|image|picture|grid)\b.*?\b(\d+|{_num_alt}) panels\b|"
+                       rf"\b(\d+|{_num_alt}) panels?\b.*?\b(?:single|one) (?:canvas|image|grid)\b|"
+                       rf"\b(\d+)\s*[x×]\s*(\d+) grid\b", text)
+    if canvas:
+        g = [x for x in canvas.groups() if x]
+        panels = int(g[0]) * int(g[1]) if len(g) == 2 else _number(g[0])[0]
+        if panels > MAX_PANELS:
+            return Parse(_clarify(f"One canvas holds at most {MAX_PANELS} panels, and you asked for {panels}. "
+                                  f"Ask for {MAX_PANELS} or fewer panels, or for separate images.", ctx))
+    if task in ("edit", "restore"):
+        req = _edit_or_restore(text, task, inputs, refs, forbidden)
+    else:
+        items = list_items(text)
+        count = count_outputs(text, task, items)
+        n = count.n if count else 1
+        if n > MAX_OUTPUTS:
+            return Parse(_clarify(f"You asked for {n} images; one turn makes at most {MAX_OUTPUTS}. Ask for "
+                                  f"{MAX_OUTPUTS} or fewer (you can ask for more in the next turn).", ctx))
+        if n < 1:
+            return Parse(_clarify("You asked for zero images; how many should I make?", ctx))
+        descs, shared = generation_descriptions(text, n, task, items)
+        captions = items if task == "article" and len(items) == n else [None] * n
+        sources = _sources_for_generation(refs, n_in)
+        req = ParsedRequest(task=task, num_inputs=n_in, num_outputs=n, inputs=inputs,
+                            outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden),
+                                                sources=sources, caption=c)
+                                     for i, (d, c) in enumerate(zip(descs, captions))],
+                            shared=_drop_forbidden(shared, forbidden) if shared else None,
+                            title=_title(_subject(raw)) if task == "article" else None)
+    return Parse(req, uses_gallery=uses_gallery)
+
+
+def _sources_for_generation(refs: Refs, n_in: int) -> list[int]:
+    if not n_in:
+        return []
+    return refs.indices or list(range(1, n_in + 1))
+
+
+def _drop_forbidden(desc: str, forbidden: set[str]) -> str:
+    """A negated colour or shape never reaches a description, even through a default."""
+    for w in forbidden:
+        desc = re.sub(rf"\b{w}\s+", "", desc) if w in COLORS or w in BACKGROUNDS else desc
+    return desc
+
+
+def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs, forbidden: set[str]) -> ParsedRequest:
+    n_in = len(inputs)
+    if refs.indices:
+        chosen = refs.indices
+    elif n_in == 1:
+        chosen = [1]
+    else:  # pick by content when the text names an object only some inputs show ("remove the red square")
+        named = sc.mentions(text)
+        chosen = [i.index for i in inputs if named and any(
+            any(t.shape == m.thing.shape and m.thing.color in (None, t.color)
+                for t in sc.parse_scene(split_degradations(i.description)[0]).things) for m in named)]
+        if not chosen or refs.all or task == "restore":
+            chosen = [i.index for i in inputs]
+        if task == "restore" and not refs.all:  # "clean up the grainy second picture" is caught by refs above
+            degraded = [i.index for i in inputs if split_degradations(i.description)[1] or i.degradations]
+            chosen = degraded if 0 < len(degraded) < n_in and not re.search(r"\b(?:both|all|them|these)\b", text) \
+                else chosen
+    if len(chosen) > MAX_OUTPUTS:
+        chosen = chosen[:MAX_OUTPUTS]
+    clauses = _clauses(text, refs, chosen)
+    kind = restore_kind(text)
+    new_inputs = []
+    for i in inputs:
+        desc, degr = split_degradations(i.description)
+        degr = list(dict.fromkeys(([kind] if kind and i.index in chosen else []) + degr + i.degradations))
+        new_inputs.append(InputImage(index=i.index, description=i.description, degradations=degr))
+    outputs = []
+    for k, src in enumerate(chosen):
+        base, _ = split_degradations(inputs[src - 1].description)
+        if task == "edit":
+            clause = clauses[src]
+            if task == "edit" and RESTORE_RE.search(clause):
+                clause = re.split(r"\bthen\b", clause)[-1]
+            desc = apply_edit(base, clause)
+        else:
+            desc = base if sc.parse_scene(base).things else f"{base}, restored"
+        outputs.append(OutputSpec(index=k + 1, description=_drop_forbidden(desc, forbidden), sources=[src]))
+    return ParsedRequest(task=task, num_inputs=n_in, num_outputs=len(outputs), inputs=new_inputs, outputs=outputs)
+
+
+def _clauses(text: str, refs: Refs, chosen: list[int]) -> dict[int, str]:
+    """The part of the instruction that speaks about each chosen input ("turn the first blue and the third one
+    yellow" → {1: "turn the first blue and", 3: "the third one yellow"}); the whole text when refs share one."""
+    whole = {k: text for k in chosen}
+    if len(refs.spans) < 2:
+        return whole
+    out: dict[int, str] = {}
+    prefix = text[:refs.spans[0][0]]
+    for j, (start, end, nums) in enumerate(refs.spans):
+        stop = refs.spans[j + 1][0] if j + 1 < len(refs.spans) else len(text)
+        part = prefix + " " + text[start:stop]
+        if not _has_edit_ops(part) and not re.search(r"\b(?:bigger|smaller|larger)\b", part):
+            part = text
+        for k in nums:
+            out.setdefault(k, part)
+    return {k: out.get(k, text) for k in chosen}
+
+
+# ----------------------------------------------------------------------------- follow-ups
+PRONOUN_RE = re.compile(rf"\b(?:it|its|them|they|this|that|these|those|both|all of them|each|previous|last|"
+                        rf"again|same|another|more|undo|(?:{_ord_alt}|last) ones?|(?:page|image|picture|panel|"
+                        rf"frame|photo)s? \d+|the (?:{_ord_alt}) (?:page|image|picture|panel|frame|one))\b")
+
+
+def _follow_up_kind(text: str, ctx: Context) -> str | None:
+    """"edit" when the text changes earlier images, "continue" when it asks for more of them, else None."""
+    if ctx.inputs or not ctx.gallery or not PRONOUN_RE.search(text):
+        return None
+    if MORE_RE.search(text) or re.search(r"\b(?:again|same again|do it again|once more|more (?:pages?|images?|"
+                                         r"pictures?|panels?|frames?))\b", text):
+        if not re.search(ADD_VERB + r"\s+(?:an?\s+|the\s+)?(?:\w+\s+)?(?:" + "|".join(sc.SHAPE_WORDS) + r")", text):
+            return "continue"
+    return "edit"
+
+
+def _continuation(text: str, ctx: Context, forbidden: set[str]) -> ParsedRequest:
+    """More of the current set ("add two more pages", "another one", "same again but on black")."""
+    task = ctx.previous_task if ctx.previous_task in ("generate", "article", "guide") else "generate"
+    m = MORE_RE.search(text)
+    if m and m.group("num"):
+        n = _number(m.group("num"))[0]
+    elif m:
+        n = 1
+    elif re.search(r"\bmore\b", text):
+        n = DEFAULT_PLURAL
+    else:
+        n = len(ctx.gallery)
+    n = max(1, min(n, MAX_OUTPUTS))
+    again = not m and re.search(r"\b(?:again|same)\b", text)
+    change = re.sub(r"\b(?:same again|do it again|again|same|but|now|please)\b", " ", text).strip(" ,.")
+    if again:
+        bases = [g.description for g in ctx.gallery][:n]
+        descs = [apply_edit(b, change) if change else b for b in bases]
+    else:
+        base = ctx.previous_shared or ctx.gallery[-1].description
+        descs = [base] * n
+    inputs = [InputImage(index=i + 1, description=g.description) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+    sources = [1] if task == "article" or ctx.previous_shared else []
+    return ParsedRequest(task=task, num_inputs=len(inputs), num_outputs=n, inputs=inputs,
+                         outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden), sources=sources)
+                                  for i, d in enumerate(descs)],
+                         shared=ctx.previous_shared, title=ctx.previous_title)
+
+
+# ----------------------------------------------------------------------------- LLM parsing + referee
+SELF_REFERENCE = re.compile(rf"\b(?:{REF_NOUN}|input)\s*#?\d+\b|\b(?:{_ord_alt}) (?:image|picture|input|one)\b", re.I)
+
+
+def referee(llm: ParsedRequest, rules: ParsedRequest, text: str) -> tuple[ParsedRequest, list[str]]:
+    """Check an LLM's parse against what the rules can check; the rules win each disagreement, visibly."""
+    notes: list[str] = []
+    if rules.clarification:
+        return rules, [f"rules: {rules.clarification}"] + ([] if llm.clarification else
+                                                           ["the LLM parse was overruled by the rules' clarification"])
+    out = llm.model_copy(deep=True)
+    count = count_outputs(sc.normalise(text), rules.task, list_items(sc.normalise(text)))
+    explicit = (count is not None and count.explicit) or rules.task in ("edit", "restore")
+    if explicit and out.num_outputs != rules.num_outputs:
+        notes.append(f"count: LLM said {out.num_outputs}, the instruction says {rules.num_outputs}; using "
+                     f"{rules.num_outputs}")
+        out = rules.model_copy(update={"task": out.task if out.task not in ("edit", "restore") or rules.num_inputs
+                                       else rules.task}, deep=True)
+    if out.num_inputs != rules.num_inputs or out.inputs != rules.inputs:
+        out = out.model_copy(update={"num_inputs": rules.num_inputs, "inputs": rules.inputs})
+    fixed = []
+    for o, r in zip(out.outputs, rules.outputs):
+        o = o.model_copy()
+        want = {w for w in re.findall(r"[a-z]+", r.description.lower()) if w in COLORS}
+        have = {sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", o.description.lower()) if w in sc.COLOR_WORDS}
+        if want - have or have - want - set(COLORS) or (have - want and want):
+            notes.append(f"output {o.index}: LLM colours {sorted(have)} differ from the named {sorted(want)}; using "
+                         f"the rules' description")
+            o.description = r.description
+        if SELF_REFERENCE.search(o.description):
+            notes.append(f"output {o.index}: description refers to another image; using the rules' description")
+            o.description = r.description
+        if sorted(o.sources) != sorted(r.sources):
+            if o.sources or r.sources:
+                notes.append(f"output {o.index}: sources {o.sources} → {r.sources} (the instruction's references)")
+            o.sources = r.sources
+        fixed.append(o)
+    fixed += out.outputs[len(fixed):]
+    try:
+        out = ParsedRequest.model_validate({**out.model_dump(), "outputs": [f.model_dump() for f in fixed]})
+    except ValidationError as e:
+        notes.append(f"refereed parse did not validate ({e.error_count()} errors); using the rules' parse")
+        out = rules
+    for n in notes:
+        log.info("parse referee: %s", n)
+    return out, notes
+
+
+def parse_messages(ctx: Context, prompt: str) -> list[dict]:
+    """Chat messages for the parse agent: the markdown prompt, then the context as JSON (never free text)."""
+    user = {"instruction": ctx.instruction,
+            "inputs": [{"index": i.index, "description": i.description} for i in ctx.inputs],
+            "previous_outputs": [{"index": k + 1, "description": g.description} for k, g in enumerate(ctx.gallery)],
+            "previous_task": ctx.previous_task}
+    return [{"role": "system", "content": prompt}, {"role": "user", "content": json.dumps(user)}]
+
+
+def context_from_messages(messages: list[dict]) -> Context:
+    """The inverse of `parse_messages`, for backends that read the context rather than the prose."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m["content"]
+            if isinstance(content, list):  # OpenAI parts: text + image_url
+                content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            data = json.loads(content)
+            inputs = [InputImage(index=i["index"], description=i["description"]) for i in data.get("inputs", [])]
+            gallery = [GalleryItem(description=g["description"]) for g in data.get("previous_outputs", [])]
+            return Context(instruction=data["instruction"], inputs=inputs, gallery=gallery,
+                           previous_task=data.get("previous_task"))
+    raise ValueError("no user message with the parse context (JSON) was given")
+
+
+def next_gallery(gallery: list[GalleryItem], parse: Parse, paths: list[str] | None = None) -> list[GalleryItem]:
+    """The current set after a turn: edits replace their sources, "more" appends, anything new replaces it."""
+    req = parse.request
+    if req.clarification:
+        return list(gallery)
+    paths = paths or [""] * req.num_outputs
+    made = [GalleryItem(path=p, description=o.description, caption=o.caption) for o, p in zip(req.outputs, paths)]
+    if parse.uses_gallery and req.task in ("edit", "restore"):
+        out = list(gallery)
+        for o, item in zip(req.outputs, made):
+            if len(o.sources) == 1 and 1 <= o.sources[0] <= len(out):
+                out[o.sources[0] - 1] = item
+        return out
+    if parse.uses_gallery:
+        return list(gallery) + made
+    return made
+
+
+# ----------------------------------------------------------------------------- entry point
+def parse_mode(backend) -> str:
+    """rules: the rules parse alone · prose: rules own the fields, the LLM only writes prose (the embedded tiny
+    LLM) · llm: the LLM parses and the rules referee (a capable endpoint)."""
+    name = getattr(backend, "name", "rules")
+    return {"rules": "rules", "local": "prose"}.get(name, "llm")
+
+
+def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Parse:
+    """Parse one turn with `backend` (None: rules). Raises InstructionError for an unusable instruction."""
+    from ditflow.agents.llm.base import LLMError
+    from ditflow.agents.prompts import load_prompt
+
+    rules = parse_rules(ctx)
+    if backend is None or parse_mode(backend) != "llm":
+        return rules
+    if rules.request.clarification:  # safety and reference checks are the rules' call, never the LLM's
+        rules.notes.append("the rules asked for clarification; the LLM was not consulted")
+        return rules
+    messages = parse_messages(ctx, load_prompt("parse"))
+    if image_urls and getattr(backend, "supports_images", False):
+        messages[-1]["content"] = [{"type": "text", "text": messages[-1]["content"]}] + [
+            {"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+    try:
+        got = backend.complete(messages, ParsedRequest, task="parse")
+    except LLMError as e:
+        note = f"parse: the LLM gave no valid answer ({str(e).splitlines()[0][:200]}); using the rules parse"
+        log.info(note)
+        return Parse(rules.request, rules.uses_gallery, [note], valid_before_fallback=False, source="rules")
+    if got.clarification and not rules.request.clarification:
+        return Parse(rules.request, rules.uses_gallery,
+                     [f"the LLM asked '{got.clarification[:200]}', but the rules found the request clear"],
+                     source="rules")
+    refereed, notes = referee(got, rules.request, ctx.instruction)
+    return Parse(refereed, rules.uses_gallery, notes, valid_before_fallback=True,
+                 source=backend.name if refereed is not rules.request else "rules")

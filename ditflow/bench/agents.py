@@ -1,0 +1,137 @@
+"""`ditflow bench agents`: parse accuracy of each LLM backend on the labelled instructions, and turn latency.
+
+Per backend: output-count accuracy, task-kind accuracy, attribute accuracy of descriptions, schema-valid rate
+before fallback, valid final plans (after fallback), and seconds per instruction. Labels: tests/data/*.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
+
+
+def load_cases(split: str = "dev") -> list[dict]:
+    splits = ("dev", "test") if split == "all" else (split,)
+    cases = []
+    for s in splits:
+        with open(DATA / f"instructions_{s}.jsonl") as f:
+            cases += [dict(json.loads(line), split=s) for line in f if line.strip()]
+    return cases
+
+
+@dataclass
+class CaseResult:
+    id: str
+    category: str
+    task_ok: bool
+    count_ok: bool
+    attrs_ok: bool | None  # None when the case labels no attributes
+    valid_before_fallback: bool
+    plan_ok: bool
+    seconds: float
+    got: dict = field(default_factory=dict)
+
+
+def _words(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
+
+
+def score_case(case: dict, parsed, plan_ok: bool, valid: bool, seconds: float) -> CaseResult:
+    """Compare one parse (a ParsedRequest, or None when the instruction was refused) with its labels."""
+    want_task = case["task"] if isinstance(case["task"], list) else [case["task"]]
+    clarified = parsed is None or parsed.clarification is not None
+    got_task = "clarify" if clarified else parsed.task
+    task_ok = got_task in want_task
+    if clarified:
+        count_ok = "clarify" in want_task
+        return CaseResult(case["id"], case["category"], task_ok, count_ok, None if "clarify" in want_task else False,
+                          valid, plan_ok or "clarify" in want_task, seconds, {"task": got_task})
+    lo, hi = (case["count"], case["count"]) if isinstance(case["count"], int) else case["count"]
+    n = parsed.num_outputs
+    count_ok = lo <= n <= hi
+    descs = [o.description for o in parsed.outputs]
+    attrs_ok = None
+    per = case.get("attrs") or ([case["attrs_all"]] * n if case.get("attrs_all") is not None else None)
+    if per is not None or case.get("forbid"):
+        per = per or [[]] * n
+        ok = len(per) == n
+        for want, d in zip(per, descs):
+            ok &= all(_words(w) in _words(d) or _words(w).strip() + "s " in _words(d) for w in want)
+        for d in descs:
+            ok &= not any(_words(w) in _words(d) or _words(w).strip() + "s " in _words(d)
+                          for w in case.get("forbid", []))
+        if case.get("sources"):
+            ok &= [o.sources for o in parsed.outputs] == case["sources"]
+        attrs_ok = bool(ok)
+    return CaseResult(case["id"], case["category"], task_ok, count_ok, attrs_ok, valid, plan_ok, seconds,
+                      {"task": got_task, "n": n, "descriptions": descs})
+
+
+def run_case(case: dict, backend) -> CaseResult:
+    """Parse the case's history turns, then its instruction, with one backend; then plan it."""
+    from ditflow.agents.parsing import Context, InstructionError, next_gallery
+    from ditflow.agents.planning import make_plan
+    from ditflow.agents.parsing import parse
+    from ditflow.schemas import InputImage
+
+    inputs = [InputImage(index=i + 1, description=d) for i, d in enumerate(case.get("inputs", []))]
+    gallery, prev = [], None
+    for h in case.get("history", []):
+        p = parse(Context(instruction=h, gallery=gallery, previous_task=prev and prev.request.task,
+                                     previous_shared=prev and prev.request.shared,
+                                     previous_title=prev and prev.request.title), backend)
+        gallery, prev = next_gallery(gallery, p), p
+    ctx = Context(instruction=case["instruction"], inputs=inputs, gallery=gallery,
+                  previous_task=prev and prev.request.task, previous_shared=prev and prev.request.shared,
+                  previous_title=prev and prev.request.title)
+    t0 = time.perf_counter()
+    try:
+        p = parse(ctx, backend)
+    except InstructionError:
+        return score_case(case, None, True, True, time.perf_counter() - t0)
+    plan_ok = True
+    if not p.request.clarification:
+        try:
+            make_plan(p.request, backend)
+        except ValueError:
+            plan_ok = False
+    return score_case(case, p.request, plan_ok, p.valid_before_fallback, time.perf_counter() - t0)
+
+
+def summarise(results: list[CaseResult]) -> dict:
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    attrs = [r.attrs_ok for r in results if r.attrs_ok is not None]
+    return {"n": len(results), "count": mean([r.count_ok for r in results]), "task": mean([r.task_ok for r in results]),
+            "attributes": mean(attrs), "valid_before_fallback": mean([r.valid_before_fallback for r in results]),
+            "valid_plans": mean([r.plan_ok for r in results]), "s_per_instruction": mean([r.seconds for r in results])}
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ditflow bench agents")
+    ap.add_argument("--split", default="test", choices=("dev", "test", "all"))
+    ap.add_argument("--backends", default="rules,local", help="comma-separated: rules, local, openai, or a URL")
+    ap.add_argument("--show-errors", action="store_true")
+    args = ap.parse_args(argv)
+    from ditflow.agents.llm.base import make_backend
+
+    cases = load_cases(args.split)
+    rows = {}
+    for spec in args.backends.split(","):
+        backend = make_backend(spec)
+        results = [run_case(c, backend) for c in cases]
+        rows[spec] = summarise(results)
+        if args.show_errors:
+            for r in results:
+                if not (r.task_ok and r.count_ok and r.attrs_ok is not False):
+                    print(f"  {spec} {r.id} task={r.task_ok} count={r.count_ok} attrs={r.attrs_ok} {r.got}")
+    print(f"split={args.split} n={len(cases)}")
+    print(f"{'backend':<28}{'count':>7}{'task':>7}{'attrs':>7}{'valid':>7}{'plans':>7}{'s/instr':>9}")
+    for spec, s in rows.items():
+        print(f"{spec:<28}{s['count']:>7.1%}{s['task']:>7.1%}{s['attributes']:>7.1%}"
+              f"{s['valid_before_fallback']:>7.1%}{s['valid_plans']:>7.1%}{s['s_per_instruction']:>9.3f}")
+    return 0
