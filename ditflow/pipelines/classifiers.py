@@ -1,0 +1,339 @@
+"""Two small CNN classifiers trained on the shapes world, weights in `ditflow/assets/classifiers/*.safetensors`:
+
+- `attributes`: shape and colour of the main object of a clean 64×64 scene. It is the "off-the-shelf" classifier
+  of EluCD guidance for the builtin model, so it is trained on clean scenes only, never on noisy ones.
+- `degradation`: which degradation a 64×64 crop shows (clean, noise, blur, sr2, sr4, jpeg, inpaint) and how
+  strong, trained on shapes scenes and on the photos shipped in `skimage.data` (DCPT idea, arXiv 2403.09232).
+
+    python -m ditflow.pipelines.classifiers attributes --minutes 4
+    python -m ditflow.pipelines.classifiers degradation --minutes 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from ditflow.pipelines import world
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
+CROP = 64  # classifiers see 64×64 px: one shapes-world panel
+SHAPE_LABELS = world.SHAPES
+COLOR_LABELS = tuple(world.COLORS)
+# skimage.data photos: the first group trains the degradation classifier, the second is held out for its report
+TRAIN_PHOTOS = ("astronaut", "brick", "camera", "coffee", "coins", "grass", "hubble_deep_field",
+                "immunohistochemistry", "moon", "stereo_motorcycle", "retina", "page")
+HELDOUT_PHOTOS = ("chelsea", "rocket", "gravel", "cell")
+
+
+# ----------------------------------------------------------------------------- model
+class SmallCNN(nn.Module):
+    """Conv stack → global average pool → named linear heads. ReLU activations, so that guidance can swap them
+    for softplus (EluCD) exactly as it would in any off-the-shelf classifier."""
+
+    def __init__(self, heads: dict[str, int], width: int = 16, pool: int = 1):
+        super().__init__()
+        self.head_sizes = dict(heads)
+        self.pool = pool  # input average-pooling: attributes need no fine detail, degradations do
+        w = width
+        self.features = nn.Sequential(  # (B, 3, 64, 64) → (B, 4w, 8, 8)
+            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1, stride=2), nn.ReLU(),  # 32×32
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),  # 16×16
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1, stride=2), nn.ReLU(),  # 8×8
+        )
+        self.out = nn.Linear(4 * w, sum(heads.values()))
+
+    def heads(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for name, n in self.head_sizes.items():
+            out[name] = slice(start, start + n)
+            start += n
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] → (B, Σ heads) logits (the severity head, if any, is in it too)."""
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
+        h = self.features(x * 2 - 1)
+        return self.out(h.mean((-2, -1)))
+
+
+@dataclass
+class ClassifierConfig:
+    kind: str  # attributes | degradation
+    width: int = 16
+    pool: int = 1
+    batch: int = 64
+    lr: float = 2e-3
+    minutes: float = 4.0
+    max_steps: int = 100_000
+    seed: int = 0
+
+    def heads(self) -> dict[str, int]:
+        from ditflow.toolkit.degradation import CLASSES, NAMES
+
+        if self.kind == "attributes":
+            return {"shape": len(SHAPE_LABELS), "color": len(COLOR_LABELS)}
+        return {"class": len(CLASSES), "severity": len(NAMES)}
+
+
+def labels_of(model: SmallCNN, head: str) -> tuple[str, ...]:
+    from ditflow.toolkit.degradation import CLASSES
+
+    return {"shape": SHAPE_LABELS, "color": COLOR_LABELS, "class": CLASSES}[head]
+
+
+# ----------------------------------------------------------------------------- data
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
+
+
+def attribute_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean single-object scenes: (images (n, 3, 64, 64), shape ids, colour ids)."""
+    xs, shapes, colors = [], [], []
+    for _ in range(n):
+        s = world.sample(rng, rng.choice(("single", "single", "position", "background")))
+        o = s.spec.panels[0].objects[0]
+        xs.append(_tensor(s.image))
+        shapes.append(SHAPE_LABELS.index(o.shape))
+        colors.append(COLOR_LABELS.index(o.color))
+    return torch.stack(xs), torch.tensor(shapes), torch.tensor(colors)
+
+
+_PHOTOS: dict[str, np.ndarray] = {}
+
+
+def photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name not in _PHOTOS:
+        a = getattr(skimage.data, name)()
+        a = a[0] if isinstance(a, tuple) else a  # stereo_motorcycle: (left, right, disparity)
+        if a.ndim == 2:
+            a = np.stack([a] * 3, -1)
+        _PHOTOS[name] = a[..., :3].astype(np.uint8)
+    return _PHOTOS[name]
+
+
+def photo_crop(rng: random.Random, names: tuple[str, ...]) -> torch.Tensor:
+    """A 64×64 crop of a random photo at a random scale (¼ to 1), so textures of many sizes are seen."""
+    a = photo(rng.choice(names))
+    h, w = a.shape[:2]
+    side = min(h, w, int(CROP / rng.uniform(0.25, 1.0)))  # crop first, then resize: photos are large
+    y0, x0 = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
+    img = Image.fromarray(a[y0:y0 + side, x0:x0 + side])
+    return _tensor(img.resize((CROP, CROP), Image.BICUBIC) if side != CROP else img)
+
+
+def degrade(x: torch.Tensor, cls: int, rng: random.Random) -> tuple[torch.Tensor, float]:
+    """Apply class `cls` of CLASSES to (3, H, W) at a random severity; returns (image at the same size,
+    severity normalised to [0, 1] within the training range)."""
+    from ditflow.toolkit import degradation as dg
+
+    if cls == 0:
+        return x, 0.0
+    name = dg.CLASSES[cls]
+    lo, hi = dg.SEVERITY_RANGE[name]
+    sev = rng.uniform(lo, hi)
+    op = dg.operator(name, sev)
+    y = op.apply(x[None], seed=rng.randrange(2 ** 31))
+    if name in ("sr2", "sr4"):  # a detector sees full-size images: low-res content upsampled back
+        y = dg.quantize(op.baseline(y))
+    return y[0], (sev - lo) / (hi - lo) if hi > lo else 1.0
+
+
+def degradation_batch(rng: random.Random, n: int, photos: tuple[str, ...] | None = TRAIN_PHOTOS,
+                      shapes: bool = True):
+    from ditflow.toolkit.degradation import CLASSES
+
+    xs, cls, sev = [], [], []
+    for _ in range(n):
+        use_photo = photos and (not shapes or rng.random() < 0.5)
+        x = photo_crop(rng, photos) if use_photo else _tensor(world.sample(rng, rng.choice(world.KINDS[:5])).image)
+        c = rng.randrange(len(CLASSES))
+        y, s = degrade(x, c, rng)
+        xs.append(y)
+        cls.append(c)
+        sev.append(s)
+    return torch.stack(xs), torch.tensor(cls), torch.tensor(sev)
+
+
+# ----------------------------------------------------------------------------- training
+def _loss(model: SmallCNN, cfg: ClassifierConfig, batch) -> torch.Tensor:
+    heads = model.heads()
+    x = batch[0]
+    logits = model(x)
+    if cfg.kind == "attributes":
+        return F.cross_entropy(logits[:, heads["shape"]], batch[1]) + F.cross_entropy(logits[:, heads["color"]],
+                                                                                       batch[2])
+    cls, sev = batch[1], batch[2]
+    loss = F.cross_entropy(logits[:, heads["class"]], cls)
+    has = cls > 0  # severity is learned for the true degradation only
+    if has.any():
+        pred = torch.sigmoid(logits[:, heads["severity"]])[has, cls[has] - 1]
+        loss = loss + F.mse_loss(pred, sev[has].float())
+    return loss
+
+
+def _batch(cfg: ClassifierConfig, rng: random.Random):
+    return attribute_batch(rng, cfg.batch) if cfg.kind == "attributes" else degradation_batch(rng, cfg.batch)
+
+
+@torch.no_grad()
+def evaluate(model: SmallCNN, kind: str, n: int = 512, seed: int = 12345, photos: bool = False) -> dict[str, float]:
+    """Accuracy on freshly sampled held-out scenes (a seed training never uses); for the degradation
+    classifier with `photos=True`, on crops of the held-out photos instead."""
+    model.eval()
+    rng = random.Random(seed)
+    heads = model.heads()
+    if kind == "attributes":
+        x, s, c = attribute_batch(rng, n)
+        out = model(x)
+        shape_ok = (out[:, heads["shape"]].argmax(1) == s).float()
+        color_ok = (out[:, heads["color"]].argmax(1) == c).float()
+        return {"shape": float(shape_ok.mean()), "color": float(color_ok.mean()),
+                "both": float((shape_ok * color_ok).mean())}
+    if photos:
+        x, c, _ = degradation_batch(rng, n, HELDOUT_PHOTOS, shapes=False)
+    else:
+        x, c, _ = degradation_batch(rng, n, None, shapes=True)
+    pred = model(x)[:, heads["class"]].argmax(1)
+    acc = {"accuracy": float((pred == c).float().mean())}
+    from ditflow.toolkit.degradation import CLASSES
+
+    for i, name in enumerate(CLASSES):
+        sel = c == i
+        if sel.any():
+            acc[name] = float((pred[sel] == i).float().mean())
+    return acc
+
+
+def save(model: SmallCNN, cfg: ClassifierConfig, metrics: dict, path: Path) -> Path:
+    """fp16 safetensors with the config and metrics in its metadata; written atomically."""
+    import os
+
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"config": json.dumps(asdict(cfg)), "metrics": json.dumps(metrics)})
+    os.replace(tmp, path)
+    return path
+
+
+def load(kind: str, path: Path | None = None) -> SmallCNN:
+    """A trained classifier in eval mode (float32). Raises FileNotFoundError with the command that trains it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path or ASSET_DIR / f"{kind}.safetensors")
+    if not path.exists():
+        raise FileNotFoundError(f"no {kind} classifier at {path}; train it with "
+                                f"`python -m ditflow.pipelines.classifiers {kind}`")
+    with safe_open(str(path), "pt") as f:
+        cfg = ClassifierConfig(**json.loads(f.metadata()["config"]))
+    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    model.labels = {h: labels_of(model, h) for h in model.head_sizes if h != "severity"}  # read by guidance
+    model.input_size = CROP
+    return model.eval()
+
+
+def metrics_of(kind: str, path: Path | None = None) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path or ASSET_DIR / f"{kind}.safetensors"), "pt") as f:
+        return json.loads(f.metadata()["metrics"])
+
+
+def main(**overrides) -> tuple[SmallCNN, dict]:
+    """Train one classifier (`kind=attributes|degradation`) for `minutes`, evaluate it, save it to `out`."""
+    out = overrides.pop("out", None)
+    cfg = ClassifierConfig(**overrides)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    t0, step = time.time(), 0
+    budget = cfg.minutes * 60
+    while step < cfg.max_steps and time.time() - t0 < budget:
+        lr = cfg.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * max(0.0, 1 - (time.time() - t0) / budget))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        loss = _loss(model, cfg, _batch(cfg, rng))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            print(f"{cfg.kind} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+    metrics = {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_shapes": evaluate(model, cfg.kind)}
+    if cfg.kind == "degradation":
+        metrics["heldout_photos"] = evaluate(model, cfg.kind, photos=True)
+    save(model, cfg, metrics, Path(out) if out else ASSET_DIR / f"{cfg.kind}.safetensors")
+    print(json.dumps(metrics), flush=True)
+    return model, metrics
+
+
+# ----------------------------------------------------------------------------- inference
+def crops(image: Image.Image, k: int = 3) -> torch.Tensor:
+    """Up to k×k native-resolution 64×64 crops on a regular grid: (N, 3, 64, 64). Smaller images are padded
+    by reflection, not resized, so their degradation statistics are kept."""
+    x = _tensor(image)
+    _, h, w = x.shape
+    if h < CROP or w < CROP:
+        x = F.pad(x[None], (0, max(0, CROP - w), 0, max(0, CROP - h)), mode="replicate")[0]
+        _, h, w = x.shape
+    ys = sorted({round(v) for v in np.linspace(0, h - CROP, k)})
+    xs = sorted({round(v) for v in np.linspace(0, w - CROP, k)})
+    return torch.stack([x[:, a:a + CROP, b:b + CROP] for a in ys for b in xs])
+
+
+@torch.no_grad()
+def predict_degradation(model: SmallCNN, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities (7,), normalised severities (6,)) averaged over crops; a missing region counts when
+    any crop sees it (it need not cover every crop)."""
+    heads = model.heads()
+    out = model(crops(image))
+    p = torch.softmax(out[:, heads["class"]], 1)
+    sev = torch.sigmoid(out[:, heads["severity"]]).mean(0)
+    probs = p.mean(0)
+    from ditflow.toolkit.degradation import CLASSES
+
+    i = CLASSES.index("inpaint")
+    if p[:, i].max() > 0.5:
+        probs = p[p[:, i].argmax()]
+    return probs.numpy(), sev.numpy()
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ditflow.pipelines.classifiers")
+    ap.add_argument("kind", choices=("attributes", "degradation"))
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pool", type=int, default=None, help="input downsampling (default: 2 attributes, 1 degradation)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    pool = a.pool or (2 if a.kind == "attributes" else 1)
+    main(kind=a.kind, minutes=a.minutes, width=a.width, pool=pool, batch=a.batch, seed=a.seed, out=a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
