@@ -234,6 +234,8 @@ class TurnRecord(BaseModel):
     seed: int = 0
     timings: TurnTimings = Field(default_factory=TurnTimings)
     error: str | None = None
+    notes: list[str] = Field(default_factory=list, description="decisions made visibly: referee overrules, "
+                             "re-plans, template fallbacks")
 
     @field_validator("instruction")
     @classmethod
