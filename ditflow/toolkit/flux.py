@@ -36,18 +36,14 @@ def steps_of(pipe, spec: ToolSpec) -> int:
 
 
 def call_kwargs(pipe, spec: ToolSpec, prompt: str | None = None) -> dict:
-    """Arguments for any Flux*Pipeline call: steps, seed, text length, and guidance in the model's own form:
-    distilled guidance for `guidance_embeds` models (FLUX.1-dev), true CFG with an empty negative otherwise."""
-    info = info_of(pipe)
-    cfg = info.default_cfg if spec.guidance_scale is None else spec.guidance_scale
-    kw = dict(num_inference_steps=steps_of(pipe, spec), max_sequence_length=info.text_len,
-              generator=torch.Generator("cpu").manual_seed(spec.seed))
+    """Arguments for any Flux*Pipeline call: steps, text length and the model's guidance form (distilled
+    guidance for FLUX.1-dev, true CFG for the builtin model; see `pipelines.sampling`), the seed, the prompt."""
+    from ditflow.pipelines.sampling import call_kwargs as model_kwargs
+
+    kw = model_kwargs(pipe, steps_of(pipe, spec), spec.guidance_scale)
+    kw["generator"] = torch.Generator("cpu").manual_seed(spec.seed)
     if prompt is not None:
         kw["prompt"] = prompt
-    if info.guidance_embeds:
-        kw["guidance_scale"] = cfg
-    elif cfg > 1.0:
-        kw.update(negative_prompt="", true_cfg_scale=cfg)
     return kw
 
 

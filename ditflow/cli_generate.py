@@ -1,0 +1,174 @@
+"""`ditflow generate`: text → image(s) with any FLUX-family pipeline, offline on the builtin model by default.
+
+    ditflow generate "a red circle on the left" -o out.png --seed 1 --steps 20 --size 64x64
+    ditflow generate --prompts-file prompts.txt -o outdir --seed 0          # outdir/0001.png, 0002.png, ...
+    ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
+    ditflow generate "a blue circle" -o out.png --classifier-guidance 5
+
+Everything is validated before the model loads, and every image is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from pathlib import Path
+
+from ditflow.cli import UserError
+from ditflow.schemas import MAX_PANELS, MAX_PROMPT_CHARS, GenerateSpec, GroupSpec, ProgressEvent
+
+SIZE_MULTIPLE = 16  # what FLUX-family latents need at 8× VAEs (2×2 packing)
+MAX_SIDE = 4096
+PANEL_SEP = "|"  # "overview | panel 1 | panel 2 ..." in --panels prompts
+
+
+# ----------------------------------------------------------------------------- shared by generate / edit / restore
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """"64x64" → (64, 64) as (width, height); a one-line error for anything else."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--size {text!r}: write it as WIDTHxHEIGHT, e.g. 64x64")
+    w, h = (int(p) for p in parts)
+    if w % SIZE_MULTIPLE or h % SIZE_MULTIPLE or not (SIZE_MULTIPLE <= w <= MAX_SIDE and SIZE_MULTIPLE <= h <= MAX_SIDE):
+        raise UserError(f"--size {w}x{h}: width and height must be multiples of {SIZE_MULTIPLE} between "
+                        f"{SIZE_MULTIPLE} and {MAX_SIDE}, e.g. {max(16, round(w / 16) * 16)}x{max(16, round(h / 16) * 16)}")
+    return w, h
+
+
+def check_prompt(prompt: str, where: str = "prompt") -> str:
+    prompt = prompt.strip()
+    if not prompt:
+        raise UserError(f"{where} is empty; describe the image to generate")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"{where} is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}, shorten it")
+    return prompt
+
+
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default="builtin", help="builtin | builtin-small | a diffusers folder | a hub id")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's own)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def load_model(name: str):
+    from ditflow.pipelines.loading import load_pipeline
+
+    return load_pipeline(name)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True):
+    """A rich bar over every denoising loop; yields `progress(step, total)` for the toolkit."""
+    from ditflow.progress import RichProgress
+
+    with RichProgress(enabled=enabled, transient=False) as show:
+        loop = {"n": 0, "last": None}
+
+        def progress(step: int, total: int) -> None:
+            if loop["last"] is None or step <= loop["last"]:
+                loop["n"] += 1  # a new loop started
+            loop["last"] = step
+            show(ProgressEvent(stage="denoise", step=step, total=total, output=loop["n"]))
+
+        show(ProgressEvent(stage="execute", message="loading the model"))
+        yield progress
+
+
+# ----------------------------------------------------------------------------- generate
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ditflow generate", description="text → image(s) with a FLUX-family pipeline")
+    ap.add_argument("prompt", nargs="?", help="what to draw")
+    ap.add_argument("-o", "--out", required=True, help="output image (or folder with --prompts-file / --panels)")
+    ap.add_argument("--prompts-file", help="one prompt per line → OUT/0001.png, OUT/0002.png, ...")
+    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 16 (default: the model's panel size)")
+    ap.add_argument("--panels", type=int, default=None,
+                    help=f"an in-context group of N panels (≤{MAX_PANELS}); the prompt is the overview, or "
+                         f"'overview | panel 1 | panel 2 ...'")
+    ap.add_argument("--max-panels", type=int, default=4, help="panels per canvas; more continue on new canvases")
+    ap.add_argument("--classifier-guidance", type=float, default=0.0, metavar="SCALE",
+                    help="EluCD guidance towards the colour and shape the prompt names (builtin scenes)")
+    ap.add_argument("--stitch", type=float, default=None, metavar="F",
+                    help="T-Stitch: the small model takes the first fraction F of the steps")
+    add_model_args(ap)
+    return ap
+
+
+def _prompts(args) -> list[str]:
+    if args.prompts_file:
+        if args.prompt:
+            raise UserError("give either a PROMPT or --prompts-file, not both")
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UserError(f"--prompts-file {path}: no such file")
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"--prompts-file {path} has no prompts (one per line)")
+        return [check_prompt(ln, f"line {i + 1} of {path}") for i, ln in enumerate(lines)]
+    if args.prompt is None:
+        raise UserError("give a PROMPT (or --prompts-file FILE)")
+    return [check_prompt(args.prompt)]
+
+
+def _group_spec(prompt: str, n: int, args) -> GroupSpec:
+    parts = [p.strip() for p in prompt.split(PANEL_SEP)]
+    overview, clauses = (parts[0], parts[1:]) if len(parts) > 1 else (prompt, [prompt] * n)
+    if len(clauses) != n:
+        raise UserError(f"--panels {n} but the prompt gives {len(clauses)} panel clauses after the overview")
+    if any(not c for c in clauses):
+        raise UserError("a panel clause is empty; write 'overview | panel 1 | panel 2 ...'")
+    return GroupSpec(overview=overview, panel_prompts=clauses, n_refs=0, max_panels=args.max_panels, seed=args.seed,
+                     steps=args.steps, guidance_scale=args.cfg)
+
+
+def cli(argv: list[str], command: str = "generate") -> int:
+    from ditflow.images import save_image_atomic
+
+    args = _parser().parse_args(argv)
+    prompts = _prompts(args)
+    size = parse_size(args.size)
+    out = Path(args.out)
+    many = bool(args.prompts_file) or args.panels is not None
+    if not many and out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"-o {out}: give an image file name ending in .png, .jpg or .webp")
+    if args.panels is not None and not 1 <= args.panels <= MAX_PANELS * 4:
+        raise UserError(f"--panels {args.panels}: use 1 to {MAX_PANELS * 4}")
+    if not 1 <= args.max_panels <= MAX_PANELS:
+        raise UserError(f"--max-panels {args.max_panels}: use 1 to {MAX_PANELS}")
+    if args.stitch is not None and not 0.0 <= args.stitch <= 1.0:
+        raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
+    w, h = size or (None, None)
+    specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
+                          classifier_guidance=args.classifier_guidance) for p in prompts]
+    group = _group_spec(prompts[0], args.panels, args) if args.panels is not None else None
+    if group is not None and args.prompts_file:
+        raise UserError("--panels takes one PROMPT, not --prompts-file")
+
+    from ditflow.toolkit.generate import generate, generate_group
+
+    with progress_bar(not args.quiet) as progress:
+        pipe = load_model(args.model)
+        if args.stitch is not None:
+            try:
+                from ditflow.pipelines.stitch import apply_stitch
+            except ImportError as e:
+                raise UserError(f"--stitch needs ditflow.pipelines.stitch, which is not available ({e})") from e
+            small = load_model("builtin-small").transformer
+            apply_stitch(pipe, small, args.stitch)
+        if group is not None:
+            images, _ = generate_group(pipe, group, [], progress)
+            paths = [out / f"{i:04d}.png" for i in range(1, len(images) + 1)]
+            for img, path in zip(images, paths):
+                save_image_atomic(img, path)
+        else:
+            paths = []
+            for i, spec in enumerate(specs, start=1):
+                images, _ = generate(pipe, spec, progress)
+                path = out / f"{i:04d}.png" if many else out
+                save_image_atomic(images[0], path)  # each finished image is safe on disk before the next starts
+                paths.append(path)
+    for p in paths:
+        print(p)
+    return 0
