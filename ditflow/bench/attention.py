@@ -1,0 +1,148 @@
+"""`ditflow bench attention`: CLEAR local attention against full SDPA, measured side by side in one run.
+
+Every method runs on the same q, k, v, interleaved round-robin, best of `--repeats` (the machine may be shared,
+and the minimum is the least disturbed run). For each grid it prints the speedup over unmasked
+`F.scaled_dot_product_attention`, the FLOP bound (full attention's score/value work over the window's), the
+fraction of that bound realized, the peak extra memory, and the max abs error against the exact reference.
+
+    ditflow bench attention                          # 32², 64², 128²; heads 4 × 64, fp32, text 32, r 8
+    ditflow bench attention --grids 16 24 32 48 64 128 256 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ditflow.kernels import local_attention as la
+
+# name → (call, largest grid side it is run at: the slow levers are measured where they matter)
+METHODS = {
+    "local (auto)": (lambda q, k, v, **kw: la.local_attention(q, k, v, **kw), 10_000),
+    "cpu kernel, 1 query/pass": (lambda q, k, v, **kw: la.cpu_attention(q, k, v, pair=False, **kw), 10_000),
+    "tiled 8×8 (naive)": (lambda q, k, v, **kw: la.tiled_attention(q, k, v, tile=8, **kw), 128),
+    "tiled 4×4": (lambda q, k, v, **kw: la.tiled_attention(q, k, v, tile=4, **kw), 128),
+    "tiled 16×16": (lambda q, k, v, **kw: la.tiled_attention(q, k, v, tile=16, **kw), 128),
+    "tiled 8×8 bf16": (lambda q, k, v, **kw: la.tiled_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                                                tile=8, **kw).float(), 128),
+    "dense masked SDPA": (lambda q, k, v, **kw: la.dense_attention(q, k, v, **kw), 64),
+}
+
+
+def _fixed_mmap_threshold() -> None:
+    """glibc keeps freed large blocks once its mmap threshold has grown; a fixed one returns them at once, so the
+    resident high-water mark measures each method's own peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_extra_mib(fn) -> float | None:
+    """Peak resident memory added while `fn` runs (Linux: reset the high-water mark via clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
+        fn()
+        return max(0.0, (_status_kib("VmHWM") - base) / 1024)
+    except OSError:
+        return None
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def bench_grid(side: int, args, methods: list[str]) -> dict:
+    gen = torch.Generator().manual_seed(side)
+    length = args.text_len + side * side
+    q, k, v = (torch.randn(1, args.heads, length, args.head_dim, generator=gen) for _ in range(3))
+    kw = dict(grid=(side, side), radius=args.radius, text_len=args.text_len)
+    calls = {"full SDPA (no mask)": lambda: F.scaled_dot_product_attention(q, k, v)}
+    calls.update({m: (lambda f=METHODS[m][0]: f(q, k, v, **kw)) for m in methods if side <= METHODS[m][1]})
+    with torch.no_grad():
+        ref = (la.dense_attention(q, k, v, **kw) if side <= 64 else la.tiled_attention(q, k, v, **kw))
+        errors = {name: float((fn() - ref).abs().max()) for name, fn in calls.items() if name != "full SDPA (no mask)"}
+        memory = {name: peak_extra_mib(fn) for name, fn in calls.items()}
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        repeats = args.repeats if side < 256 else max(1, args.repeats // 2)
+        for _ in range(repeats):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    full = min(times["full SDPA (no mask)"])
+    bound = la.flop_ratio((side, side), args.radius, args.text_len)
+    rows = []
+    for name in calls:
+        best = min(times[name])
+        rows.append(dict(method=name, ms=best * 1e3, median_ms=statistics.median(times[name]) * 1e3,
+                         speedup=full / best, realized=full / best / bound, peak_mib=memory[name],
+                         max_err=errors.get(name)))
+    return dict(grid=side, tokens=length, flop_bound=bound, masked_fraction=1 - 1 / bound, rows=rows)
+
+
+def print_grid(res: dict) -> None:
+    print(f"\ngrid {res['grid']}² ({res['tokens']} tokens): FLOP bound {res['flop_bound']:.1f}×")
+    print(f"| method | ms (best) | speedup vs SDPA | of FLOP bound | peak extra MiB | max abs err |")
+    print("|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        err = "–" if r["max_err"] is None else f"{r['max_err']:.1e}"
+        print(f"| {r['method']} | {r['ms']:.1f} | {r['speedup']:.2f}× | {100 * r['realized']:.1f}% | {mem} | {err} |")
+
+
+def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, threads=2, repeats=5,
+         methods: list[str] | None = None, json_out: str | None = None) -> list[dict]:
+    torch.set_num_threads(threads)
+    _fixed_mmap_threshold()
+    methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    args = argparse.Namespace(heads=heads, head_dim=head_dim, text_len=text_len, radius=radius, repeats=repeats)
+    backend = la.choose_backend(torch.empty(1, 1, 1, 1), (max(grids), max(grids)), radius, text_len, False)
+    print(f"local attention benchmark: heads {heads} × {head_dim}, fp32, text {text_len}, r {radius}, "
+          f"{threads} threads, best of {repeats}; auto backend here: {backend}")
+    results = []
+    for side in grids:
+        res = bench_grid(side, args, methods)
+        print_grid(res)
+        results.append(res)
+    auto = {r["grid"]: next(x for x in r["rows"] if x["method"] == "local (auto)") for r in results}
+    losses = [g for g, row in auto.items() if row["speedup"] <= 1.0]
+    wins = [g for g in auto if g > max(losses, default=0)]
+    print(f"\ncrossover: local (auto) beats full SDPA at every measured grid from {min(wins)}² up" if wins else
+          "\ncrossover: local (auto) did not beat full SDPA at the largest measured grid")
+    if json_out:
+        tmp = Path(json_out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(settings=vars(args) | {"threads": threads}, results=results), indent=1))
+        os.replace(tmp, json_out)
+    return results
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ditflow bench attention", description=__doc__.splitlines()[0])
+    p.add_argument("--grids", type=int, nargs="+", default=[32, 64, 128], help="token grid sides")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--text-len", type=int, default=32)
+    p.add_argument("--radius", type=float, default=8.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="local methods to run (default: all)")
+    p.add_argument("--json", dest="json_out", help="also write the results here (atomically)")
+    a = p.parse_args(argv)
+    main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods, a.json_out)
+    return 0

@@ -1,0 +1,412 @@
+"""CLEAR local-window attention on a joint `[T text tokens | H×W image tokens]` sequence.
+
+CLEAR (Liu et al. 2024, https://arxiv.org/abs/2412.16112): text queries attend to everything; an image query
+attends to every text token plus the image tokens inside a circle of radius r around it, dy² + dx² < r² in the
+token grid, clipped at the borders. The rule lives in one place, `allowed()`; every backend below computes
+exactly it (tests compare each against the dense masked reference).
+
+Backends, a small registry like diffusers' `attention_dispatch` (`backend=None` picks one):
+    sdpa   plain SDPA: used when the circle covers the whole grid, where local = full attention
+    dense  SDPA with a cached (L, L) boolean mask: the reference; differentiable; fine for short sequences
+    tiled  2-D query tiles, each with its halo of K/V (+ text K/V) and one batched masked SDPA; pure torch,
+           differentiable: the training path for long sequences and the fallback when no C compiler exists
+    cpu    a C kernel (local_attention_cpu.c, compiled with the system gcc at first use, about a second) that
+           walks the circle row by row, so it never computes a masked score; inference, fp32 inside
+    flex   FlexAttention with a BlockMask built analytically over a 2-D tile ordering of the tokens (CUDA)
+Geometry (masks, index tensors, block masks) is cached per (grid, radius, text_len, ...), so a new resolution
+costs one cache miss and nothing is rebuilt by hand.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("sdpa", "dense", "tiled", "cpu", "flex")
+DENSE_MAX_TOKENS = 4096  # above this the (L, L) mask costs more than the tiles' gathers
+DENSE_BELOW_TOKENS = 1024  # up to here masked SDPA beats the C kernel's per-query overhead (bench attention)
+TILE = 8  # tiled backend: query tile side, tokens
+FLEX_BLOCK = 128  # FlexAttention's default block; tiles of 8×16 tokens fill one block
+LANES = 16  # the C kernel reads keys 16 at a time (keep in sync with LANES in local_attention_cpu.c)
+
+
+# ----------------------------------------------------------------------------- the rule and its geometry
+def allowed(dy, dx, radius: float):
+    """CLEAR's window: an image key at offset (dy, dx) from an image query is visible iff dy² + dx² < r²."""
+    return dy * dy + dx * dx < radius * radius
+
+
+def reach(radius: float) -> int:
+    """R = the largest |dy| with a visible key (dy² < r²)."""
+    return max(0, math.ceil(radius) - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def half_widths(radius: float) -> tuple[int, ...]:
+    """w(dy) for dy = -R..R: the visible keys of grid row y+dy are x-w(dy) .. x+w(dy)."""
+    out = []
+    for dy in range(-reach(radius), reach(radius) + 1):
+        w = 0
+        while allowed(dy, w + 1, radius):
+            w += 1
+        out.append(w)
+    return tuple(out)
+
+
+def covers_grid(grid: tuple[int, int], radius: float) -> bool:
+    """True when every image pair is visible: local attention is then exactly full attention."""
+    return allowed(grid[0] - 1, grid[1] - 1, radius)
+
+
+def visible_pairs(grid: tuple[int, int], radius: float, text_len: int) -> int:
+    """(query, key) pairs the rule keeps: the exact work of local attention, for FLOP ratios."""
+    h, w = grid
+    n, t = h * w, text_len
+    img = sum((h - abs(dy)) * max(0, w - abs(dx))
+              for dy, hw in zip(range(-reach(radius), reach(radius) + 1), half_widths(radius))
+              for dx in range(-hw, hw + 1) if abs(dy) < h)
+    return t * (t + n) + n * t + img
+
+
+def flop_ratio(grid: tuple[int, int], radius: float, text_len: int) -> float:
+    """Full attention's score/value work over local attention's: the speedup bound."""
+    length = text_len + grid[0] * grid[1]
+    return length * length / visible_pairs(grid, radius, text_len)
+
+
+@functools.lru_cache(maxsize=8)
+def local_mask(grid: tuple[int, int], radius: float, text_len: int, device: str = "cpu") -> torch.Tensor:
+    """(L, L) bool, True = attend; L = text_len + H·W. The dense reference; O(L²) memory."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    img = allowed(ys[:, None] - ys[None], xs[:, None] - xs[None], radius)  # (N, N)
+    length = text_len + h * w
+    mask = torch.ones(length, length, dtype=torch.bool, device=device)
+    mask[text_len:, text_len:] = img
+    return mask
+
+
+def _check(q, k, v, grid, radius, text_len) -> tuple[int, int]:
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one (batch, heads, tokens, head_dim) shape; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if len(grid) != 2 or min(grid) < 1:
+        raise ValueError(f"grid must be (rows, cols) of image tokens, both ≥ 1; got {grid}")
+    h, w = int(grid[0]), int(grid[1])
+    if text_len < 0 or q.shape[2] != text_len + h * w:
+        raise ValueError(f"sequence length {q.shape[2]} != text_len {text_len} + {h}×{w} image tokens; "
+                         f"pass the grid and text length of this joint sequence")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0 tokens; got {radius}")
+    return h, w
+
+
+# ----------------------------------------------------------------------------- backend: dense (reference)
+def dense_attention(q, k, v, *, grid, radius, text_len=0, scale=None):
+    """Masked SDPA with the full (L, L) mask: the oracle the other backends are tested against."""
+    mask = local_mask(tuple(grid), float(radius), text_len, str(q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# ----------------------------------------------------------------------------- backend: tiled (pure torch)
+@functools.lru_cache(maxsize=16)
+def _tile_mask(grid, radius, text_len, tile, device) -> torch.Tensor:
+    """(tiles, tile², T + halo²) bool for the tiled backend; halo = tile + 2R keys per side."""
+    h, w = grid
+    r, t = reach(radius), tile
+    halo = t + 2 * r
+    nty, ntx = -(-h // t), -(-w // t)
+    qy, qx = (a.flatten() for a in torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij"))
+    ky, kx = (a.flatten() - r for a in torch.meshgrid(torch.arange(halo), torch.arange(halo), indexing="ij"))
+    near = allowed(ky[None] - qy[:, None], kx[None] - qx[:, None], radius)  # (t², halo²), same for every tile
+    oy = (torch.arange(nty) * t).repeat_interleave(ntx)[:, None]  # tile origins, (tiles, 1)
+    ox = (torch.arange(ntx) * t).repeat(nty)[:, None]
+    key_in = ((oy + ky >= 0) & (oy + ky < h) & (ox + kx >= 0) & (ox + kx < w))[:, None]  # (tiles, 1, halo²)
+    query_pad = ((oy + qy >= h) | (ox + qx >= w))[:, :, None]  # (tiles, t², 1): outputs dropped later
+    img = (near[None] & key_in) | query_pad  # padded queries see everything, so no row is empty (no NaN)
+    txt = torch.ones(img.shape[0], t * t, text_len, dtype=torch.bool)
+    return torch.cat([txt, img], dim=2).to(device)
+
+
+def tiled_attention(q, k, v, *, grid, radius, text_len=0, scale=None, tile: int = TILE):
+    """Image queries in tile×tile blocks; each block attends to its halo plus the text in one batched SDPA."""
+    b, heads, length, d = q.shape
+    h, w = grid
+    r, t, n_txt = reach(radius), tile, text_len
+    nty, ntx = -(-h // t), -(-w // t)
+    halo = t + 2 * r
+    mask = _tile_mask((h, w), float(radius), n_txt, t, str(q.device))
+
+    def image(x):  # (B, heads, L, D) → (B, heads, H, W, D)
+        return x[:, :, n_txt:].reshape(b, heads, h, w, d)
+
+    qi = F.pad(image(q), (0, 0, 0, ntx * t - w, 0, nty * t - h))
+    qi = qi.reshape(b, heads, nty, t, ntx, t, d).permute(0, 1, 2, 4, 3, 5, 6)  # (B, heads, ty, tx, t, t, D)
+    qi = qi.reshape(b * heads, nty * ntx, t * t, d)
+
+    def halos(x):  # (B·heads, tiles, T + halo², D): text first, then the halo in raster order
+        xi = F.pad(image(x), (0, 0, r, ntx * t - w + r, r, nty * t - h + r))
+        xi = xi.unfold(2, halo, t).unfold(3, halo, t)  # (B, heads, ty, tx, D, halo, halo)
+        xi = xi.permute(0, 1, 2, 3, 5, 6, 4).reshape(b * heads, nty * ntx, halo * halo, d)
+        txt = x[:, :, :n_txt].reshape(b * heads, 1, n_txt, d).expand(-1, nty * ntx, -1, -1)
+        return torch.cat([txt, xi], dim=2)
+
+    out = F.scaled_dot_product_attention(qi, halos(k), halos(v), attn_mask=mask, scale=scale)
+    out = out.reshape(b, heads, nty, ntx, t, t, d).permute(0, 1, 2, 4, 3, 5, 6)
+    out = out.reshape(b, heads, nty * t, ntx * t, d)[:, :, :h, :w].reshape(b, heads, h * w, d)
+    if n_txt == 0:
+        return out
+    out_txt = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)  # text sees everything
+    return torch.cat([out_txt, out], dim=2)
+
+
+# ----------------------------------------------------------------------------- backend: cpu (C kernel)
+def _cache_dir() -> Path:
+    root = os.environ.get("DITFLOW_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "ditflow")
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a cached build is reused only on the same kind of CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return platform.machine() + flags
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernel():
+    """The compiled kernel as a ctypes function, or None (no compiler, build failed, DITFLOW_NO_CKERNEL=1).
+
+    Built once per source/compiler/CPU into ~/.cache/ditflow/kernels with plain gcc (about a second; a torch
+    C++ extension would take a minute to compile its headers), written atomically so parallel first uses agree.
+    """
+    if os.environ.get("DITFLOW_NO_CKERNEL"):
+        return None
+    src = Path(__file__).with_name("local_attention_cpu.c")
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None or not src.exists():
+        warnings.warn("local attention: no C compiler found; using the slower pure-torch tiled path", stacklevel=2)
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    base = ["-O3", "-fPIC", "-shared", "-pthread", "-std=gnu11"]
+    errors = []
+    for extra in (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], []):  # x86, other, any
+        flags = base + extra
+        key = hashlib.sha256(src.read_bytes() + " ".join(flags + [version, _cpu_signature()]).encode())
+        lib_path = _cache_dir() / f"local_attention_{key.hexdigest()[:16]}.so"
+        try:
+            if not lib_path.exists():
+                lib_path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
+                os.close(fd)
+                res = subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                     timeout=300)
+                if res.returncode != 0:
+                    os.unlink(tmp)
+                    errors.append(res.stderr.strip().splitlines()[-1:] or ["?"])
+                    continue
+                os.replace(tmp, lib_path)
+            fn = ctypes.CDLL(str(lib_path)).local_attention_f32
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append([str(e)])
+            continue
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        fn.argtypes = [p] * 7 + [i64] * 10 + [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        return fn
+    warnings.warn(f"local attention: could not build the C kernel ({errors[-1][0] if errors else '?'}); "
+                  "using the slower pure-torch tiled path", stacklevel=2)
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_plan(radius: float, text_len: int) -> tuple[torch.Tensor, int]:
+    hw = half_widths(radius)
+    chunks = -(-text_len // LANES) + sum(-(-(2 * w + 2) // LANES) for w in hw)  # a query pair's run per row
+    return torch.tensor(hw, dtype=torch.int32), chunks
+
+
+def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool = True):
+    """The C kernel for image queries, one SDPA call for the text queries. No autograd.
+
+    `pair=False` scores one query per pass instead of two adjacent ones (a benchmark lever only).
+    """
+    fn = cpu_kernel()
+    b, heads, length, d = q.shape
+    if fn is None or d > 256:
+        return tiled_attention(q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale)
+    h, w = grid
+    n_txt, bh, dp = text_len, b * heads, -(-d // LANES) * LANES  # head dim padded with zeros to 16 lanes
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    half, max_chunks = _cpu_plan(float(radius), n_txt)
+    with torch.no_grad():
+        def f32(x):
+            return F.pad(x.detach().to(torch.float32), (0, dp - d))
+
+        qi = (f32(q[:, :, n_txt:]) * scale).reshape(bh, h * w, dp).contiguous()
+        kt = f32(k[:, :, n_txt:]).reshape(bh, h, w, dp).transpose(-1, -2)  # (BH, H, D, W): 16 keys = 1 load
+        kt = F.pad(kt, (0, LANES)).contiguous()
+        vi = f32(v[:, :, n_txt:]).reshape(bh, h * w, dp).contiguous()
+        ktxt = F.pad(f32(k[:, :, :n_txt]).reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
+        vtxt = f32(v[:, :, :n_txt]).reshape(bh, n_txt, dp).contiguous()
+        out = torch.empty(bh, h * w, dp)
+        rc = fn(qi.data_ptr(), kt.data_ptr(), vi.data_ptr(), ktxt.data_ptr(), vtxt.data_ptr(), out.data_ptr(),
+                half.data_ptr(), bh, h, w, dp, n_txt, n_txt + LANES, w + LANES, reach(radius), max_chunks,
+                int(pair), torch.get_num_threads())
+        if rc != 0:
+            raise MemoryError("local attention C kernel could not allocate its per-thread buffers")
+        out = out[..., :d].reshape(b, heads, h * w, d).to(q.dtype)
+        if n_txt == 0:
+            return out
+        out_txt = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)
+        return torch.cat([out_txt, out], dim=2)
+
+
+# ----------------------------------------------------------------------------- backend: flex (GPU)
+def tile_order(grid: tuple[int, int], tile: tuple[int, int]) -> torch.Tensor:
+    """Permutation of the H·W image tokens into tile-major order: tiles in raster order, tokens raster inside.
+
+    Row-major order makes one block of 128 tokens a 1×128 strip whose window spans 2R+1 rows of blocks; a
+    2-D tile keeps each block compact, so far fewer block pairs touch the circle.
+    """
+    h, w = grid
+    th, tw = tile
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    key = ((ys // th) * (-(-w // tw)) + xs // tw) * (th * tw) + (ys % th) * tw + xs % tw
+    return torch.argsort(key.flatten(), stable=True)
+
+
+def _flex_tile(block: int) -> tuple[int, int]:
+    th = 2 ** (int(math.log2(block)) // 2)
+    return th, block // th
+
+
+@functools.lru_cache(maxsize=16)
+def flex_block_mask(grid, radius, text_len, block, device):
+    """(BlockMask, permutation) for the joint sequence reordered as [image tokens in tile order | text].
+
+    Built analytically from each block's bounding box: a block pair is empty when the boxes are ≥ r apart,
+    full when their farthest corners are < r apart, partial otherwise; mask_mod decides partial blocks exactly.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    h, w = grid
+    n_img, length = h * w, text_len + h * w
+    perm_img = tile_order(grid, _flex_tile(block))
+    perm = torch.cat([perm_img + text_len, torch.arange(text_len)])  # new position → old position
+    ys = torch.cat([perm_img // w, torch.zeros(text_len, dtype=torch.long)])
+    xs = torch.cat([perm_img % w, torch.zeros(text_len, dtype=torch.long)])
+    is_text = torch.arange(length) >= n_img
+    nb = -(-length // block)
+    pad = nb * block - length
+
+    def per_block(x, fill):  # (nb, block)
+        return torch.cat([x, x.new_full((pad,), fill)]).reshape(nb, block)
+
+    img_tok = per_block(~is_text, False)
+    has_img, has_text = img_tok.any(1), per_block(is_text, False).any(1)
+    big = 1 << 30
+    y0 = torch.where(img_tok, per_block(ys, 0), big).amin(1)
+    y1 = torch.where(img_tok, per_block(ys, 0), -big).amax(1)
+    x0 = torch.where(img_tok, per_block(xs, 0), big).amin(1)
+    x1 = torch.where(img_tok, per_block(xs, 0), -big).amax(1)
+    gap_y = (torch.maximum(y0[:, None] - y1[None], y0[None] - y1[:, None])).clamp(min=0)  # (q block, k block)
+    gap_x = (torch.maximum(x0[:, None] - x1[None], x0[None] - x1[:, None])).clamp(min=0)
+    span_y = torch.maximum(y1[:, None] - y0[None], y1[None] - y0[:, None])
+    span_x = torch.maximum(x1[:, None] - x0[None], x1[None] - x0[:, None])
+    both_img = has_img[:, None] & has_img[None]
+    any_pair = has_text[:, None] | has_text[None] | (both_img & allowed(gap_y, gap_x, radius))
+    all_pairs = ~has_img[:, None] | ~has_img[None] | allowed(span_y, span_x, radius)
+    full = any_pair & all_pairs
+    partial = any_pair & ~all_pairs
+
+    def indices(sel):  # (1, 1, nb) counts and (1, 1, nb, nb) column indices, selected first
+        order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)
+        return sel.sum(1).to(torch.int32)[None, None].to(device), order.to(torch.int32)[None, None].to(device)
+
+    ys_d, xs_d, txt_d = ys.to(device), xs.to(device), is_text.to(device)
+    r2 = float(radius) * float(radius)
+
+    def mask_mod(b, hd, q_idx, kv_idx):
+        dy, dx = ys_d[q_idx] - ys_d[kv_idx], xs_d[q_idx] - xs_d[kv_idx]
+        return txt_d[q_idx] | txt_d[kv_idx] | (dy * dy + dx * dx < r2)
+
+    kv_num, kv_idx = indices(partial)
+    full_num, full_idx = indices(full)
+    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                  seq_lengths=(length, length))
+    return bm, perm.to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention_local(q, k, v, *, grid, radius, text_len=0, scale=None, block: int = FLEX_BLOCK,
+                         compiled: bool | None = None):
+    """FlexAttention over the tile-ordered sequence; compiled on CUDA, eager elsewhere (tests only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device))
+    compiled = q.is_cuda if compiled is None else compiled
+    fn = _compiled_flex() if compiled else flex_attention
+    out = fn(q[:, :, perm], k[:, :, perm], v[:, :, perm], block_mask=bm, scale=scale)
+    return out[:, :, torch.argsort(perm)]
+
+
+# ----------------------------------------------------------------------------- dispatch
+IMPLS = {"dense": dense_attention, "tiled": tiled_attention, "cpu": cpu_attention, "flex": flex_attention_local}
+
+
+def choose_backend(q: torch.Tensor, grid: tuple[int, int], radius: float, text_len: int, needs_grad: bool) -> str:
+    if covers_grid(grid, radius):
+        return "sdpa"
+    if q.is_cuda:
+        return "flex"
+    if not needs_grad and q.shape[2] > DENSE_BELOW_TOKENS and cpu_kernel() is not None:
+        return "cpu"
+    return "dense" if q.shape[2] <= DENSE_MAX_TOKENS else "tiled"
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid: tuple[int, int], radius: float,
+                    text_len: int = 0, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """CLEAR local attention. q, k, v: (B, heads, T + H·W, head_dim), text first; returns the same shape.
+
+    Args:
+        grid: (H, W) of the image tokens, row-major after the text.
+        radius: window radius r in tokens; an image query sees image keys with dy² + dx² < r².
+        text_len: T, the number of text tokens in front.
+        scale: softmax scale, as in `F.scaled_dot_product_attention` (default 1/√head_dim).
+        backend: one of BACKENDS, or None to pick the fastest exact one for the device and autograd state.
+    """
+    grid = _check(q, k, v, grid, radius, text_len)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    backend = backend or choose_backend(q, grid, radius, text_len, needs_grad)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if backend not in IMPLS:
+        raise ValueError(f"unknown local-attention backend {backend!r}; choose from {BACKENDS}")
+    if backend == "cpu" and needs_grad:
+        raise ValueError("the cpu local-attention backend has no backward; use backend='tiled' or 'dense' to train")
+    return IMPLS[backend](q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale)
