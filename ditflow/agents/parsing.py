@@ -759,8 +759,9 @@ def next_gallery(gallery: list[GalleryItem], parse: Parse, paths: list[str] | No
 def parse_mode(backend) -> str:
     """rules: the rules parse alone · prose: rules own the fields, the LLM only writes prose (the embedded tiny
     LLM) · llm: the LLM parses and the rules referee (a capable endpoint)."""
-    name = getattr(backend, "name", "rules")
-    return {"rules": "rules", "local": "prose"}.get(name, "llm")
+    if getattr(backend, "name", "rules") == "rules":
+        return "rules"
+    return "llm" if getattr(backend, "parses", True) else "prose"
 
 
 def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Parse:

@@ -168,7 +168,7 @@ def make_plan(req: ParsedRequest, backend=None, prompt: str | None = None) -> Pl
 
 def llm_plans(backend) -> bool:
     """Only a capable endpoint plans; the rules and the embedded tiny LLM leave planning to the rules."""
-    return backend.name not in ("rules", "local")
+    return backend.name != "rules" and getattr(backend, "parses", True)
 
 
 def describe_plan(plan: Plan) -> str:

@@ -85,7 +85,9 @@ def run_case(case: dict, backend) -> CaseResult:
         p = parse(Context(instruction=h, gallery=gallery, previous_task=prev and prev.request.task,
                                      previous_shared=prev and prev.request.shared,
                                      previous_title=prev and prev.request.title), backend)
-        gallery, prev = next_gallery(gallery, p), p
+        gallery = next_gallery(gallery, p)
+        if not p.request.clarification and p.request.task in ("generate", "article", "guide"):
+            prev = p  # as the graph does: the turn that made the set is the story a follow-up continues
     ctx = Context(instruction=case["instruction"], inputs=inputs, gallery=gallery,
                   previous_task=prev and prev.request.task, previous_shared=prev and prev.request.shared,
                   previous_title=prev and prev.request.title)
@@ -122,7 +124,8 @@ def cli(argv: list[str]) -> int:
     cases = load_cases(args.split)
     rows = {}
     for spec in args.backends.split(","):
-        backend = make_backend(spec)
+        name, _, role = spec.partition(":")  # "local:parse" lets the embedded LLM parse, to measure it
+        backend = make_backend(name, **({"parses": True} if role == "parse" else {}))
         results = [run_case(c, backend) for c in cases]
         rows[spec] = summarise(results)
         if args.show_errors:
