@@ -1,0 +1,105 @@
+"""`ditflow bench stitch`: T-Stitch's speed/quality curve, every fraction measured in one run.
+
+For each fraction f the small model takes the first f of the steps. The bench generates the held-out
+`bench shapes` prompt set, scores it with the analytic scorer, and reports the wall time as a speedup over
+large-only (f = 0), together with the score change in points.
+
+    ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
+    ditflow bench stitch --tiny --n 2 --steps 4             # tiny random pair: timing only, scores meaningless
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ditflow.pipelines.stitch import apply_stitch, remove_stitch
+
+FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.4, 2.0  # ≥1.4× at ≤2 points of score lost
+
+
+def tiny_pair(seed: int = 0):
+    """A tiny random FluxPipeline with a 4× larger transformer, plus a small transformer sharing its latents."""
+    from diffusers import FluxTransformer2DModel
+
+    from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline(seed=seed)
+    shared = {k: pipe.transformer.config[k] for k in ("patch_size", "in_channels", "joint_attention_dim",
+                                                      "pooled_projection_dim", "axes_dims_rope", "guidance_embeds")}
+    torch.manual_seed(seed + 1)
+    pipe.transformer = FluxTransformer2DModel(num_layers=2, num_single_layers=4, attention_head_dim=16,
+                                              num_attention_heads=4, **shared).eval()
+    small = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                   **shared).eval()
+    return pipe, small
+
+
+def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20, seed: int = 0,
+        kinds: tuple[str, ...] | None = None) -> list[dict]:
+    from ditflow.bench.shapes import score_pipeline
+
+    rows = []
+    score_pipeline(pipe, 1, steps=2, seed=seed, kinds=("single",))  # warm-up: first-call allocations
+    for f in fractions:
+        apply_stitch(pipe, small, f)
+        t0 = time.perf_counter()
+        report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
+        rows.append(dict(fraction=f, seconds=time.perf_counter() - t0, score=report.overall,
+                         per_kind=report.per_kind))
+        remove_stitch(pipe)
+        print(f"  f={f:.1f}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
+    base = next((r for r in rows if r["fraction"] == 0.0), rows[0])
+    for r in rows:
+        r["speedup"] = base["seconds"] / r["seconds"]
+        r["score_change_points"] = 100 * (r["score"] - base["score"])
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| f (small's share of steps) | wall time | speedup vs large-only | score | change (points) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fraction']:.1f} | {r['seconds']:.1f} s | {r['speedup']:.2f}× | {r['score']:.1%} | "
+              f"{r['score_change_points']:+.1f} |")
+    ok = [r for r in rows if r["speedup"] >= GOAL_SPEEDUP and r["score_change_points"] >= -GOAL_MAX_LOSS]
+    met = ", ".join(f"{r['fraction']:.1f}" for r in ok)
+    print(f"goal (≥{GOAL_SPEEDUP}× at ≤{GOAL_MAX_LOSS:.0f} points lost): " + (f"met at f = {met}" if ok else "not met"))
+
+
+def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIONS, n: int = 20, steps: int = 20,
+         seed: int = 0, tiny: bool = False, threads: int | None = None) -> list[dict]:
+    if threads:
+        torch.set_num_threads(threads)
+    if tiny:
+        pipe, small_model = tiny_pair(seed)
+    else:
+        from ditflow.pipelines.loading import load_pipeline
+
+        pipe = load_pipeline(large)
+        small_model = load_pipeline(small).transformer
+    print(f"T-Stitch: large {'tiny' if tiny else large}, small {'tiny' if tiny else small}, {n} prompts per kind, "
+          f"{steps} steps, {torch.get_num_threads()} threads")
+    rows = run(pipe, small_model, fractions, n, steps, seed)
+    print_table(rows)
+    return rows
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ditflow bench stitch", description=__doc__.splitlines()[0])
+    p.add_argument("--large", default="builtin")
+    p.add_argument("--small", default="builtin-small")
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    p.add_argument("--n", type=int, default=20, help="held-out prompts per kind")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--tiny", action="store_true", help="tiny random pair (for checking the harness; no quality)")
+    a = p.parse_args(argv)
+    bad = [f for f in a.fractions if not 0 <= f <= 1]
+    if bad:
+        raise ValueError(f"fractions must lie in [0, 1]; got {bad}")
+    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads)
+    return 0

@@ -1,0 +1,336 @@
+"""CLEAR distillation: a full-attention teacher → a local-attention student of the same transformer.
+
+CLEAR (Liu et al. 2024, https://arxiv.org/abs/2412.16112, §3.3): the student is a copy of the teacher whose
+attention is restricted to a circular window; it is fine-tuned on samples the teacher generated itself, with
+
+    loss = flow-matching loss + 0.5 · MSE(student v, teacher v) + 0.5 · mean over layers MSE(attention outputs)
+
+Only the image-stream q/k/v/out projections train (in FLUX's single-stream blocks q/k/v act on the joint
+sequence and there is no separate out projection, so those three train there). Locality only bites above the
+builtin's native 8×8 token grid, so we distill at 128×128 px (2×2 panels, a 16×16 grid) with a small radius.
+The result ships as a small safetensors file of just the trained projections plus the radius;
+`load_student` applies it to a loaded transformer.
+
+    ditflow train distill --minutes 30 --radius 4 --out out/distill
+    python -c "from ditflow.pipelines.distill import main; main(model='tiny', steps=20)"
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ditflow.kernels.local_attention import visible_pairs
+from ditflow.kernels.processors import install_local_attention
+
+IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
+WEIGHTS_NAME = "local_attention_student.safetensors"
+
+
+@dataclass
+class DistillConfig:
+    """Args:
+        model: teacher pipeline (`builtin`, a path, or `tiny` for a random test pipeline).
+        height, width: distillation canvas, px (128×128 = 2×2 panels = a 16×16 token grid for the builtin).
+        radius: local window radius, tokens.
+        n_samples: teacher-generated training samples; teacher_steps: its sampling steps.
+        steps: optimiser steps (stops early when `minutes` run out); batch; lr.
+        attn_every: match attention outputs on every k-th attention layer (the "subset of layers").
+        w_teacher, w_attn: loss weights of the output and attention-output matching terms.
+        eval_n: held-out 2×2-panel prompts scored for teacher and student (0 skips the evaluation).
+        out: folder for the weights file and report.
+    """
+
+    model: str = "builtin"
+    height: int = 128
+    width: int = 128
+    radius: float = 4.0
+    n_samples: int = 256
+    teacher_steps: int = 20
+    steps: int = 2000
+    minutes: float | None = None
+    batch: int = 8
+    lr: float = 1e-4
+    attn_every: int = 2
+    w_teacher: float = 0.5
+    w_attn: float = 0.5
+    eval_n: int = 40
+    seed: int = 0
+    out: str = "out/distill"
+
+    def check(self) -> None:
+        if self.height % 16 or self.width % 16 or min(self.height, self.width) < 16:
+            raise ValueError(f"height and width must be multiples of 16 px; got {self.height}×{self.width}")
+        if not self.radius > 0:
+            raise ValueError(f"radius must be > 0 tokens; got {self.radius}")
+        for name in ("n_samples", "teacher_steps", "steps", "batch", "attn_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1; got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------- data: the teacher's own samples
+def canvas_prompts(n: int, height: int, width: int, seed: int, heldout: bool = False) -> list[tuple[str, object]]:
+    """(caption, CanvasSpec) pairs for the canvas's panel layout; held-out captions only when `heldout`."""
+    from ditflow.pipelines import world
+
+    layout = (max(1, height // world.PANEL), max(1, width // world.PANEL))
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        spec = (world.sample_panels(rng, layout) if layout != (1, 1) else world.sample_spec(rng))
+        text = world.caption(spec, rng)
+        if world.seen_in_training(text) != heldout:
+            out.append((text, spec))
+    return out
+
+
+@torch.no_grad()
+def teacher_samples(pipe, cfg: DistillConfig) -> dict[str, torch.Tensor]:
+    """Packed latents the teacher generates for world captions, with the text embeddings they came from."""
+    from ditflow.pipelines.sampling import call_kwargs, generators
+
+    prompts = [t for t, _ in canvas_prompts(cfg.n_samples, cfg.height, cfg.width, cfg.seed)]
+    kw = call_kwargs(pipe, cfg.teacher_steps)
+    latents, seqs, pooled = [], [], []
+    for i in range(0, len(prompts), cfg.batch):
+        chunk = prompts[i:i + cfg.batch]
+        out = pipe(chunk, height=cfg.height, width=cfg.width, output_type="latent",
+                   generator=generators([cfg.seed + i + j for j in range(len(chunk))]), **kw).images
+        seq, pool, _ = pipe.encode_prompt(chunk, prompt_2=None, max_sequence_length=kw["max_sequence_length"])
+        latents.append(out), seqs.append(seq), pooled.append(pool)
+    return {"x0": torch.cat(latents), "seq": torch.cat(seqs), "pooled": torch.cat(pooled)}
+
+
+# ----------------------------------------------------------------------------- student
+def make_student(teacher, radius: float):
+    """A deep copy of the teacher with local attention and only the image-stream projections trainable."""
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(False)
+    for name, module in student.named_modules():
+        if name.endswith(".attn"):
+            for sub in IMAGE_STREAM:
+                layer = module.get_submodule(sub) if _has(module, sub) else None
+                if layer is not None:
+                    layer.requires_grad_(True)
+    install_local_attention(student, radius)
+    return student
+
+
+def _has(module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def trainable_state(student) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in student.named_parameters() if p.requires_grad}
+
+
+def attention_modules(model, every: int) -> list[str]:
+    names = [n for n, _ in model.named_modules() if n.endswith(".attn")]
+    return names[::every]
+
+
+class AttentionTap:
+    """Forward hooks that keep the outputs of the named attention modules during one forward."""
+
+    def __init__(self, model, names: list[str]):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name):
+        def hook(module, args, output):
+            parts = output if isinstance(output, tuple) else (output,)
+            self.outputs[name] = torch.cat([p.flatten(1) for p in parts], dim=1)  # both streams, (B, ·)
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+# ----------------------------------------------------------------------------- the loss
+def token_ids(batch: int, height: int, width: int, text_len: int, vae_scale: int):
+    from diffusers import FluxPipeline
+
+    img_ids = FluxPipeline._prepare_latent_image_ids(batch, height // vae_scale // 2, width // vae_scale // 2,
+                                                     "cpu", torch.float32)
+    return img_ids, torch.zeros(text_len, 3)
+
+
+def distill_loss(student, teacher, tap_s: AttentionTap, tap_t: AttentionTap, x0, seq, pooled, img_ids, txt_ids,
+                 t, noise, cfg: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rectified flow as in FLUX/SD3: x_t = (1-t)·x0 + t·ε and the model predicts v = ε − x0."""
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+    kw = dict(hidden_states=xt, encoder_hidden_states=seq, pooled_projections=pooled, timestep=t, img_ids=img_ids,
+              txt_ids=txt_ids, return_dict=False)
+    with torch.no_grad():
+        v_teacher = teacher(**kw)[0]
+    v_student = student(**kw)[0]
+    flow = F.mse_loss(v_student, noise - x0)
+    match = F.mse_loss(v_student, v_teacher)
+    attn = torch.stack([F.mse_loss(tap_s.outputs[n], tap_t.outputs[n]) for n in tap_t.outputs]).mean()
+    loss = flow + cfg.w_teacher * match + cfg.w_attn * attn
+    return loss, {"loss": loss.item(), "flow": flow.item(), "match": match.item(), "attn": attn.item()}
+
+
+def train_student(teacher, student, data: dict[str, torch.Tensor], cfg: DistillConfig, vae_scale: int,
+                  log=print) -> list[dict]:
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    names = attention_modules(teacher, cfg.attn_every)
+    tap_t, tap_s = AttentionTap(teacher, names), AttentionTap(student, names)
+    img_ids, txt_ids = token_ids(1, cfg.height, cfg.width, data["seq"].shape[1], vae_scale)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, start = [], time.monotonic()
+    student.train()
+    try:
+        for step in range(cfg.steps):
+            if cfg.minutes is not None and time.monotonic() - start > 60 * cfg.minutes:
+                break
+            idx = torch.randint(0, data["x0"].shape[0], (cfg.batch,), generator=gen)
+            x0 = data["x0"][idx]
+            t = torch.sigmoid(torch.randn(cfg.batch, generator=gen))  # logit-normal timesteps (SD3)
+            noise = torch.randn(x0.shape, generator=gen)
+            loss, parts = distill_loss(student, teacher, tap_s, tap_t, x0, data["seq"][idx], data["pooled"][idx],
+                                       img_ids, txt_ids, t, noise, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            history.append(parts | {"step": step})
+            if step % 50 == 0 or step == cfg.steps - 1:
+                log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in history[-1].items()}))
+    finally:
+        tap_t.remove(), tap_s.remove()
+        student.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- weights file
+def save_student(student, path: Path, meta: dict) -> Path:
+    """Write the trained projections and the radius atomically; everything else stays the teacher's."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(trainable_state(student), str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def load_student(transformer, path: Path | str):
+    """Turn a loaded teacher transformer (in place) into the distilled local-attention student."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "radius" not in meta:
+        raise ValueError(f"{path} is not a local-attention student file (no radius in its metadata)")
+    own = dict(transformer.named_parameters())
+    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit this transformer (first mismatch: {wrong[0]}); it was distilled "
+                         f"from {meta.get('model', 'another model')}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return install_local_attention(transformer, float(meta["radius"]))
+
+
+# ----------------------------------------------------------------------------- evaluation and entry points
+@torch.no_grad()
+def score(pipe, cfg: DistillConfig, steps: int | None = None) -> float:
+    from ditflow.pipelines import world
+    from ditflow.pipelines.sampling import text_to_images
+
+    pairs = canvas_prompts(cfg.eval_n, cfg.height, cfg.width, seed=10_000 + cfg.seed, heldout=True)
+    images = text_to_images(pipe, [t for t, _ in pairs], [(cfg.height, cfg.width)] * len(pairs),
+                            [cfg.seed + i for i in range(len(pairs))], steps=steps, batch=cfg.batch)
+    return world.score_many([(s, im) for (_, s), im in zip(pairs, images)]).overall
+
+
+def masked_fraction(cfg: DistillConfig, vae_scale: int, text_len: int) -> dict[str, float]:
+    grid = (cfg.height // vae_scale // 2, cfg.width // vae_scale // 2)
+    n = grid[0] * grid[1]
+    image_pairs = visible_pairs(grid, cfg.radius, 0)
+    length = n + text_len
+    return {"image_pairs_masked": 1 - image_pairs / (n * n),
+            "all_pairs_masked": 1 - visible_pairs(grid, cfg.radius, text_len) / (length * length),
+            "grid": list(grid)}
+
+
+def load_teacher(model: str):
+    if model == "tiny":
+        from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+        return tiny_flux_pipeline()
+    from ditflow.pipelines.loading import load_pipeline
+
+    return load_pipeline(model, device="cpu")
+
+
+def main(pipe=None, log=print, **overrides) -> dict:
+    """Distill, save, evaluate. Returns the report (also written to `out/report.json`)."""
+    known = {f.name for f in fields(DistillConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown distill settings {unknown}; choose from {sorted(known)}")
+    cfg = DistillConfig(**overrides)
+    cfg.check()
+    torch.manual_seed(cfg.seed)
+    pipe = pipe or load_teacher(cfg.model)
+    teacher = pipe.transformer.eval().requires_grad_(False)
+    vae_scale = pipe.vae_scale_factor
+    out = Path(cfg.out)
+    t0 = time.monotonic()
+    data = teacher_samples(pipe, cfg)
+    log(f"teacher samples: {tuple(data['x0'].shape)} in {time.monotonic() - t0:.0f} s")
+    masked = masked_fraction(cfg, vae_scale, data["seq"].shape[1])
+    log(f"window r={cfg.radius} on a {masked['grid'][0]}×{masked['grid'][1]} grid masks "
+        f"{masked['image_pairs_masked']:.1%} of image pairs ({masked['all_pairs_masked']:.1%} of all pairs)")
+    student = make_student(teacher, cfg.radius)
+    history = train_student(teacher, student, data, cfg, vae_scale, log)
+    path = save_student(student, out / WEIGHTS_NAME, {"radius": cfg.radius, "model": cfg.model,
+                                                       "height": cfg.height, "width": cfg.width})
+    report = {"config": asdict(cfg), "masked": masked, "steps_run": len(history),
+              "first_loss": history[0]["loss"] if history else math.nan,
+              "last_loss": history[-1]["loss"] if history else math.nan, "weights": str(path)}
+    if cfg.eval_n:
+        zero_shot = make_student(teacher, cfg.radius)  # local attention without distillation, for reference
+        for name, model in (("teacher", teacher), ("student", student), ("local_no_distill", zero_shot)):
+            pipe.transformer = model
+            report[f"score_{name}"] = score(pipe, cfg)
+        pipe.transformer = teacher
+        report["kept"] = report["score_student"] / max(report["score_teacher"], 1e-9)
+        log(f"bench score at {cfg.height}×{cfg.width}: teacher {report['score_teacher']:.1%}, student "
+            f"{report['score_student']:.1%} ({report['kept']:.0%} kept; goal ≥95%), undistilled local "
+            f"{report['score_local_no_distill']:.1%}")
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out / "report.json")
+    return report
+
+
+def cli(argv: list[str] | None = None, command: str = "distill") -> int:
+    p = argparse.ArgumentParser(prog="ditflow train distill", description=__doc__.splitlines()[0])
+    defaults = DistillConfig()
+    for f in fields(DistillConfig):
+        value = getattr(defaults, f.name)
+        kind = float if f.name == "minutes" else type(value)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=value)
+    main(**vars(p.parse_args(argv)))
+    return 0

@@ -1,0 +1,110 @@
+"""T-Stitch: a small transformer denoises the first fraction of the sampling steps, the large one the rest.
+
+Pan et al. 2024, "T-Stitch: Accelerating Sampling in Pre-trained Diffusion Models with Trajectory Stitching"
+(https://arxiv.org/abs/2402.14167): early, high-noise steps only lay out low frequencies, which a small model
+gets about as right as a large one, so switching models along the trajectory trades little quality for speed.
+The two models must share the latent space (VAE), the text conditioning and the sampler; nothing else.
+
+    stitch = apply_stitch(pipe, small_transformer, 0.4)   # pipe.transformer stays the large model
+    pipe("a red circle", num_inference_steps=20)          # steps 0-7 small, 8-19 large
+    remove_stitch(pipe)
+
+The large transformer's `forward` is shadowed on the instance, so everything the pipeline reads from
+`pipe.transformer` (config, dtype, cache contexts, attention processors) is still the large model's, and any
+diffusers pipeline that steps `pipe.scheduler` works unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_ATTR = "_ditflow_stitch"
+SHARED = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size")  # must match to stitch
+DEFAULT_GUIDANCE = 3.5  # for a guidance-distilled small model paired with a large one that takes no guidance
+
+
+@dataclass
+class Stitch:
+    """One stitched pipeline: the small model, the fraction, and how many transformer calls each served."""
+
+    small: torch.nn.Module
+    fraction: float
+    guidance: float = DEFAULT_GUIDANCE
+    calls: dict = field(default_factory=lambda: {"small": 0, "large": 0})
+
+    def small_steps(self, total: int) -> int:
+        """Steps (of `total`) that the small model takes: the first round(f · total)."""
+        return round(self.fraction * total)
+
+
+def check_compatible(large, small) -> None:
+    for key in SHARED:
+        a, b = large.config.get(key), small.config.get(key)
+        if a != b:
+            raise ValueError(f"cannot stitch: the small transformer's {key} is {b} but the large one's is {a}; "
+                             "T-Stitch needs two models with the same latent space and text conditioning")
+
+
+def _step(scheduler) -> tuple[int, int]:
+    """(index of the step being denoised, steps in the full schedule) from a diffusers scheduler."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    total = 0 if timesteps is None else len(timesteps)
+    index = getattr(scheduler, "step_index", None)
+    if index is None:  # the first call of a run comes before the scheduler's first step
+        index = getattr(scheduler, "begin_index", None) or 0
+    return int(index), total
+
+
+def apply_stitch(pipe, small_transformer, fraction: float, *, guidance: float = DEFAULT_GUIDANCE) -> Stitch:
+    """Route the first `fraction` of each sampling run's steps to `small_transformer`.
+
+    Args:
+        pipe: a diffusers Flux-family pipeline; `pipe.transformer` is the large model and stays in place.
+        small_transformer: any Flux transformer with the same in_channels, joint_attention_dim,
+            pooled_projection_dim and patch_size. Moved to the large model's device and dtype.
+        fraction: share of the steps, counted over the full schedule, that the small model takes (0 = large
+            only, 1 = small only).
+        guidance: the guidance value given to a guidance-distilled small model when the large one takes none.
+    """
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"stitch fraction must be in [0, 1] (the share of steps for the small model); got {fraction}")
+    large = pipe.transformer
+    if small_transformer is large:
+        raise ValueError("the small transformer is the pipeline's own transformer; pass a different model")
+    check_compatible(large, small_transformer)
+    remove_stitch(pipe)
+    small = small_transformer.to(device=large.device, dtype=large.dtype)
+    stitch = Stitch(small, float(fraction), float(guidance))
+    large_forward = large.forward  # the bound class method
+    small_takes_guidance = bool(small.config.get("guidance_embeds", False))
+
+    def forward(*args, **kwargs):
+        index, total = _step(pipe.scheduler)
+        if total == 0 or index >= stitch.small_steps(total):
+            stitch.calls["large"] += 1
+            return large_forward(*args, **kwargs)
+        stitch.calls["small"] += 1
+        if not small_takes_guidance:
+            kwargs.pop("guidance", None)
+        elif kwargs.get("guidance") is None:
+            x = kwargs.get("hidden_states", args[0] if args else None)
+            kwargs["guidance"] = torch.full((x.shape[0],), stitch.guidance, device=x.device, dtype=torch.float32)
+        return small(*args, **kwargs)
+
+    large.forward = forward  # an instance attribute shadows the method; remove_stitch deletes it
+    setattr(large, _ATTR, stitch)
+    return stitch
+
+
+def remove_stitch(pipe) -> None:
+    """Undo `apply_stitch`; a no-op when the pipeline is not stitched."""
+    large = pipe.transformer
+    if getattr(large, _ATTR, None) is None:
+        return
+    del large.forward
+    setattr(large, _ATTR, None)
+
+
+def stitched(pipe) -> Stitch | None:
+    return getattr(pipe.transformer, _ATTR, None)

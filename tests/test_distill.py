@@ -1,0 +1,96 @@
+"""CLEAR distillation on a tiny random Flux pipeline: the student, its loss, training, and the weights file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ditflow.kernels.processors import installed, remove_local_attention
+from ditflow.pipelines import distill
+from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+SMALL = dict(model="tiny", height=64, width=64, radius=2.0, n_samples=4, teacher_steps=2, steps=3, batch=2,
+             eval_n=0)
+
+
+def test_student_trains_only_image_stream_projections():
+    teacher = tiny_flux_pipeline(seed=0).transformer.eval()
+    student = distill.make_student(teacher, radius=2.0)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all(".attn." in n and n.split(".attn.")[1].rsplit(".", 1)[0] in distill.IMAGE_STREAM
+                             for n in trainable)
+    assert any("single_transformer_blocks" in n for n in trainable)  # joint q/k/v of single-stream blocks
+    assert not any("add_" in n or "to_add_out" in n for n in trainable)  # the text stream stays frozen
+    assert installed(student) is not None and installed(teacher) is None
+
+
+def test_distillation_lowers_the_loss_on_fixed_data():
+    pipe = tiny_flux_pipeline(seed=1)
+    cfg = distill.DistillConfig(**{**SMALL, "steps": 40, "lr": 3e-3, "batch": 4})
+    teacher = pipe.transformer.eval().requires_grad_(False)
+    data = distill.teacher_samples(pipe, cfg)
+    assert data["x0"].shape == (4, 16 * 16, 16)  # 64 px / VAE 2 / packing 2 = a 16×16 token grid
+    student = distill.make_student(teacher, cfg.radius)
+    names = distill.attention_modules(teacher, cfg.attn_every)
+    img_ids, txt_ids = distill.token_ids(1, 64, 64, data["seq"].shape[1], pipe.vae_scale_factor)
+    g = torch.Generator().manual_seed(5)
+    t, noise = torch.tensor([0.3, 0.5, 0.7, 0.9]), torch.randn(data["x0"].shape, generator=g)
+
+    def fixed_loss():
+        tap_t, tap_s = distill.AttentionTap(teacher, names), distill.AttentionTap(student, names)
+        try:
+            with torch.no_grad():
+                return distill.distill_loss(student, teacher, tap_s, tap_t, data["x0"], data["seq"], data["pooled"],
+                                            img_ids, txt_ids, t, noise, cfg)[1]
+        finally:
+            tap_t.remove(), tap_s.remove()
+
+    before = fixed_loss()
+    assert before["attn"] > 0 and before["match"] > 0  # the window changes the output: something to distill
+    history = distill.train_student(teacher, student, data, cfg, pipe.vae_scale_factor, log=lambda m: None)
+    after = fixed_loss()
+    assert len(history) == 40
+    assert after["match"] < before["match"] and after["attn"] < before["attn"]
+
+
+def test_main_writes_a_small_weights_file_that_loads_back(tmp_path):
+    pipe = tiny_flux_pipeline(seed=2)
+    report = distill.main(pipe=pipe, out=str(tmp_path), log=lambda m: None, **SMALL)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["steps_run"] == 3 and saved["masked"]["grid"] == [16, 16]
+    assert 0.5 < report["masked"]["image_pairs_masked"] < 1  # r=2 on 16×16: most image pairs masked
+    weights = tmp_path / distill.WEIGHTS_NAME
+    total = sum(p.numel() for p in pipe.transformer.parameters())
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    assert 0 < sum(v.numel() for v in state.values()) < total  # only the projections ship
+
+    fresh = tiny_flux_pipeline(seed=2).transformer  # same seed: the teacher's weights
+    distill.load_student(fresh, weights)
+    assert installed(fresh).radius == 2.0
+    own = dict(fresh.named_parameters())
+    assert all(torch.equal(own[k], v) for k, v in state.items())
+    remove_local_attention(fresh)
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        distill.main(pipe=None, **{**SMALL, "height": 60})
+    with pytest.raises(ValueError, match="unknown distill settings"):
+        distill.main(pipe=None, radius_px=3)
+    with pytest.raises(ValueError, match="radius"):
+        distill.main(pipe=None, **{**SMALL, "radius": 0})
+
+
+def test_loading_a_foreign_file_raises(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"nope": torch.zeros(2)}, str(path), metadata={"radius": "2"})
+    with pytest.raises(ValueError, match="does not fit"):
+        distill.load_student(tiny_flux_pipeline().transformer, path)
+    save_file({"nope": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not a local-attention student"):
+        distill.load_student(tiny_flux_pipeline().transformer, path)

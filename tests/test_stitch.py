@@ -1,0 +1,83 @@
+"""T-Stitch on real (tiny, random) diffusers Flux pipelines: routing, oracles at f = 0 and f = 1, guidance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ditflow.bench.stitch import tiny_pair
+from ditflow.pipelines.stitch import apply_stitch, remove_stitch, stitched
+from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+STEPS = 4
+
+
+def _gen(pipe, **kw):
+    return pipe("a red circle", height=32, width=32, num_inference_steps=STEPS, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kw).images[0]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair(seed=0)
+
+
+def test_endpoints_equal_single_model_pipelines(pair):
+    pipe, small = pair
+    large_only = _gen(pipe)
+    apply_stitch(pipe, small, 0.0)
+    assert np.array_equal(_gen(pipe), large_only)
+    apply_stitch(pipe, small, 1.0)
+    all_small = _gen(pipe)
+    remove_stitch(pipe)
+    large = pipe.transformer
+    pipe.transformer = small
+    try:
+        assert np.array_equal(all_small, _gen(pipe))  # oracle: the pipeline with only the small model
+    finally:
+        pipe.transformer = large
+    assert np.array_equal(_gen(pipe), large_only)  # removed: back to the large model
+
+
+@pytest.mark.parametrize("fraction,small_steps", [(0.25, 1), (0.4, 2), (0.5, 2), (0.8, 3)])
+def test_first_fraction_of_steps_go_to_the_small_model(pair, fraction, small_steps):
+    pipe, small = pair
+    stitch = apply_stitch(pipe, small, fraction)
+    try:
+        out = _gen(pipe)
+        assert stitch.calls == {"small": small_steps, "large": STEPS - small_steps}
+        stitch.calls.update(small=0, large=0)
+        _gen(pipe, negative_prompt="", true_cfg_scale=2.0)  # true CFG: two calls per step, same split
+        assert stitch.calls == {"small": 2 * small_steps, "large": 2 * (STEPS - small_steps)}
+    finally:
+        remove_stitch(pipe)
+    assert not np.array_equal(out, _gen(pipe)) and stitched(pipe) is None
+
+
+def test_guidance_distilled_mismatch_both_ways():
+    pipe = tiny_flux_pipeline(seed=1, guidance_embeds=True)  # FLUX.1-dev-like large model
+    _, small = tiny_pair(seed=1)  # no guidance embedding
+    stitch = apply_stitch(pipe, small, 0.5)
+    assert np.isfinite(_gen(pipe)).all() and stitch.calls["small"] == 2
+    remove_stitch(pipe)
+    plain, _ = tiny_pair(seed=2)
+    distilled = tiny_flux_pipeline(seed=3, guidance_embeds=True).transformer
+    stitch = apply_stitch(plain, distilled, 0.5)
+    assert np.isfinite(_gen(plain)).all() and stitch.calls["small"] == 2
+
+
+def test_incompatible_models_and_bad_fractions_raise(pair):
+    from diffusers import FluxTransformer2DModel
+
+    pipe, small = pair
+    other = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                   pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+    with pytest.raises(ValueError, match="joint_attention_dim"):
+        apply_stitch(pipe, other, 0.4)
+    for f in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            apply_stitch(pipe, small, f)
+    with pytest.raises(ValueError, match="different model"):
+        apply_stitch(pipe, pipe.transformer, 0.4)
+    assert stitched(pipe) is None
