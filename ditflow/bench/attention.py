@@ -33,6 +33,11 @@ METHODS = {
                                                                 tile=8, **kw).float(), 128),
     "dense masked SDPA": (lambda q, k, v, **kw: la.dense_attention(q, k, v, **kw), 64),
 }
+# On CUDA the auto backend is FlexAttention over the 2-D tile order; the lever is the token order.
+CUDA_METHODS = {
+    "local (auto)": METHODS["local (auto)"],
+    "flex, row-major order": (lambda q, k, v, **kw: la.flex_attention_local(q, k, v, order="row", **kw), 10_000),
+}
 
 
 def _fixed_mmap_threshold() -> None:
@@ -64,23 +69,42 @@ def _status_kib(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
+def cuda_peak_mib(fn) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def bench_grid(side: int, args, methods: list[str]) -> dict:
     gen = torch.Generator().manual_seed(side)
     length = args.text_len + side * side
-    q, k, v = (torch.randn(1, args.heads, length, args.head_dim, generator=gen) for _ in range(3))
+    cuda = args.device == "cuda"
+    table = CUDA_METHODS if cuda else METHODS
+    q, k, v = (torch.randn(1, args.heads, length, args.head_dim, generator=gen).to(args.device, args.dtype)
+               for _ in range(3))
     kw = dict(grid=(side, side), radius=args.radius, text_len=args.text_len)
     calls = {"full SDPA (no mask)": lambda: F.scaled_dot_product_attention(q, k, v)}
-    calls.update({m: (lambda f=METHODS[m][0]: f(q, k, v, **kw)) for m in methods if side <= METHODS[m][1]})
+    calls.update({m: (lambda f=table[m][0]: f(q, k, v, **kw)) for m in methods if m in table and side <= table[m][1]})
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.no_grad():
-        ref = (la.dense_attention(q, k, v, **kw) if side <= 64 else la.tiled_attention(q, k, v, **kw))
-        errors = {name: float((fn() - ref).abs().max()) for name, fn in calls.items() if name != "full SDPA (no mask)"}
-        memory = {name: peak_extra_mib(fn) for name, fn in calls.items()}
+        if cuda or side > 64:  # the C kernel / tiled path are themselves checked against dense in the tests
+            ref = la.tiled_attention(q.cpu().float(), k.cpu().float(), v.cpu().float(), **kw)
+        else:
+            ref = la.dense_attention(q.float(), k.float(), v.float(), **kw)
+        errors = {name: float((fn().cpu().float() - ref).abs().max()) for name, fn in calls.items()
+                  if name != "full SDPA (no mask)"}  # also the warm-up (and compile, on CUDA)
+        memory = {name: (cuda_peak_mib(fn) if cuda else peak_extra_mib(fn)) for name, fn in calls.items()}
         times: dict[str, list[float]] = {name: [] for name in calls}
         repeats = args.repeats if side < 256 else max(1, args.repeats // 2)
         for _ in range(repeats):
             for name, fn in calls.items():
+                sync()
                 t0 = time.perf_counter()
                 fn()
+                sync()
                 times[name].append(time.perf_counter() - t0)
     full = min(times["full SDPA (no mask)"])
     bound = la.flop_ratio((side, side), args.radius, args.text_len)
@@ -104,17 +128,24 @@ def print_grid(res: dict) -> None:
 
 
 def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, threads=2, repeats=5,
-         methods: list[str] | None = None, json_out: str | None = None) -> list[dict]:
+         methods: list[str] | None = None, json_out: str | None = None, device: str = "cpu",
+         dtype: str = "float32") -> list[dict]:
     torch.set_num_threads(threads)
     _fixed_mmap_threshold()
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here; run on a GPU machine or use --device cpu")
+    table = CUDA_METHODS if device == "cuda" else METHODS
+    methods = methods or list(table)
+    unknown = [m for m in methods if m not in table]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    args = argparse.Namespace(heads=heads, head_dim=head_dim, text_len=text_len, radius=radius, repeats=repeats)
-    backend = la.choose_backend(torch.empty(1, 1, 1, 1), (max(grids), max(grids)), radius, text_len, False)
-    print(f"local attention benchmark: heads {heads} × {head_dim}, fp32, text {text_len}, r {radius}, "
-          f"{threads} threads, best of {repeats}; auto backend here: {backend}")
+        raise ValueError(f"unknown methods {unknown} for {device}; choose from {list(table)}")
+    args = argparse.Namespace(heads=heads, head_dim=head_dim, text_len=text_len, radius=radius, repeats=repeats,
+                              device=device, dtype=getattr(torch, dtype))
+    probe = torch.empty(1, 1, 1, 1, device=device)
+    backend = la.choose_backend(probe, (max(grids), max(grids)), radius, text_len, False)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{threads} CPU threads"
+    print(f"local attention benchmark: heads {heads} × {head_dim}, {dtype}, text {text_len}, r {radius}, "
+          f"{where}, best of {repeats}; auto backend here: {backend}")
     results = []
     for side in grids:
         res = bench_grid(side, args, methods)
@@ -127,7 +158,8 @@ def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, thr
           "\ncrossover: local (auto) did not beat full SDPA at the largest measured grid")
     if json_out:
         tmp = Path(json_out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(settings=vars(args) | {"threads": threads}, results=results), indent=1))
+        settings = {k: str(v) for k, v in vars(args).items()} | {"threads": threads}
+        tmp.write_text(json.dumps(dict(settings=settings, results=results), indent=1))
         os.replace(tmp, json_out)
     return results
 
@@ -141,8 +173,12 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--radius", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="local methods to run (default: all)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS | CUDA_METHODS),
+                   help="local methods to run (default: all for the device)")
     p.add_argument("--json", dest="json_out", help="also write the results here (atomically)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     a = p.parse_args(argv)
-    main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods, a.json_out)
+    main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods, a.json_out,
+         a.device, a.dtype)
     return 0

@@ -300,8 +300,10 @@ def _flex_tile(block: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def flex_block_mask(grid, radius, text_len, block, device):
+def flex_block_mask(grid, radius, text_len, block, device, order: str = "tile"):
     """(BlockMask, permutation) for the joint sequence reordered as [image tokens in tile order | text].
+
+    `order="row"` keeps image tokens row-major instead (the baseline the tile order is measured against).
 
     Built analytically from each block's bounding box: a block pair is empty when the boxes are ≥ r apart,
     full when their farthest corners are < r apart, partial otherwise; mask_mod decides partial blocks exactly.
@@ -310,7 +312,9 @@ def flex_block_mask(grid, radius, text_len, block, device):
 
     h, w = grid
     n_img, length = h * w, text_len + h * w
-    perm_img = tile_order(grid, _flex_tile(block))
+    if order not in ("tile", "row"):
+        raise ValueError(f"token order must be 'tile' or 'row'; got {order!r}")
+    perm_img = tile_order(grid, _flex_tile(block) if order == "tile" else (1, w))
     perm = torch.cat([perm_img + text_len, torch.arange(text_len)])  # new position → old position
     ys = torch.cat([perm_img // w, torch.zeros(text_len, dtype=torch.long)])
     xs = torch.cat([perm_img % w, torch.zeros(text_len, dtype=torch.long)])
@@ -364,11 +368,11 @@ def _compiled_flex():
 
 
 def flex_attention_local(q, k, v, *, grid, radius, text_len=0, scale=None, block: int = FLEX_BLOCK,
-                         compiled: bool | None = None):
+                         compiled: bool | None = None, order: str = "tile"):
     """FlexAttention over the tile-ordered sequence; compiled on CUDA, eager elsewhere (tests only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device))
+    bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), order)
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex_attention
     out = fn(q[:, :, perm], k[:, :, perm], v[:, :, perm], block_mask=bm, scale=scale)

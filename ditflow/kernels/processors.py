@@ -120,10 +120,10 @@ def install_local_attention(transformer, radius: float, *, layers=None, backend:
     if unknown:
         raise ValueError(f"no attention layer named {unknown[0]!r}; choose from transformer.attn_processors keys")
     geometry = Geometry()
-    signature = inspect.signature(transformer.forward)
+    signature = inspect.signature(type(transformer).forward)  # the class's: an instance may shadow forward
 
     def read_geometry(module, args, kwargs):
-        bound = signature.bind_partial(*args, **kwargs).arguments
+        bound = signature.bind_partial(module, *args, **kwargs).arguments
         img_ids, txt_ids = bound.get("img_ids"), bound.get("txt_ids")
         if img_ids is None or txt_ids is None:
             raise ValueError("local attention needs img_ids and txt_ids in the transformer call")
