@@ -49,7 +49,7 @@ def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32):
 
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
-    enc = AutoModel.from_pretrained(path, torch_dtype=dtype).eval()
+    enc = AutoModel.from_pretrained(path, dtype=dtype).eval()
     return tok, enc
 
 

@@ -26,11 +26,14 @@ from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, TEXT_LEN, encod
 
 # ----------------------------------------------------------------------------- configs
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16, sample_size=64,
+    in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=16, sample_size=64,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 128),  # 64×64×3 → 16×16×4; vae_scale_factor = 4
+    # 64×64×3 → 16×16×8 (vae_scale_factor 4). Eight channels, not four: a 4×4 pixel block crossed by an edge
+    # needs two colours plus the edge's place, which four numbers cannot hold sharply (PSNR stalled near 20 dB).
+    block_out_channels=(32, 64, 128),
 )
-TRANSFORMER_BASE = dict(patch_size=1, in_channels=16, joint_attention_dim=384, pooled_projection_dim=384,
+TRANSFORMER_BASE = dict(patch_size=1, in_channels=4 * VAE_CONFIG["latent_channels"],  # 2×2 packed latents
+                        joint_attention_dim=384, pooled_projection_dim=384,
                         guidance_embeds=False, attention_head_dim=32, axes_dims_rope=(8, 12, 12))
 TRANSFORMER_PRESETS = {  # named sizes, DiT-style; the CLI offers these as choices
     "builtin-large": dict(num_layers=3, num_single_layers=6, num_attention_heads=8),  # ≈13M params
@@ -97,7 +100,10 @@ def world_batch(rng: random.Random, n: int, layout: tuple[int, int]) -> tuple[to
         text = world.caption(spec, rng)
         if not world.seen_in_training(text):
             continue
-        images.append(world.render(spec, rng))
+        try:
+            images.append(world.render(spec, rng))
+        except ValueError:  # a rare spec whose random placement failed: draw another
+            continue
         captions.append(text)
     return to_tensor(images), captions
 
@@ -146,8 +152,18 @@ def vae_psnr(vae, images: torch.Tensor) -> float:
     return psnr(rec, images)
 
 
-def train_vae(run: Path, minutes: float = 12, batch: int = 16, lr: float = 1e-3, target_psnr: float = 34.0,
-              log=print):
+def random_crops(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
+    """One random size×size crop per image, on the latent grid (multiples of 4): the VAE is convolutional, and
+    crops give 4× more gradient steps per CPU-second at 32 px than whole panels."""
+    out = []
+    for im in x:
+        y0, x0 = (rng.randrange(0, im.shape[1] - size + 1, 4), rng.randrange(0, im.shape[2] - size + 1, 4))
+        out.append(im[:, y0:y0 + size, x0:x0 + size])
+    return torch.stack(out)
+
+
+def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4, target_psnr: float = 34.0,
+              crop: int = 32, log=print):
     ckpt_path = run / "vae.ckpt"
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -161,7 +177,7 @@ def train_vae(run: Path, minutes: float = 12, batch: int = 16, lr: float = 1e-3,
     held = heldout_images()
     t0, last_save = time.time() - elapsed, time.time()
     while True:
-        x, _ = world_batch(rng, batch, (1, 1))
+        x = random_crops(world_batch(rng, batch, (1, 1))[0], crop, rng)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX bf16 matmuls/convs: ~2× on these CPUs
             post = vae.encode(x).latent_dist
             # Decode the mean: a near-deterministic autoencoder converges far faster than sampling from an
@@ -378,7 +394,7 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     return out
 
 
-def cli(argv: list[str] | None = None) -> None:
+def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ditflow train builtin", description=main.__doc__)
     ap.add_argument("--run-dir", default=str(RUN_DIR))
     ap.add_argument("--minutes", type=float, default=120)
@@ -389,6 +405,7 @@ def cli(argv: list[str] | None = None) -> None:
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     args = ap.parse_args(argv)
     main(**vars(args))
+    return 0
 
 
 if __name__ == "__main__":

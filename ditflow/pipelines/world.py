@@ -318,7 +318,11 @@ def sample_panel(rng: random.Random, kind: str) -> PanelSpec:
                 continue
             objs = (a, b)
         elif kind == "count":
-            objs = (_random_object(rng, position=False, size=rng.random() < 0.5, count=rng.choice((2, 3))),)
+            count = rng.choice((2, 3))
+            obj = _random_object(rng, position=False, size=rng.random() < 0.5, count=count)
+            if count == 3 and obj.size == "large":  # three 28 px objects barely fit a 64 px panel
+                obj = replace(obj, size="small")
+            objs = (obj,)
         else:
             raise ValueError(f"unknown panel kind {kind!r}")
         spec = PanelSpec(objs, bg, named)

@@ -1,0 +1,25 @@
+"""`ditflow train builtin | distill | classifiers`: each target is a module with `cli(argv)`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+TARGETS = {
+    "builtin": ("ditflow.pipelines.train", "the VAE and both transformers of the builtin model (resumable)"),
+    "distill": ("ditflow.pipelines.distill", "CLEAR distillation: full-attention teacher → local-attention student"),
+    "classifiers": ("ditflow.pipelines.classifiers", "the attribute and degradation classifiers"),
+}
+
+
+def cli(argv: list[str], command: str = "train") -> int:
+    if not argv or argv[0] not in TARGETS:
+        print("usage: ditflow train {" + ",".join(TARGETS) + "} [ARGS]")
+        for name, (_, text) in TARGETS.items():
+            print(f"  {name:<12} {text}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(TARGETS[argv[0]][0])
+    return int(module.cli(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
