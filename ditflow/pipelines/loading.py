@@ -78,11 +78,11 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
                  text: tuple | None = None):
-    """The embedded FluxPipeline. `name` picks the transformer: builtin(-large) or builtin-small."""
+    """The embedded FluxPipeline. `name` picks the transformer: builtin(-large), builtin-small, or a subfolder."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     path = Path(path)
-    sub = BUILTIN_NAMES.get(name, "transformer")
+    sub = BUILTIN_NAMES.get(name, name)  # a preset name, or a transformer subfolder such as "ablation/small-nocep"
     _check_folder(path, ("model_index.json", "vae/config.json", "scheduler", f"{sub}/config.json"))
     info = builtin_info(path, name)
     tok, enc = text or load_minilm(info.text_len, dtype)
@@ -109,14 +109,15 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = str(model)
+    model, _, sub = model.partition("#")  # "FOLDER#SUBFOLDER": another transformer of a builtin-style folder
     if model in BUILTIN_NAMES:
-        pipe = load_builtin(model, dtype=dtype or torch.float32)
+        pipe = load_builtin(sub or model, dtype=dtype or torch.float32)
     else:
         path = Path(model).expanduser()
         if path.exists() or model.startswith((".", "/", "~")):
             _check_folder(path, ("model_index.json",))
             if (path / DITFLOW_META).exists():
-                return load_builtin("builtin", path, dtype or torch.float32).to(device)
+                return load_builtin(sub or "builtin", path, dtype or torch.float32).to(device)
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         try:
             pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, torch_dtype=dtype,
