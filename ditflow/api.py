@@ -304,6 +304,12 @@ class Session:
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)  # nothing partial stays behind a cancelled turn
                 raise
+            if record.turn == 0:  # "undo" said as an instruction: the graph dropped its last turn
+                shutil.rmtree(out, ignore_errors=True)
+                if record.error is None and meta.turns:
+                    meta.turns.pop()
+                    self.store.save(meta)
+                return Turn(record, out)
             record = record.model_copy(update={"turn": n})
             self.store.write_turn(meta.id, n, record)
             turn = Turn(record, out)
@@ -313,7 +319,7 @@ class Session:
             meta.title = meta.title or instruction[:60]
             self.store.save(meta)
             self.attachments = []
-            self._emit(ProgressEvent(stage="done", message=f"turn {n}: {len(record.images)} image(s)"))
+            self._emit(ProgressEvent(stage="save", message=f"turn {n} saved: {len(record.images)} image(s)"))
             return turn
 
     def run(self, instruction: str, images: Iterable[str | Path] = (), out_dir: str | Path | None = None, *,
@@ -333,7 +339,7 @@ class Session:
                                     seed=self.settings.seed if seed is None else seed)
             turn = Turn(record, out)
             turn.save(out, settings=self.settings, task=task)
-            self._emit(ProgressEvent(stage="done", message=f"{len(record.images)} image(s) in {out}"))
+            self._emit(ProgressEvent(stage="save", message=f"{len(record.images)} image(s) in {out}"))
             return turn
 
     def stream(self, instruction: str, images: Iterable[str | Path] = (), **kwargs) -> Iterator[ProgressEvent | Turn]:

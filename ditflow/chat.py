@@ -88,6 +88,12 @@ class Chat:
 
     def show_turn(self, turn: Turn) -> None:
         r = turn.record
+        for note in r.notes:
+            self.say(f"note: {note}", "dim")
+        if r.turn == 0:  # "undo" typed as a message: nothing was generated
+            self.say(f"error: {r.error}" if r.error else f"undone; {len(self.session.meta.turns)} turn(s) left",
+                     "red" if r.error else None)
+            return
         if r.parsed and r.parsed.clarification:
             self.say(f"agents: {r.parsed.clarification}", "yellow")
         if r.plan:

@@ -28,7 +28,7 @@ def test_chat_returns_a_typed_turn_and_stores_it(pipe, tmp_path):
         assert turn.article_markdown and "0003" in turn.article_markdown
         assert s.id and [t.record.turn for t in s.history] == [1]
         stages = [e.stage for e in events]
-        assert stages[0] == "parse" and "plan" in stages and stages[-1] == "done"
+        assert stages[0] == "parse" and "plan" in stages and stages[-2:] == ["done", "save"]
         steps = [e for e in events if e.stage == "denoise"]
         assert steps and all(1 <= e.step <= e.total for e in steps)
         saved = turn.save(tmp_path / "out")
@@ -58,8 +58,13 @@ def test_follow_up_undo_and_restart(pipe, tmp_path):
 def test_stream_yields_events_then_the_turn(pipe, tmp_path):
     with Session(pipeline=pipe, llm="rules", persist=False) as s:
         items = list(s.stream("a green triangle at the top right"))
-    assert all(isinstance(i, ProgressEvent) for i in items[:-1]) and isinstance(items[-1], Turn)
-    assert any(i.stage == "denoise" for i in items[:-1]) and len(items[-1].images) == 1
+        assert all(isinstance(i, ProgressEvent) for i in items[:-1]) and isinstance(items[-1], Turn)
+        assert any(i.stage == "denoise" for i in items[:-1]) and len(items[-1].images) == 1
+        stream = s.stream("a blue square")  # leaving the iterator early cancels the turn
+        next(stream)
+        stream.close()
+        assert [t.record.turn for t in s.history] == [1]
+        assert s.chat("a blue square").ok  # and the session is free for the next one
 
 
 def test_cancel_stops_the_turn_and_keeps_the_session(pipe, tmp_path):

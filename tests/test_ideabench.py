@@ -55,3 +55,29 @@ def test_model_dir_names():
     assert model_dir_name("builtin") == "ditflow-builtin"
     assert model_dir_name("black-forest-labs/FLUX.1-dev") == "ditflow-FLUX.1-dev"
     assert model_dir_name("/models/my flux/") == "ditflow-my_flux"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ditflow.agents.graph") is None,
+                    reason="the agents graph (run_turn) has not landed yet")
+def test_runner_writes_outputs_in_the_ideabench_structure_and_resumes(tmp_path, capsys):
+    from PIL import Image
+
+    from ditflow.bench.ideabench import cli
+
+    make_case(tmp_path, "picture_book_0001", "a four-page picture book about a red circle that turns blue", 4)
+    make_case(tmp_path, "recolor_0001", "make the object in image 1 blue", 1, inputs=1)
+    out = tmp_path / "out"
+    assert cli([str(tmp_path), "-o", str(out), "--model", "tiny"]) == 0
+    model_dir = out / "outputs" / "ditflow-tiny"
+    assert sorted(p.name for p in (model_dir / "picture_book_0001").iterdir()) == [f"000{i}.jpg" for i in range(1, 5)]
+    assert sorted(p.name for p in (model_dir / "recolor_0001").iterdir()) == ["0001.jpg"]
+    with Image.open(model_dir / "recolor_0001" / "0001.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    summary = json.loads((out / "ideabench.json").read_text())
+    assert [(c["case"], c["status"], c["produced"]) for c in summary["cases"]] == [
+        ("picture_book_0001", "done", 4), ("recolor_0001", "done", 1)]
+    before = (model_dir / "recolor_0001" / "0001.jpg").stat().st_mtime_ns
+    assert cli([str(tmp_path), "-o", str(out), "--model", "tiny"]) == 0  # resumes: complete cases are skipped
+    summary = json.loads((out / "ideabench.json").read_text())
+    assert {c["status"] for c in summary["cases"]} == {"skipped"}
+    assert (model_dir / "recolor_0001" / "0001.jpg").stat().st_mtime_ns == before
