@@ -34,8 +34,9 @@ def runtime(pipe, events=None, **kw):
 
 def test_picture_book_turn_saves_pages_and_an_article_that_names_them(pipe, tmp_path):
     events = []
+    cp = InMemorySaver()
     rec = run_turn(runtime(pipe, events), thread_id="book", instruction="a four-page picture book about a red "
-                   "circle that turns blue", images=[], out_dir=tmp_path, checkpointer=InMemorySaver())
+                   "circle that turns blue", images=[], out_dir=tmp_path, checkpointer=cp)
     assert rec.error is None and rec.parsed.task == "article"
     assert rec.images == ["0001.png", "0002.png", "0003.png", "0004.png"]
     assert all(Image.open(tmp_path / f).size == (32, 32) for f in rec.images)
@@ -49,6 +50,17 @@ def test_picture_book_turn_saves_pages_and_an_article_that_names_them(pipe, tmp_
     assert stages.index("parse") < stages.index("plan") < stages.index("denoise") < stages.index("article")
     assert stages[-1] == "done" and any(e.stage == "denoise" and e.total > 0 for e in events)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
+    # "add two more pages": the article holds the whole book; earlier pages link to their real files
+    more = run_turn(runtime(pipe), thread_id="book", instruction="add two more pages", images=[],
+                    out_dir=tmp_path / "more", checkpointer=cp)
+    assert more.error is None and more.parsed.task == "article" and more.images == ["0001.png", "0002.png"]
+    md = more.article_markdown
+    assert md.count("## Page") == 6 and "](../0004.png)" in md and "## Page 5\n\n![" in md
+    assert md.index("](../0004.png)") < md.index("](0001.png)")
+    for line in md.splitlines():
+        if line.startswith("!["):
+            assert (tmp_path / "more" / line.split("](")[1].rstrip(")")).is_file()
+    assert [c.refs[0].kind for c in more.plan.steps] == ["input"]  # anchored on page 1 for consistency
 
 
 def test_conversation_memory_survives_a_new_process_and_undo(pipe, tmp_path):

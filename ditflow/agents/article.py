@@ -75,9 +75,11 @@ def template_caption(k: int, n: int, description: str, first_page: int = 1) -> s
     return prompt_section("article", f"template {which}").format(description=description)
 
 
-def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, first_page: int = 1,
+def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, before: list[Page] = (),
                   title: str | None = None) -> Article:
-    """Markdown for `req`'s outputs, each page showing files[output index]."""
+    """Markdown for `req`'s outputs, each page showing files[output index]. `before` are the book's earlier pages
+    (a follow-up "add two more pages"): they come first, as they were, and the new pages continue the numbering."""
+    first_page = len(before) + 1
     missing = [o.index for o in req.outputs if o.index not in files]
     if missing:
         raise ValueError(f"no saved image for output(s) {missing}; the article references real files only")
@@ -109,7 +111,7 @@ def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, fi
         except LLMError as e:
             valid = False
             notes.append(f"article: the LLM gave no valid prose ({str(e).splitlines()[0][:160]}); using templates")
-    pages = []
+    pages = list(before)
     for k, o in enumerate(outs):
         caption = captions[k] or template_caption(k, n, o.description, first_page)
         pages.append(Page(first_page + k, files[o.index], o.description, caption))

@@ -24,8 +24,9 @@ from langgraph.runtime import Runtime
 
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
-from ditflow.schemas import (MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent, ToolRecord, TurnRecord,
-                             TurnTimings, Verdict)
+from ditflow.agents.repair import after_verify, repair_node, verify_node
+from ditflow.schemas import (MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent, RepairAttempt, ToolRecord,
+                             TurnRecord, TurnTimings, Verdict)
 
 UNDO_RE = re.compile(r"^\s*(?:please\s+)?(?:undo|go back|revert|take that back|undo (?:that|the last (?:turn|change|"
                      r"step)))\s*[.!]?\s*$", re.I)
@@ -41,9 +42,10 @@ class AgentRuntime:
         pipeline: a diffusers pipeline, or a zero-argument callable that loads it (called only when a step runs).
         llm: an `LLMBackend` from `make_backend` (None: the rules).
         seed: base seed; step k of a turn uses seed + 1000·k.
-        verify: run the verify node after execution (issue 6 fills `verifier`).
+        verify: verify every output after execution and repair the failed ones (`agents.repair`).
         progress: called with every `ProgressEvent`.
-        verifier: (images by output index, ParsedRequest) → list[Verdict]; the hook for verification.
+        verifier: a `agents.verify.Verifier`; None picks the default for the pipeline and LLM.
+        max_repairs: repair attempts per failed output (the budget; 0 only verifies).
     """
 
     pipeline: Any = None
@@ -51,7 +53,8 @@ class AgentRuntime:
     seed: int = 0
     verify: bool = False
     progress: Callable[[ProgressEvent], None] | None = None
-    verifier: Callable[[dict, ParsedRequest], list[Verdict]] | None = None
+    verifier: Any = None
+    max_repairs: int = 2
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
@@ -83,7 +86,11 @@ class TurnState(TypedDict, total=False):
     files: dict[str, str]  # output index (as a string: JSON keys) → file name in out_dir
     tool_calls: list[dict]  # ToolRecord
     verdicts: list[dict]  # Verdict
+    candidates: dict[str, list[dict]]  # output index → [original, repair 1, ...] with verdicts (agents.repair)
+    to_repair: list[int]  # outputs the repair node works on next
+    repairs: list[dict]  # RepairAttempt
     article: str | None
+    captions: dict[str, str]  # output index → the page text the article gave it (kept for later pages)
     notes: list[str]
     error: str | None
     timings: dict  # TurnTimings
@@ -189,25 +196,8 @@ def execute_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
             "timings": _timings(state, execute_s=time.perf_counter() - t0)}
 
 
-def verify_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
-    """The slot for verification (issue 6): calls `runtime.verifier` when one is set. A repair node would read
-    the verdicts and re-run failed outputs; until it exists the verdicts are only recorded."""
-    from ditflow.images import load_image
-
-    rt = runtime.context
-    t0 = time.perf_counter()
-    if rt.verifier is None:
-        rt.emit(ProgressEvent(stage="verify", message="no verifier configured; outputs are unverified"))
-        return {"verdicts": [], "timings": _timings(state, verify_s=0.0)}
-    req = ParsedRequest.model_validate(state["parse"]["request"])
-    images = {int(k): load_image(Path(state["out_dir"]) / v) for k, v in (state.get("files") or {}).items()}
-    verdicts = rt.verifier(images, req)
-    return {"verdicts": [v.model_dump(mode="json") for v in verdicts],
-            "timings": _timings(state, verify_s=time.perf_counter() - t0)}
-
-
 def article_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
-    from ditflow.agents.article import write_article
+    from ditflow.agents.article import Page, template_caption, write_article
 
     rt = runtime.context
     t0 = time.perf_counter()
@@ -215,13 +205,17 @@ def article_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     req = ParsedRequest.model_validate(state["parse"]["request"])
     out_dir = Path(state["out_dir"])
     files = {int(k): v for k, v in (state.get("files") or {}).items()}
-    first_page = 1
-    if state["parse"]["uses_gallery"]:  # "add two more pages": the new pages continue the book's numbering
-        last = _last(state)
-        first_page = len(last["gallery"]) + 1 if last else 1
-    art = write_article(req, files, rt.llm, first_page=first_page)
+    before: list[Page] = []
+    last = _last(state)
+    if state["parse"]["uses_gallery"] and last:  # "add two more pages": the whole book, new pages at the end
+        for k, g in enumerate(GalleryItem.model_validate(x) for x in last["gallery"]):
+            caption = g.caption or template_caption(k, len(last["gallery"]) + 1, g.description)
+            before.append(Page(k + 1, os.path.relpath(g.path, out_dir), g.description, caption))
+    art = write_article(req, files, rt.llm, before=before)
     write_text_atomic(out_dir / ARTICLE_FILE, art.markdown)
-    return {"article": art.markdown, "notes": state.get("notes", []) + art.notes,
+    captions = {str(o.index): p.caption for o, p in zip(sorted(req.outputs, key=lambda o: o.index),
+                                                        art.pages[len(before):])}
+    return {"article": art.markdown, "captions": captions, "notes": state.get("notes", []) + art.notes,
             "timings": _timings(state, article_s=time.perf_counter() - t0)}
 
 
@@ -238,10 +232,13 @@ def finish_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     out_dir = Path(state["out_dir"])
     error = state.get("error")
     if req is not None and not error and len(files) == req.num_outputs:
-        p = Parse(req, state["parse"]["uses_gallery"])
+        captions = state.get("captions") or {}
+        outs = [o.model_copy(update={"caption": captions.get(str(o.index), o.caption)}) for o in req.outputs]
+        p = Parse(req.model_copy(update={"outputs": outs}), state["parse"]["uses_gallery"])
         gallery = next_gallery(gallery, p, [str(out_dir / files[o.index]) for o in req.outputs])
     timings = TurnTimings(**state.get("timings") or {})
-    timings.total_s = sum(getattr(timings, f) for f in ("parse_s", "plan_s", "execute_s", "verify_s", "article_s"))
+    timings.total_s = sum(getattr(timings, f) for f in ("parse_s", "plan_s", "execute_s", "verify_s", "repair_s",
+                                                               "article_s"))
     record = TurnRecord(
         turn=len(turns) + 1, instruction=state["instruction"],
         inputs=[{"path": p, "sha256": sha256_file(p)} for p in state.get("image_paths") or []],
@@ -249,6 +246,7 @@ def finish_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
         images=[files[k] for k in sorted(files)],
         tool_calls=[ToolRecord.model_validate(r) for r in state.get("tool_calls") or []],
         verdicts=[Verdict.model_validate(v) for v in state.get("verdicts") or []],
+        repairs=[RepairAttempt.model_validate(r) for r in state.get("repairs") or []],
         article_markdown=state.get("article"), llm=rt.llm_name, seed=rt.seed, timings=timings, error=error,
         notes=state.get("notes") or [])
     rt.emit(ProgressEvent(stage="error" if error else "done", message=error or f"{len(files)} image(s)"))
@@ -274,20 +272,18 @@ def _after_execute(state: TurnState) -> str:
     return "article" if (state.get("plan") or {}).get("article") else "finish"
 
 
-def _after_verify(state: TurnState) -> str:
-    return "article" if (state.get("plan") or {}).get("article") else "finish"
-
-
 def build_graph() -> StateGraph:
     g = StateGraph(TurnState, context_schema=AgentRuntime)
     for name, fn in (("parse", parse_node), ("plan", plan_node), ("execute", execute_node),
-                     ("verify", verify_node), ("article", article_node), ("finish", finish_node)):
+                     ("verify", verify_node), ("repair", repair_node), ("article", article_node),
+                     ("finish", finish_node)):
         g.add_node(name, fn)
     g.add_edge(START, "parse")
     g.add_conditional_edges("parse", _after_parse, ["plan", "finish"])
     g.add_conditional_edges("plan", _after_plan, ["execute", "finish"])
     g.add_conditional_edges("execute", _after_execute, ["verify", "article", "finish"])
-    g.add_conditional_edges("verify", _after_verify, ["article", "finish"])
+    g.add_conditional_edges("verify", after_verify, ["repair", "article", "finish"])
+    g.add_edge("repair", "verify")
     g.add_edge("article", "finish")
     g.add_edge("finish", END)
     return g
@@ -352,7 +348,8 @@ def run_turn(runtime: AgentRuntime, *, thread_id: str, instruction: str, images:
                           notes=[f"undid turn {dropped.turn}: {dropped.instruction!r}"] if dropped else [])
     app = _GRAPH.compile(checkpointer=checkpointer)
     fresh = {"instruction": instruction, "image_paths": [str(Path(p)) for p in images], "out_dir": str(out_dir),
-             "verify": bool(runtime.verify), "inputs": [], "parse": {}, "plan": None, "files": {}, "tool_calls": [], "verdicts": [], "article": None,
-             "notes": [], "error": None, "timings": {}}
+             "verify": bool(runtime.verify), "inputs": [], "parse": {}, "plan": None, "files": {}, "tool_calls": [], "verdicts": [],
+             "candidates": {}, "to_repair": [], "repairs": [], "article": None,
+             "captions": {}, "notes": [], "error": None, "timings": {}}
     state = app.invoke(fresh, _config(thread_id), context=runtime)
     return TurnRecord.model_validate(state["turns"][-1]["record"])

@@ -15,12 +15,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from ditflow.agents import scene as sc
 from ditflow.pipelines.world import BACKGROUNDS, COLORS, POSITION_CELL, POSITIONS
-from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, InputImage, OutputSpec,
-                             ParsedRequest, TaskKind)
+from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, MAX_PROMPT_CHARS, InputImage,
+                             OutputSpec, ParsedRequest, TaskKind)
 
 log = logging.getLogger(__name__)
 
@@ -525,26 +525,31 @@ def parse_rules(ctx: Context) -> Parse:
         if panels > MAX_PANELS:
             return Parse(_clarify(f"One canvas holds at most {MAX_PANELS} panels, and you asked for {panels}. "
                                   f"Ask for {MAX_PANELS} or fewer panels, or for separate images.", ctx))
-    if task in ("edit", "restore"):
-        req = _edit_or_restore(text, task, inputs, refs, forbidden)
-    else:
-        items = list_items(text)
-        count = count_outputs(text, task, items)
-        n = count.n if count else 1
-        if n > MAX_OUTPUTS:
-            return Parse(_clarify(f"You asked for {n} images; one turn makes at most {MAX_OUTPUTS}. Ask for "
-                                  f"{MAX_OUTPUTS} or fewer (you can ask for more in the next turn).", ctx))
-        if n < 1:
-            return Parse(_clarify("You asked for zero images; how many should I make?", ctx))
-        descs, shared = generation_descriptions(text, n, task, items)
-        captions = items if task == "article" and len(items) == n else [None] * n
-        sources = _sources_for_generation(refs, n_in)
-        req = ParsedRequest(task=task, num_inputs=n_in, num_outputs=n, inputs=inputs,
-                            outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden),
-                                                sources=sources, caption=c)
-                                     for i, (d, c) in enumerate(zip(descs, captions))],
-                            shared=_drop_forbidden(shared, forbidden) if shared else None,
-                            title=_title(_subject(raw)) if task == "article" else None)
+    try:  # a description can outgrow a prompt's limit (a 4000-character list of objects): ask, never crash
+        if task in ("edit", "restore"):
+            req = _edit_or_restore(text, task, inputs, refs, forbidden)
+        else:
+            items = list_items(text)
+            count = count_outputs(text, task, items)
+            n = count.n if count else 1
+            if n > MAX_OUTPUTS:
+                return Parse(_clarify(f"You asked for {n} images; one turn makes at most {MAX_OUTPUTS}. Ask for "
+                                      f"{MAX_OUTPUTS} or fewer (you can ask for more in the next turn).", ctx))
+            if n < 1:
+                return Parse(_clarify("You asked for zero images; how many should I make?", ctx))
+            descs, shared = generation_descriptions(text, n, task, items)
+            captions = items if task == "article" and len(items) == n else [None] * n
+            sources = _sources_for_generation(refs, n_in)
+            req = ParsedRequest(task=task, num_inputs=n_in, num_outputs=n, inputs=inputs,
+                                outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden),
+                                                    sources=sources, caption=c)
+                                         for i, (d, c) in enumerate(zip(descs, captions))],
+                                shared=_drop_forbidden(shared, forbidden) if shared else None,
+                                title=_title(_subject(raw)) if task == "article" else None)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        return Parse(_clarify(f"This request does not fit one turn ({'.'.join(map(str, err['loc']))}: {err['msg']}); "
+                              "please describe the images more briefly.", ctx))
     return Parse(req, uses_gallery=uses_gallery)
 
 
@@ -770,8 +775,10 @@ def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Pa
     from ditflow.agents.prompts import load_prompt
 
     rules = parse_rules(ctx)
-    if backend is None or parse_mode(backend) != "llm":
+    if backend is None or parse_mode(backend) == "rules":
         return rules
+    if parse_mode(backend) == "prose":
+        return polish_descriptions(rules, backend)
     if rules.request.clarification:  # safety and reference checks are the rules' call, never the LLM's
         rules.notes.append("the rules asked for clarification; the LLM was not consulted")
         return rules
@@ -792,3 +799,53 @@ def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Pa
     refereed, notes = referee(got, rules.request, ctx.instruction)
     return Parse(refereed, rules.uses_gallery, notes, valid_before_fallback=True,
                  source=backend.name if refereed is not rules.request else "rules")
+
+
+def description_problem(new: str, old: str) -> str | None:
+    """Why a rewritten description cannot replace `old`: it must keep every field the rules parsed."""
+    if not new.strip() or len(new) > MAX_PROMPT_CHARS:
+        return "empty or too long"
+    old = re.sub(r",?\s*scene \d+ of \d+", "", old)  # the template's own numbering is not a parsed field
+    if SELF_REFERENCE.search(new):
+        return "refers to another image"
+    for vocab in (sc.COLOR_WORDS, sc.SHAPE_WORDS, sc.BACKGROUND_WORDS):
+        a = {vocab[w] for w in re.findall(r"[a-z]+", old.lower()) if w in vocab}
+        b = {vocab[w] for w in re.findall(r"[a-z]+", new.lower()) if w in vocab}
+        if a != b:
+            return f"changes {sorted(a ^ b)}"
+    nums = lambda t: {w for w in re.findall(r"[a-z0-9]+", t.lower()) if w.isdigit() or w in NUMBERS}  # noqa: E731
+    if nums(old) - nums(new):
+        return f"drops the number(s) {sorted(nums(old) - nums(new))}"
+    return None
+
+
+def polish_descriptions(p: Parse, backend) -> Parse:
+    """Let a prose-only LLM rewrite descriptions the shapes-world vocabulary does not cover ("a fox who learns to
+    swim, scene 2 of 4"), keeping each rewrite only if it keeps the parsed fields. Shapes-world descriptions stay
+    canonical: they are the builtin model's training wording."""
+    from ditflow.agents.llm.base import LLMError
+    from ditflow.agents.prompts import prompt_section
+
+    req = p.request
+    todo = [o for o in req.outputs if not sc.parse_scene(o.description).things] if not req.clarification else []
+    if not todo or req.task not in ("generate", "article", "guide"):
+        return p
+    schema = create_model(f"Descriptions{len(todo)}", descriptions=(list[str], Field(min_length=len(todo),
+                                                                                     max_length=len(todo))))
+    messages = [{"role": "system", "content": prompt_section("describe", "system")},
+                {"role": "user", "content": json.dumps({"descriptions": [o.description for o in todo]})}]
+    try:
+        got = backend.complete(messages, schema, task="describe").descriptions
+    except LLMError as e:
+        return Parse(req, p.uses_gallery, p.notes + [f"describe: no valid LLM answer ({str(e)[:160]}); kept the "
+                                                     f"template descriptions"], valid_before_fallback=False)
+    notes = list(p.notes)
+    new = {o.index: o.description for o in req.outputs}
+    for o, text in zip(todo, got):
+        problem = description_problem(text, o.description)
+        if problem:
+            notes.append(f"output {o.index}: LLM description {problem}; kept the template")
+        else:
+            new[o.index] = text.strip()
+    outputs = [o.model_copy(update={"description": new[o.index]}) for o in req.outputs]
+    return Parse(req.model_copy(update={"outputs": outputs}), p.uses_gallery, notes, source=backend.name)

@@ -35,6 +35,7 @@ POSITION_PHRASES = [
     (r"(?:bottom|lower) (?:center|centre|middle)|(?:along )?the bottom(?: edge)?|near the bottom|at the bottom"
      r"|(?:to )?the bottom", "bottom"),
     (r"(?:middle |the )?left(?:[ -]hand)?(?: side| edge)?", "left"),
+    (r"(?<!the )right in the (?:very )?(?:center|middle)", "center"),  # "right in the middle" is not "right"
     (r"(?:middle |the )?right(?:[ -]hand)?(?: side| edge)?", "right"),
     (r"(?:the )?(?:very )?(?:center|centre|middle)", "center"),
 ]
