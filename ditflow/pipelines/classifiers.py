@@ -323,7 +323,8 @@ def predict_degradation(model: SmallCNN, image: Image.Image) -> tuple[np.ndarray
 def _cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ditflow.pipelines.classifiers")
     ap.add_argument("kind", choices=("attributes", "degradation"))
-    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget")
+    ap.add_argument("--max-steps", type=int, default=100_000, help="step budget (whichever ends first)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--pool", type=int, default=None, help="input downsampling (default: 2 attributes, 1 degradation)")
@@ -331,7 +332,7 @@ def _cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     pool = a.pool or (2 if a.kind == "attributes" else 1)
-    main(kind=a.kind, minutes=a.minutes, width=a.width, pool=pool, batch=a.batch, seed=a.seed, out=a.out)
+    main(kind=a.kind, minutes=a.minutes, max_steps=a.max_steps, width=a.width, pool=pool, batch=a.batch, seed=a.seed, out=a.out)
     return 0
 
 

@@ -188,7 +188,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
     elif spec.mode == "sdedit":
         from diffusers import FluxImg2ImgPipeline
 
-        i2i = FluxImg2ImgPipeline(**pipe.components)
+        i2i = FluxImg2ImgPipeline.from_pipe(pipe)
         i2i.set_progress_bar_config(disable=True)
         n_run = max(1, int(steps * spec.strength))
         result = i2i(image=src, strength=spec.strength, height=h, width=w,
@@ -204,7 +204,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
             from diffusers import FluxFillPipeline as Inpaint
         else:
             from diffusers import FluxInpaintPipeline as Inpaint
-        ip = Inpaint(**pipe.components)
+        ip = Inpaint.from_pipe(pipe)
         ip.set_progress_bar_config(disable=True)
         n_run = max(1, int(steps * spec.strength))
         out = ip(image=src, mask_image=m, strength=spec.strength, height=h, width=w,

@@ -61,7 +61,7 @@ def fill_canvas(pipe, canvas: Image.Image, layout: cv.Layout, known: list[bool],
     if has_fill_channels(pipe):
         from diffusers import FluxFillPipeline
 
-        fill = FluxFillPipeline(**pipe.components)
+        fill = FluxFillPipeline.from_pipe(pipe)
         fill.set_progress_bar_config(disable=True)
         gen_mask = Image.fromarray(((1.0 - mask_px) * 255).astype("uint8"), "L")
         return fill(image=canvas, mask_image=gen_mask, height=height, width=width,

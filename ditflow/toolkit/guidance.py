@@ -49,35 +49,35 @@ def sine_schedule(sigma: float) -> float:
     return math.sin(math.pi * min(max(sigma, 0.0), 1.0))
 
 
-def resolve_targets(classifier: nn.Module, target: dict[str, str]) -> dict[slice, int]:
-    """{"color": "red"} → {slice of the colour logits: index of red}; a clear error for unknown names."""
+def resolve_targets(classifier: nn.Module, target: dict[str, str]) -> list[tuple[slice, int]]:
+    """{"color": "red"} → [(slice of the colour logits, index of red)]; a clear error for unknown names."""
     if not target:
         raise ValueError("classifier guidance needs a target, e.g. {'color': 'red'} or {'class': '207'}")
     heads = classifier.heads() if hasattr(classifier, "heads") else None
     labels = getattr(classifier, "labels", {})
-    out = {}
+    out = []
     for attr, label in target.items():
         if heads is None:
             if attr != "class" or not str(label).isdigit():
                 raise ValueError(f"this classifier has one output head; give the target as {{'class': '<index>'}}")
-            out[slice(None)] = int(label)
+            out.append((slice(None), int(label)))
             continue
         if attr not in heads:
             raise ValueError(f"unknown target attribute {attr!r}; this classifier has {', '.join(heads)}")
         names = labels.get(attr, ())
         if label in names:
-            out[heads[attr]] = names.index(label)
+            out.append((heads[attr], names.index(label)))
         elif str(label).isdigit():
-            out[heads[attr]] = int(label)
+            out.append((heads[attr], int(label)))
         else:
             raise ValueError(f"unknown {attr} {label!r}; use one of {', '.join(names)}")
     return out
 
 
-def objective(logits: torch.Tensor, targets: dict[slice, int], tau1: float = 1.0, tau2: float = 1.0) -> torch.Tensor:
+def objective(logits: torch.Tensor, targets: list[tuple[slice, int]], tau1: float = 1.0, tau2: float = 1.0) -> torch.Tensor:
     """Σ over heads of τ1·f_y − logsumexp(τ2·f) (EluCD eq. for the guidance log-likelihood), summed over the batch."""
     total = logits.new_zeros(())
-    for sl, y in targets.items():
+    for sl, y in targets:
         f = logits[:, sl]
         total = total + (tau1 * f[:, y] - torch.logsumexp(tau2 * f, dim=1)).sum()
     return total
@@ -99,7 +99,7 @@ def targets_from_prompt(prompt: str) -> dict[str, str]:
     return target
 
 
-def guidance_hook(classifier: nn.Module, targets: dict[slice, int], scale: float, width: int, height: int,
+def guidance_hook(classifier: nn.Module, targets: list[tuple[slice, int]], scale: float, width: int, height: int,
                   tau1: float = 1.0, tau2: float = 1.0, log: list | None = None):
     """fn(pipe, latents, x̂0, σ) → latents for `flux.x0_hook`: one EluCD step."""
     size = getattr(classifier, "input_size", None)

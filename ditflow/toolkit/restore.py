@@ -97,7 +97,7 @@ def restore_tensor(pipe, op: dg.Degradation, y: torch.Tensor, spec: RestoreSpec,
     start = (1 - s0) * z_init + s0 * noise_like(z_init, spec.seed)  # the flow path at the starting level
     cfg = spec.guidance_scale if spec.guidance_scale is not None else (info_of(pipe).default_cfg if prompt else 1.0)
     kw = call_kwargs(pipe, spec.model_copy(update={"guidance_scale": cfg}), prompt)
-    i2i = FluxImg2ImgPipeline(**pipe.components)
+    i2i = FluxImg2ImgPipeline.from_pipe(pipe)
     i2i.set_progress_bar_config(disable=True)
     n_run = max(1, int(steps * strength + 1e-6))
     log: list = []
