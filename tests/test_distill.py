@@ -26,8 +26,11 @@ def test_student_trains_only_image_stream_projections():
 
 
 def test_distillation_lowers_the_loss_on_fixed_data():
+    """The student moves toward the teacher: output and attention-output gaps shrink on a fixed batch.
+
+    The flow term is switched off here: on a random tiny teacher it is mostly irreducible noise."""
     pipe = tiny_flux_pipeline(seed=1)
-    cfg = distill.DistillConfig(**{**SMALL, "steps": 40, "lr": 3e-3, "batch": 4})
+    cfg = distill.DistillConfig(**{**SMALL, "steps": 40, "lr": 3e-3, "batch": 4, "w_flow": 0.0})
     teacher = pipe.transformer.eval().requires_grad_(False)
     data = distill.teacher_samples(pipe, cfg)
     assert data["x0"].shape == (4, 16 * 16, 16)  # 64 px / VAE 2 / packing 2 = a 16×16 token grid
@@ -51,7 +54,10 @@ def test_distillation_lowers_the_loss_on_fixed_data():
     history = distill.train_student(teacher, student, data, cfg, pipe.vae_scale_factor, log=lambda m: None)
     after = fixed_loss()
     assert len(history) == 40
-    assert after["match"] < before["match"] and after["attn"] < before["attn"]
+    assert after["match"] < 0.7 * before["match"] and after["attn"] < 0.7 * before["attn"]
+    frozen = dict(teacher.named_parameters())
+    for n, p in student.named_parameters():  # only the image-stream projections moved
+        assert torch.equal(p, frozen[n]) != p.requires_grad
 
 
 def test_main_writes_a_small_weights_file_that_loads_back(tmp_path):

@@ -45,7 +45,7 @@ class DistillConfig:
         n_samples: teacher-generated training samples; teacher_steps: its sampling steps.
         steps: optimiser steps (stops early when `minutes` run out); batch; lr.
         attn_every: match attention outputs on every k-th attention layer (the "subset of layers").
-        w_teacher, w_attn: loss weights of the output and attention-output matching terms.
+        w_flow, w_teacher, w_attn: loss weights of flow matching, output matching and attention-output matching.
         eval_n: held-out 2×2-panel prompts scored for teacher and student (0 skips the evaluation).
         out: folder for the weights file and report.
     """
@@ -61,6 +61,7 @@ class DistillConfig:
     batch: int = 8
     lr: float = 1e-4
     attn_every: int = 2
+    w_flow: float = 1.0
     w_teacher: float = 0.5
     w_attn: float = 0.5
     eval_n: int = 40
@@ -86,7 +87,8 @@ def canvas_prompts(n: int, height: int, width: int, seed: int, heldout: bool = F
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        spec = (world.sample_panels(rng, layout) if layout != (1, 1) else world.sample_spec(rng))
+        spec = (world.sample_panels(rng, layout) if layout != (1, 1)
+                else world.sample_spec(rng, rng.choice([k for k in world.KINDS if k != "panels"])))
         text = world.caption(spec, rng)
         if world.seen_in_training(text) != heldout:
             out.append((text, spec))
@@ -181,7 +183,7 @@ def distill_loss(student, teacher, tap_s: AttentionTap, tap_t: AttentionTap, x0,
     flow = F.mse_loss(v_student, noise - x0)
     match = F.mse_loss(v_student, v_teacher)
     attn = torch.stack([F.mse_loss(tap_s.outputs[n], tap_t.outputs[n]) for n in tap_t.outputs]).mean()
-    loss = flow + cfg.w_teacher * match + cfg.w_attn * attn
+    loss = cfg.w_flow * flow + cfg.w_teacher * match + cfg.w_attn * attn
     return loss, {"loss": loss.item(), "flow": flow.item(), "match": match.item(), "attn": attn.item()}
 
 
