@@ -93,7 +93,7 @@ INJECTION_RE = re.compile(
 NEGATION_RE = re.compile(
     r"\b(?:don'?t|do not|does not|doesn'?t|never|not|no|without|except|avoid|avoiding|none of (?:them|the \w+)|"
     r"other than|anything but|instead of|rather than|isn'?t|aren'?t|but not)\b"
-    r"(?P<span>[^,.;:!?]{0,40}?)(?=[,.;:!?]|\bbut\b|\bjust\b|\bonly\b|\bdraw\b|\bplease\b|$)")
+    r"(?P<span>[^,.;:!?]{1,40}?)(?=[,.;:!?]|\bbut\b|\bjust\b|\bonly\b|$)")
 COMMAND_WORDS = re.compile(
     r"^(?:(?:please|pls|plz|kindly|now|ok|okay|hey|hi)\b[\s,]*)*(?:(?:could|can|would|will) you(?: please)?"
     r"(?: be so kind as to)?|i(?:'d| would)? (?:like|love|want|need)(?: to see| to have| you to)?|i want to see|"
