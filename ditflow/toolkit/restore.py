@@ -25,6 +25,7 @@ from ditflow.toolkit.flux import (Progress, call_kwargs, decode, encode, noise_l
 # Where the noiseless operators start: how much of the image they leave to the prior (σ of the flow path).
 START_SIGMA = {"blur": 0.5, "sr2": 0.5, "sr4": 0.7, "jpeg": 0.35, "inpaint": 0.9}
 LAMBDA = 1.0  # DiffPIR's λ in ρ_t = λ σ_n² / σ̄_t²
+FINAL_PROJECTIONS = 50  # onto {x: Hx = y} and [0, 1]; both convex, so this converges to a point of both
 JPEG_LR = 0.5  # latent step of the JPEG gradient update, in units of the normalised gradient's RMS × σ
 
 
@@ -105,8 +106,9 @@ def restore_tensor(pipe, op: dg.Degradation, y: torch.Tensor, spec: RestoreSpec,
     out = i2i(image=dg.to_image(x_init), strength=strength, latents=start, height=h, width=w, output_type="pt",
               callback_on_step_end=step_callback(progress, n_run, hook), **kw).images  # (1, 3, H, W) in [0, 1]
     x = out.float().cpu()
-    final = op.prox(x, y, 1e-4) if op.name != "noise" else None  # exact consistency with y, as the prox at ρ → 0
-    x = x if final is None else final
+    if op.name not in ("noise", "jpeg"):  # exact consistency with y inside [0, 1]: alternating projections (POCS)
+        for _ in range(FINAL_PROJECTIONS):
+            x = op.prox(x, y, 1e-4).clamp(0, 1)
     return x.clamp(0, 1), {"start_sigma": round(s0, 4), "wanted_sigma": round(s_want, 4), "steps_run": n_run,
                            "trace": log}
 
