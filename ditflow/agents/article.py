@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from pydantic import BaseModel, Field, create_model
 
@@ -19,6 +20,7 @@ from ditflow.agents.prompts import prompt_section
 from ditflow.schemas import MAX_OUTPUTS, ParsedRequest
 
 MAX_CAPTION_CHARS = 240
+MAX_LLM_CAPTION_CHARS = 90  # bounds the tokens the embedded LLM writes per page (latency), about 15 words
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Article:
 def prose_schema(n: int) -> type[BaseModel]:
     """{"title", "captions"} with exactly n captions: the count is in the schema, so the grammar stops runaway
     lists (issue 5)."""
-    return create_model(f"Prose{n}", title=(str, Field(min_length=1, max_length=120)),
-                        captions=(list[str], Field(min_length=n, max_length=n)))
+    caption = Annotated[str, Field(min_length=1, max_length=MAX_LLM_CAPTION_CHARS)]
+    return create_model(f"Prose{n}", title=(str, Field(min_length=1, max_length=60)),
+                        captions=(list[caption], Field(min_length=n, max_length=n)))
 
 
 def _words(text: str, vocab: dict[str, str]) -> set[str]:

@@ -463,7 +463,14 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> t
     path = _motion(text, n)
     if path and len(base.things) == 1:
         scenes = [sc.move(s, p) for s, p in zip(scenes, path)]
-    return [sc.scene_text(s) for s in scenes], subject_text if (story or path or end_color or growth) else None
+    overview = subject_text  # what the panels share, as the builtin model's multi-panel overviews say it
+    if end_color:
+        overview += f" that turns {end_color}"
+    elif growth:
+        overview += " that grows" if growth[1] == "large" else " that shrinks"
+    elif path and len(base.things) == 1:
+        overview += " moving"
+    return [sc.scene_text(s) for s in scenes], overview if (story or path or end_color or growth) else None
 
 
 # ----------------------------------------------------------------------------- the deterministic parser

@@ -116,7 +116,7 @@ def summarise(results: list[CaseResult]) -> dict:
 BOOK = "a four-page picture book about a red circle that turns blue"
 
 
-def end_to_end(model: str, llm: str, out_dir: Path, repeats: int = 2) -> dict:
+def end_to_end(model: str, llm: str, out_dir: Path, repeats: int = 1) -> dict:
     """Seconds of the picture-book turn with everything loaded: parse, plan, execute, article, total.
 
     The first turn warms up (imports, grammar compile, first-call allocations) and is reported separately."""
