@@ -6,10 +6,13 @@ Writes DIR/0001.png ..., DIR/plan.json, DIR/article.md (articles, picture books)
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from ditflow.api import MANIFEST_FILE, Session
+from ditflow.api import MANIFEST_FILE, Session, Turn
 from ditflow.progress import RichProgress
 
 
@@ -39,6 +42,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder; with --overwrite, drop the earlier run's numbered outputs first."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder; choose another -o")
+    for dead in out.glob(".run-*") if out.is_dir() else ():  # staging left by a killed run
+        shutil.rmtree(dead, ignore_errors=True)
     if (out / MANIFEST_FILE).exists():
         if not overwrite:
             raise ValueError(f"{out} already holds a run; choose another -o or pass --overwrite")
@@ -47,14 +52,33 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         (out / MANIFEST_FILE).unlink()
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished run's files from its staging folder into `out`, the manifest last: a run that fails or is
+    killed leaves no output files behind, and a manifest in `out` means every file it lists is there."""
+    files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+    for f in files:
+        os.replace(f, out / f.name)
+    os.replace(staging / MANIFEST_FILE, out / MANIFEST_FILE)
+
+
 def cli(argv: list[str], command: str = "run") -> int:
     args = parser(f"ditflow {command}").parse_args(argv)
     prepare_out(args.out, args.overwrite)
-    with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                 verify=args.verify, persist=False) as session:
-        show = RichProgress(enabled=not args.quiet)
-        with show:
-            turn = session.run(args.instruction, args.images, args.out, on_progress=show)
+    staging = Path(tempfile.mkdtemp(prefix=".run-", dir=_mkdir(args.out)))
+    try:
+        with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
+                     verify=args.verify, persist=False) as session:
+            with RichProgress(enabled=not args.quiet) as show:
+                turn = session.run(args.instruction, args.images, staging, on_progress=show)
+        publish(staging, args.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    turn = Turn(turn.record, args.out, turn.manifest)
     for path in turn.image_paths:
         print(path)
     if turn.record.article_markdown:
