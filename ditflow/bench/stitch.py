@@ -84,6 +84,8 @@ def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIO
           f"{steps} steps, {torch.get_num_threads()} threads")
     rows = run(pipe, small_model, fractions, n, steps, seed)
     print_table(rows)
+    if tiny:
+        print("(tiny random models: the timings exercise the harness; the scores and the goal line mean nothing)")
     return rows
 
 

@@ -74,7 +74,9 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, guidance: float = 
         raise ValueError("the small transformer is the pipeline's own transformer; pass a different model")
     check_compatible(large, small_transformer)
     remove_stitch(pipe)
-    small = small_transformer.to(device=large.device, dtype=large.dtype)
+    small = small_transformer
+    if (small.device, small.dtype) != (large.device, large.dtype):
+        small = small.to(device=large.device, dtype=large.dtype)
     stitch = Stitch(small, float(fraction), float(guidance))
     large_forward = large.forward  # the bound class method
     small_takes_guidance = bool(small.config.get("guidance_embeds", False))
