@@ -199,3 +199,16 @@ def test_bad_input_raises_clear_value_errors(kwargs, match):
         la.local_attention(q, k, v, **kwargs)
     with pytest.raises(ValueError, match="shape"):
         la.local_attention(q, k[:, :, :10], v, grid=(3, 6), radius=2, text_len=2)
+
+
+def test_bench_attention_runs_and_reports_exact_methods(tmp_path):
+    from ditflow.bench import attention as bench
+
+    out = tmp_path / "a.json"
+    (res,) = bench.main(grids=(12,), heads=2, head_dim=32, text_len=5, radius=3.0, threads=1, repeats=1,
+                        json_out=str(out))
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"full SDPA (no mask)", *bench.METHODS}
+    assert res["flop_bound"] == pytest.approx(la.flop_ratio((12, 12), 3.0, 5))
+    assert all(r["max_err"] <= TOL for name, r in rows.items() if r["max_err"] is not None and "bf16" not in name)
+    assert out.exists()

@@ -141,7 +141,7 @@ def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, thr
         raise ValueError(f"unknown methods {unknown} for {device}; choose from {list(table)}")
     args = argparse.Namespace(heads=heads, head_dim=head_dim, text_len=text_len, radius=radius, repeats=repeats,
                               device=device, dtype=getattr(torch, dtype))
-    probe = torch.empty(1, 1, 1, 1, device=device)
+    probe = torch.empty(1, 1, text_len + max(grids) ** 2, 1, device=device)  # dispatch looks at the length
     backend = la.choose_backend(probe, (max(grids), max(grids)), radius, text_len, False)
     where = torch.cuda.get_device_name() if device == "cuda" else f"{threads} CPU threads"
     print(f"local attention benchmark: heads {heads} × {head_dim}, {dtype}, text {text_len}, r {radius}, "
