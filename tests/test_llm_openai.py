@@ -127,10 +127,16 @@ def test_valid_answer_first_try_sends_schema_and_model(endpoint):
 
 def test_request_schema_ties_counts_and_bounds_every_container():
     js = request_schema(ParsedRequest)
-    # the count-tying anyOf: variant k has num_outputs == k and exactly k outputs
-    v3 = js["anyOf"][2]
-    assert v3["properties"]["num_outputs"] == {"const": 3}
-    assert v3["properties"]["outputs"]["minItems"] == v3["properties"]["outputs"]["maxItems"] == 3
+    # one variant per (num_outputs, num_inputs): 16 x 9, each fixing both list lengths
+    assert len(js["anyOf"]) == 16 * 9
+    combos = {(v["properties"]["num_outputs"]["const"], v["properties"]["num_inputs"]["const"]) for v in js["anyOf"]}
+    assert combos == {(o, i) for o in range(1, 17) for i in range(0, 9)}
+    for v in js["anyOf"]:
+        p = v["properties"]
+        o, i = p["num_outputs"]["const"], p["num_inputs"]["const"]
+        assert p["outputs"]["minItems"] == p["outputs"]["maxItems"] == o
+        assert p["inputs"]["minItems"] == p["inputs"]["maxItems"] == i
+        assert {"inputs", "outputs"} <= set(v["required"])
 
     def containers(node):
         if isinstance(node, dict):

@@ -9,8 +9,8 @@ Anything else (e.g. HTTP 400: the server rejects the request itself) is not retr
 from __future__ import annotations
 
 import base64
+import functools
 import io
-import json
 import logging
 import os
 import time
@@ -62,14 +62,39 @@ def image_part(image: Any, *, detail: str = "auto") -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
 
 
+def tie_counts(js: dict[str, Any]) -> dict[str, Any]:
+    """Tie each integer property `num_X` to the length of its array property `X`, as an anyOf over the values k
+    (`num_X: {const: k}`, exactly k items). Without it a small model states one count and writes another list
+    length, often a runaway one (issue 5: SmolLM2 wrote 16 inputs for `num_inputs: 1`). Pairs multiply:
+    ParsedRequest gives 9 × 16 variants, which xgrammar compiles once per schema in about a second."""
+    props = js.get("properties", {})
+    pairs = [(f"num_{name}", name) for name, p in props.items()
+             if p.get("type") == "array" and props.get(f"num_{name}", {}).get("type") == "integer"]
+    if not pairs:
+        return js
+    variants = [{k: v for k, v in js.items() if k != "$defs"}]
+    for num, arr in pairs:
+        lo, hi = props[num].get("minimum", 0), props[num].get("maximum", DEFAULT_MAX_ITEMS)
+        variants = [_with_count(v, num, arr, k) for v in variants for k in range(lo, hi + 1)]
+    return {"$defs": js.get("$defs", {}), "anyOf": variants}
+
+
+def _with_count(variant: dict[str, Any], num: str, arr: str, k: int) -> dict[str, Any]:
+    props = dict(variant["properties"])
+    props[num] = {"const": k}
+    props[arr] = {**props[arr], "minItems": k, "maxItems": k}
+    required = list(variant.get("required", []))
+    return {**variant, "properties": props, "required": required + [arr] * (arr not in required)}
+
+
+@functools.lru_cache(maxsize=64)  # a pydantic JSON schema costs tens of ms to build; the schemas are fixed classes
 def request_schema(schema: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema sent as `response_format`: the grammar schema the local backend also enforces (counts tied
-    to list lengths), with a `maxItems`/`maxLength` added to every array/string that has none."""
-    from ditflow.agents.llm.local import grammar_schema  # pure JSON-schema code; loads no model
+    """The JSON schema sent as `response_format`: counts tied to list lengths, a `maxItems`/`maxLength` on every
+    array/string that has none, and no titles (the grammar does not need them; 144 variants carry less)."""
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            node = {k: walk(v) for k, v in node.items()}
+            node = {k: walk(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
             if node.get("type") == "array":
                 node.setdefault("maxItems", DEFAULT_MAX_ITEMS)
             if node.get("type") == "string" and not {"enum", "const", "pattern"} & node.keys():
@@ -79,7 +104,7 @@ def request_schema(schema: type[BaseModel]) -> dict[str, Any]:
             return [walk(v) for v in node]
         return node
 
-    return walk(grammar_schema(schema))
+    return tie_counts(walk(schema.model_json_schema()))
 
 
 def _strip_fence(text: str) -> str:
@@ -178,7 +203,7 @@ class OpenAIBackend:
                 if r.status_code < 400:
                     try:
                         return r.json()
-                    except json.JSONDecodeError:
+                    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
                         last = f"HTTP {r.status_code} with a body that is not JSON: {r.text[:200]!r}"
                 elif r.status_code in RETRYABLE_STATUS:
                     last = f"HTTP {r.status_code}: {r.text[:200]}"
@@ -253,6 +278,8 @@ class OpenAIBackend:
                 choice = data["choices"][0]
                 raw = choice["message"].get("content") or ""
                 finish = choice.get("finish_reason")
+                if not isinstance(raw, str):  # a broken server, not a model's answer: content is always a string
+                    raise TypeError(f"message.content is a {type(raw).__name__}")
             except (KeyError, IndexError, TypeError, AttributeError):
                 raise LLMUnavailable(f"{self.base_url} answered without choices[0].message: {str(data)[:300]}")
             try:
