@@ -174,9 +174,11 @@ ClaimStatus = Literal["pass", "fail", "not_checkable", "unverified"]
 
 class Claim(BaseModel):
     text: str
-    attribute: str  # color | shape | size | position | count | background | panel | other
+    attribute: str  # object | color | shape | size | position | count | background | panel | other
     status: ClaimStatus
     seen: str | None = None  # what the verifier saw instead, when it failed
+    want: str | None = None  # what the description asks of this claim's subject, in the verifier's words
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 px of the subject seen, when the verifier knows
 
 
 class Verdict(BaseModel):
@@ -192,6 +194,19 @@ class Verdict(BaseModel):
     @property
     def score(self) -> float:
         return sum(c.status == "pass" for c in self.claims) / max(1, len(self.claims))
+
+
+class RepairAttempt(BaseModel):
+    """One repair of one output (issue 6): what was tried, why, the candidate file and its verdict."""
+
+    output: int
+    attempt: int = Field(ge=1)  # 1..budget
+    repair: str  # inpaint | regroup | guide | regenerate
+    reason: str = ""  # the failed claims it aimed at
+    file: str = ""  # the candidate image, relative to the turn folder
+    verdict: Verdict | None = None
+    tool_call: ToolRecord | None = None
+    chosen: bool = False  # this candidate became the output
 
 
 # ----------------------------------------------------------------------------- turns and events
@@ -213,6 +228,7 @@ class TurnTimings(BaseModel):
     plan_s: float = 0.0
     execute_s: float = 0.0
     verify_s: float = 0.0
+    repair_s: float = 0.0
     article_s: float = 0.0
     total_s: float = 0.0
 
@@ -228,6 +244,7 @@ class TurnRecord(BaseModel):
     images: list[str] = Field(default_factory=list)
     tool_calls: list[ToolRecord] = Field(default_factory=list)
     verdicts: list[Verdict] = Field(default_factory=list)
+    repairs: list[RepairAttempt] = Field(default_factory=list)
     article_markdown: str | None = None
     model: str = ""
     llm: str = ""

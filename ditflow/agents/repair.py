@@ -1,0 +1,338 @@
+"""Self-correction after execution: verify every output, repair the failed ones with the cheapest fitting tool,
+re-verify, and keep the best candidate (issue 6; GenArtist, arXiv 2407.05600, verifies and corrects each step).
+
+The policy, per failed output, escalating by attempt (at most `budget` attempts per output, default 2):
+- local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
+  or an extra object) → one masked inpaint over the union of their regions (a move masks both the old place and the
+  new cell; a missing object masks its cell);
+- an output drawn in an in-context group → regenerate the group with the outputs that passed as references;
+- colour/shape of a lone object on a shapes-world model → EluCD classifier guidance on those attributes;
+- anything else (counts, background, several objects, a verifier that gives no regions) → regenerate with a new
+  seed; a wrong position is regenerated with the prompt stressed (CFG × `STRESS_CFG`).
+Each attempt is saved under `repairs/` and recorded with its verdict; if none passes, the best-scoring candidate
+(the original included) becomes the output. Only "fail" claims trigger repairs: "unverified" and "not checkable"
+ones cannot be fixed by redrawing.
+
+The two graph nodes live here; `graph.py` wires them: execute → verify ⇄ repair → article | finish.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ditflow.agents import scene as sc
+from ditflow.agents.verify import NOTHING, check_guarded, default_verifier, expected_of, summary
+from ditflow.pipelines import world
+from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
+                             RepairAttempt, Step, ToolRecord, Verdict)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 2  # repairs per output
+STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
+MASK_MARGIN = 2  # px around a region, so anti-aliased edges are redrawn too
+REPAIR_DIR = "repairs"
+TOOL_ERRORS = (ValueError, RuntimeError, OSError)
+LOCAL_ATTRIBUTES = {"object", "size", "position"}
+
+
+# ----------------------------------------------------------------------------- regions
+def _grow(box, w: int, h: int, m: int = MASK_MARGIN) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    return max(0, int(x0) - m), max(0, int(y0) - m), min(w, int(np.ceil(x1)) + m), min(h, int(np.ceil(y1)) + m)
+
+
+def cell_box(position: str, side: float, w: int, h: int) -> tuple[int, int, int, int]:
+    """A `side`-px box centred in one cell of the 3×3 grid."""
+    r, c = world.POSITION_CELL[position]
+    cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
+    return _grow((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), w, h)
+
+
+def _free_cell(taken: list[tuple], w: int, h: int) -> str:
+    """The grid cell farthest from every object seen, for an object whose position is not named."""
+    def gap(pos: str) -> float:
+        r, c = world.POSITION_CELL[pos]
+        cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
+        return min((abs(cx - (b[0] + b[2]) / 2) + abs(cy - (b[1] + b[3]) / 2) for b in taken), default=0.0)
+
+    return max((p for row in world.POSITIONS for p in row), key=gap)
+
+
+def _side_px(size: str | None, w: int, h: int) -> float:
+    return world.mean_side(size) * min(w, h) / world.PANEL  # the world's sizes are for 64 px panels
+
+
+def local_mask(v: Verdict, size: tuple[int, int]) -> Image.Image | None:
+    """The region(s) an inpaint must redraw to fix every failed claim, or None when some failure is not local."""
+    w, h = size
+    failed = [c for c in v.claims if c.status == "fail"]
+    if not failed:
+        return None
+    taken = [c.box for c in v.claims if c.box is not None and c.status == "pass"]
+    mask = np.zeros((h, w), bool)
+
+    def paint(box):
+        x0, y0, x1, y1 = box
+        mask[y0:y1, x0:x1] = True
+
+    for c in failed:
+        if c.attribute not in LOCAL_ATTRIBUTES:
+            return None
+        if c.attribute == "object" and c.want != NOTHING and c.seen == NOTHING:  # missing: draw it in its cell
+            things = sc.parse_scene(c.want or "").things
+            t = things[0] if things else sc.Thing("circle")
+            paint(cell_box(t.position or _free_cell(taken, w, h), _side_px(t.size, w, h), w, h))
+            continue
+        if c.box is None:
+            return None
+        paint(_grow(c.box, w, h))
+        if c.attribute == "position" and c.want in world.POSITION_CELL:  # move: the new cell too
+            side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
+            paint(cell_box(c.want, side, w, h))
+        elif c.attribute == "size" and c.want in ("small", "large"):  # grow or shrink about the same centre
+            cx, cy, half = (c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, _side_px(c.want, w, h) / 2
+            paint(_grow((cx - half, cy - half, cx + half, cy + half), w, h))
+    return Image.fromarray(mask.astype(np.uint8) * 255, "L")
+
+
+# ----------------------------------------------------------------------------- the policy
+@dataclass
+class Repair:
+    kind: str  # inpaint | regroup | guide | regenerate
+    reason: str
+    mask: Image.Image | None = None
+    stress: bool = False
+    target: dict[str, str] = field(default_factory=dict)  # guide: attribute → label
+
+
+def guide_target(v: Verdict, description: str) -> dict[str, str]:
+    """{colour, shape} to steer towards, when the only failure is the look of the description's one object."""
+    exp = expected_of(description)
+    failed = [c for c in v.claims if c.status == "fail"]
+    if len(exp.things) != 1 or exp.things[0].count != 1 or exp.background or not failed:
+        return {}
+    if any(c.attribute != "object" or c.want == NOTHING for c in failed):
+        return {}
+    t = exp.things[0]
+    return {"shape": t.shape, **({"color": t.color} if t.color else {})}
+
+
+def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, shapes_world: bool) -> list[Repair]:
+    """The repairs for a verdict, cheapest first; attempt k uses entry k (the last one repeats)."""
+    failed = [c for c in v.claims if c.status == "fail"]
+    reason = "; ".join(f"{c.text}: saw {c.seen}" for c in failed)
+    steps: list[Repair] = []
+    mask = local_mask(v, size)
+    if mask is not None:
+        steps.append(Repair("inpaint", reason, mask=mask))
+    if group:
+        steps.append(Repair("regroup", reason))
+    target = guide_target(v, description) if shapes_world else {}
+    if target:
+        steps.append(Repair("guide", reason, target=target))
+    steps.append(Repair("regenerate", reason, stress=any(c.attribute == "position" for c in failed)))
+    return steps
+
+
+def needs_repair(v: Verdict | None) -> bool:
+    return v is not None and v.error is None and any(c.status == "fail" for c in v.claims)
+
+
+# ----------------------------------------------------------------------------- running a repair
+def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: Step | None, req: ParsedRequest,
+               inputs: list[Image.Image], made: dict[int, Image.Image], output: int, seed: int,
+               progress=None) -> tuple[Image.Image, ToolRecord]:
+    """One candidate for `output`, made by the toolkit as `rep` says (tool errors propagate to the caller)."""
+    from ditflow.agents.execution import run_step
+
+    w, h = image.size
+    if rep.kind == "inpaint":
+        from ditflow.toolkit.edit import edit
+
+        images, rec = edit(pipe, image, EditSpec(prompt=description, mode="inpaint", strength=1.0, seed=seed),
+                           mask=rep.mask, progress=progress)
+    elif rep.kind == "regroup":
+        good = [i for i in sorted(made) if i != output][: 3]
+        if not good:
+            raise ValueError("no other output passed, so there is no good panel to regroup on")
+        step = Step(tool="group", prompt=description, outputs=[output], refs=[Ref(kind="output", index=i) for i in good])
+        images, recs = run_step(pipe, step, req, inputs, made, seed, progress)
+        rec = recs[-1]
+    elif rep.kind == "guide":
+        from ditflow.toolkit.guidance import guided_generate
+
+        images, rec = guided_generate(pipe, GuideSpec(prompt=description, target=rep.target, seed=seed),
+                                      progress=progress, height=_mult16(h), width=_mult16(w))
+    elif origin is not None and origin.tool in ("edit", "inpaint", "restore"):  # redo the step from its source
+        step = origin.model_copy(update={"outputs": [output]})
+        images, recs = run_step(pipe, step, req, inputs, made, seed, progress)
+        rec = recs[-1]
+    else:
+        from ditflow.pipelines.loading import info_of
+        from ditflow.toolkit.generate import generate
+
+        cfg = min(30.0, info_of(pipe).default_cfg * STRESS_CFG) if rep.stress else None
+        images, rec = generate(pipe, GenerateSpec(prompt=description, seed=seed, height=_mult16(h),
+                                                  width=_mult16(w), guidance_scale=cfg), progress=progress)
+    out = images[0].convert("RGB")
+    if out.size != image.size:
+        out = out.resize(image.size, Image.BICUBIC)
+    rec.details = {**rec.details, "repair": rep.kind}
+    return out, rec
+
+
+def _mult16(px: int) -> int | None:
+    return px if px % 16 == 0 else None
+
+
+def best(cands: list[dict]) -> dict:
+    """The winning candidate: a passing one if any, else the highest score; ties go to the earliest attempt."""
+    scored = [c for c in cands if c.get("verdict")]
+    if not scored:
+        return cands[0]
+    return max(scored, key=lambda c: (Verdict.model_validate(c["verdict"]).passed,
+                                      Verdict.model_validate(c["verdict"]).score, -c["attempt"]))
+
+
+# ----------------------------------------------------------------------------- graph nodes
+def _origin(plan: Plan | None, output: int) -> Step | None:
+    return next((s for s in (plan.steps if plan else []) if output in s.outputs), None)
+
+
+def _verifier(rt):
+    return rt.verifier if rt.verifier is not None else default_verifier(rt.get_pipeline(), rt.llm)
+
+
+def verify_node(state: dict, runtime) -> dict:
+    """Verify every candidate that has no verdict yet; then either schedule repairs or settle the outputs."""
+    from ditflow.images import load_image
+
+    rt = runtime.context
+    t0 = time.perf_counter()
+    timings = dict(state.get("timings") or {})
+    verifier = _verifier(rt)
+    if verifier is None:
+        rt.emit(ProgressEvent(stage="verify", message="no verifier for this model and LLM; outputs are unverified"))
+        return {"verdicts": [], "notes": (state.get("notes") or []) + ["outputs unverified: no verifier for this "
+                                                                      "model (give an OpenAI-compatible LLM)"]}
+    req = ParsedRequest.model_validate(state["parse"]["request"])
+    out_dir = Path(state["out_dir"])
+    files = {int(k): v for k, v in (state.get("files") or {}).items()}
+    cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
+    budget = max(0, int(getattr(rt, "max_repairs", DEFAULT_BUDGET)))
+    for o in req.outputs:
+        if o.index not in files:
+            continue
+        lst = cands.setdefault(o.index, [{"attempt": 0, "file": files[o.index], "repair": None, "reason": "",
+                                          "verdict": None, "tool_call": None}])
+        for c in lst:
+            if c["verdict"] is None and c["file"]:
+                rt.emit(ProgressEvent(stage="verify", message=f"checking output {o.index}"
+                                      + (f" (repair {c['attempt']})" if c["attempt"] else ""), output=o.index))
+                v = check_guarded(verifier, load_image(out_dir / c["file"]), o.description, o.index)
+                c["verdict"] = v.model_dump(mode="json")
+                rt.emit(ProgressEvent(stage="verify", message=f"output {o.index}: {summary(v)}", output=o.index))
+    to_repair = []
+    for i, lst in sorted(cands.items()):
+        top = best(lst)
+        if needs_repair(Verdict.model_validate(top["verdict"]) if top["verdict"] else None) and len(lst) - 1 < budget:
+            to_repair.append(i)
+    timings["verify_s"] = timings.get("verify_s", 0.0) + time.perf_counter() - t0
+    update = {"candidates": {str(k): v for k, v in cands.items()}, "to_repair": to_repair, "timings": timings}
+    if not to_repair:
+        update.update(_settle(cands, out_dir, rt))
+    return update
+
+
+def _settle(cands: dict[int, list[dict]], out_dir: Path, rt) -> dict:
+    """Make each output its best candidate (the original kept under repairs/), and record every attempt."""
+    from ditflow.images import load_image, save_image_atomic
+
+    verdicts, repairs = [], []
+    for i, lst in sorted(cands.items()):
+        top = best(lst)
+        if top["attempt"] > 0:
+            original = lst[0]
+            kept = f"{REPAIR_DIR}/{i:04d}-0.png"
+            save_image_atomic(load_image(out_dir / original["file"]), out_dir / kept)
+            save_image_atomic(load_image(out_dir / top["file"]), out_dir / original["file"])
+            rt.emit(ProgressEvent(stage="repair", message=f"output {i}: repair {top['attempt']} ({top['repair']}) "
+                                  "is used", output=i))
+        if top["verdict"]:
+            verdicts.append(Verdict.model_validate(top["verdict"]))
+        for c in lst[1:]:
+            repairs.append(RepairAttempt(output=i, attempt=c["attempt"], repair=c["repair"], reason=c["reason"],
+                                         file=c["file"], verdict=c["verdict"], tool_call=c["tool_call"],
+                                         chosen=c is top).model_dump(mode="json"))
+    return {"verdicts": [v.model_dump(mode="json") for v in verdicts], "repairs": repairs}
+
+
+def repair_node(state: dict, runtime) -> dict:
+    """One repair attempt for every output scheduled by the verify node."""
+    from ditflow.images import load_image, save_image_atomic
+
+    rt = runtime.context
+    t0 = time.perf_counter()
+    req = ParsedRequest.model_validate(state["parse"]["request"])
+    plan = Plan.model_validate(state["plan"]) if state.get("plan") else None
+    out_dir = Path(state["out_dir"])
+    cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
+    budget = max(0, int(getattr(rt, "max_repairs", DEFAULT_BUDGET)))
+    pipe = rt.get_pipeline()
+    from ditflow.agents.verify import DetectorVerifier
+    shapes_world = isinstance(_verifier(rt), DetectorVerifier)
+    todo = list(state.get("to_repair") or [])
+    passed = {i: load_image(out_dir / best(lst)["file"]) for i, lst in cands.items()
+              if best(lst)["verdict"] and Verdict.model_validate(best(lst)["verdict"]).passed}
+    inputs = None
+    for k, i in enumerate(todo):
+        lst = cands[i]
+        attempt = len(lst)  # the original is attempt 0
+        if attempt > budget:  # the verify node never schedules this; a hard stop all the same
+            raise RuntimeError(f"output {i} would get repair {attempt} past its budget of {budget}")
+        base = best(lst)
+        verdict = Verdict.model_validate(base["verdict"])
+        image = load_image(out_dir / base["file"])
+        desc = req.outputs[i - 1].description
+        origin = _origin(plan, i)
+        steps = ladder(verdict, desc, image.size, group=bool(origin and origin.tool == "group" and passed),
+                       shapes_world=shapes_world)
+        rep = steps[min(attempt - 1, len(steps) - 1)]
+        rt.emit(ProgressEvent(stage="repair", message=f"fixing {k + 1} of {len(todo)}: output {i} by {rep.kind} "
+                              f"({rep.reason})", step=k + 1, total=len(todo), output=i))
+        if rep.kind == "regenerate" and origin is not None and origin.tool in ("edit", "inpaint", "restore") \
+                and inputs is None:
+            from ditflow.agents.graph import _turn_inputs
+
+            inputs = _turn_inputs(state)
+        progress = lambda s, t, _o=i: rt.emit(ProgressEvent(stage="denoise", step=s, total=t, output=_o))  # noqa
+        seed = rt.seed + 500_000 + 1000 * i + attempt
+        entry = {"attempt": attempt, "file": "", "repair": rep.kind, "reason": rep.reason, "verdict": None,
+                 "tool_call": None}
+        try:
+            made = {**passed, i: image}
+            cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress)
+            name = f"{REPAIR_DIR}/{i:04d}-{attempt}.png"
+            save_image_atomic(cand, out_dir / name)
+            entry.update(file=name, tool_call=rec.model_dump(mode="json"))
+        except TOOL_ERRORS as e:  # a failed repair spends its attempt; the turn goes on with what it has
+            msg = f"repair {attempt} of output {i} ({rep.kind}) failed: {type(e).__name__}: {e}"
+            log.warning(msg)
+            rt.emit(ProgressEvent(stage="repair", message=msg, output=i))
+            entry["tool_call"] = ToolRecord(tool=rep.kind, error=msg).model_dump(mode="json")
+        lst.append(entry)
+    timings = dict(state.get("timings") or {})
+    timings["repair_s"] = timings.get("repair_s", 0.0) + time.perf_counter() - t0
+    return {"candidates": {str(k): v for k, v in cands.items()}, "to_repair": [], "timings": timings}
+
+
+def after_verify(state: dict) -> str:
+    if state.get("to_repair"):
+        return "repair"
+    return "article" if (state.get("plan") or {}).get("article") else "finish"
