@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from ditflow.agents.llm.base import LLMInvalidOutput, LLMUnavailable, Message, T, register
+from ditflow.agents.prompts import load_prompt
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,8 @@ class LocalBackend:
                 except ValidationError as e:
                     first = e.errors()[0]
                     log.info("local LLM answer invalid (%s): %s", task, first.get("msg"))
-                    messages += [{"role": "assistant", "content": raw},
-                                 {"role": "user", "content": f"That JSON is invalid: {first.get('msg')} at "
-                                                             f"{first.get('loc')}. Answer again with corrected JSON."}]
+                    feedback = load_prompt("retry").strip().format(error=first.get("msg"), location=first.get("loc"))
+                    messages += [{"role": "assistant", "content": raw}, {"role": "user", "content": feedback}]
         raise LLMInvalidOutput(f"the local LLM gave no {schema.__name__} that validates after {RETRIES + 1} tries",
                                raw=raw)
 
