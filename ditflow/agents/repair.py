@@ -89,6 +89,8 @@ def local_mask(v: Verdict, size: tuple[int, int]) -> Image.Image | None:
             t = things[0] if things else sc.Thing("circle")
             paint(cell_box(t.position or _free_cell(taken, w, h), _side_px(t.size, w, h), w, h))
             continue
+        if c.attribute in ("size", "position") and c.seen == NOTHING:  # of a missing object: drawn in above
+            continue
         if c.box is None:
             return None
         paint(_grow(c.box, w, h))

@@ -1,0 +1,189 @@
+"""The correction policy: which repair each failure gets, the regions it redraws, the budget, the best-of choice,
+and the verify ⇄ repair loop of the graph on a tiny random FLUX pipeline (real toolkit calls, real detector)."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from PIL import Image
+
+from ditflow.agents.graph import AgentRuntime, run_turn
+from ditflow.agents.repair import Repair, best, ladder, local_mask, run_repair
+from ditflow.agents.verify import DetectorVerifier
+from ditflow.pipelines.tiny import tiny_flux_pipeline
+from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
+from ditflow.schemas import ParsedRequest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_flux_pipeline()
+
+
+def scene(*objects: ObjectSpec, background: str = "white"):
+    return render(CanvasSpec((PanelSpec(tuple(objects), background, background != "white"),)), random.Random(0))
+
+
+def verdict(img, desc):
+    return DetectorVerifier().check(img, desc)
+
+
+def kinds(img, desc, **kw):
+    return [r.kind for r in ladder(verdict(img, desc), desc, img.size, **{"group": False, "shapes_world": True, **kw})]
+
+
+def covered(mask: Image.Image, box) -> float:
+    x0, y0, x1, y1 = box
+    return float((np.asarray(mask)[y0:y1, x0:x1] > 0).mean())
+
+
+# ----------------------------------------------------------------------------- the policy
+def test_wrong_colour_of_one_object_is_inpainted_over_that_object_only():
+    img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
+    v = verdict(img, "a red circle on the left and a green square on the right")
+    mask = local_mask(v, img.size)
+    wrong = next(c for c in v.claims if c.status == "fail")
+    right = next(c for c in v.claims if c.text == "a green square")
+    assert covered(mask, wrong.box) == 1.0 and covered(mask, right.box) == 0.0
+    assert kinds(img, "a red circle on the left and a green square on the right") == ["inpaint", "regenerate"]
+
+
+def test_a_lone_object_of_the_wrong_colour_escalates_to_classifier_guidance():
+    img = scene(ObjectSpec("blue", "circle", "large", "center"))
+    assert kinds(img, "a red circle") == ["inpaint", "guide", "regenerate"]
+    assert ladder(verdict(img, "a red circle"), "a red circle", img.size, group=False,
+                  shapes_world=True)[1].target == {"shape": "circle", "color": "red"}
+    assert kinds(img, "a red circle", shapes_world=False) == ["inpaint", "regenerate"]  # no classifier there
+
+
+def test_a_move_masks_the_old_place_and_the_new_cell():
+    img = scene(ObjectSpec("red", "circle", "small", "top-right"))
+    v = verdict(img, "a red circle at the bottom left")
+    mask = local_mask(v, img.size)
+    old = next(c for c in v.claims if c.attribute == "position").box
+    assert covered(mask, old) == 1.0 and covered(mask, (2, 46, 18, 62)) == 1.0  # the bottom-left cell's centre
+    assert [r.kind for r in ladder(v, "a red circle at the bottom left", img.size, group=False,
+                                   shapes_world=True)][-1] == "regenerate"
+    assert ladder(v, "a red circle at the bottom left", img.size, group=False, shapes_world=True)[-1].stress
+
+
+def test_missing_and_extra_objects_are_inpainted_in_and_out():
+    img = scene(ObjectSpec("red", "circle", "small", "left"))
+    v = verdict(img, "a red circle on the left and a blue square on the right")
+    mask = local_mask(v, img.size)
+    assert covered(mask, (45, 27, 51, 37)) == 1.0  # the right cell, where the square must appear
+    assert covered(mask, next(c for c in v.claims if c.text == "a red circle").box) == 0.0
+    extra = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("pink", "diamond", "small", "right"))
+    v = verdict(extra, "a red circle on the left")
+    bad = next(c for c in v.claims if c.status == "fail")
+    assert bad.text == "nothing else is in the image" and covered(local_mask(v, extra.size), bad.box) == 1.0
+
+
+def test_counts_and_backgrounds_are_regenerated_and_groups_regrouped():
+    img = scene(ObjectSpec("yellow", "square", "small", count=2))
+    assert kinds(img, "three yellow squares") == ["regenerate"]
+    assert kinds(img, "three yellow squares", group=True) == ["regroup", "regenerate"]
+    bg = scene(ObjectSpec("red", "circle", "large", "center"), background="gray")
+    assert kinds(bg, "a red circle on a black background") == ["regenerate"]
+
+
+def test_only_failures_trigger_repairs_and_best_prefers_passing_then_score_then_earliest():
+    from ditflow.agents.repair import needs_repair
+    from ditflow.agents.verify import unverified
+
+    img = scene(ObjectSpec("red", "circle"))
+    assert not needs_repair(verdict(img, "a red circle wearing a hat"))  # not checkable: nothing to fix
+    assert not needs_repair(unverified("a blue circle", 1, "x", "timed out"))
+    assert needs_repair(verdict(img, "a blue circle"))
+    v = lambda d: verdict(img, d).model_dump(mode="json")  # noqa: E731
+    cands = [{"attempt": 0, "verdict": v("a red circle on the left and a blue square")},  # 1/4
+             {"attempt": 1, "verdict": v("a red circle and a blue square")},  # 2/3
+             {"attempt": 2, "verdict": v("a red circle and a green square")},  # 2/3, later
+             {"attempt": 3, "verdict": None}]  # the repair tool failed
+    assert best(cands)["attempt"] == 1
+    assert best(cands + [{"attempt": 4, "verdict": v("a red circle")}])["attempt"] == 4
+
+
+# ----------------------------------------------------------------------------- the repairs run on the toolkit
+def test_inpaint_repair_changes_only_the_masked_region(pipe):
+    img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
+    img = img.resize((32, 32), Image.NEAREST)  # the tiny pipeline's panel
+    desc = "a red circle on the left and a green square on the right"
+    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
+    out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3)
+    keep = np.asarray(rep.mask) == 0
+    assert rec.tool == "edit" and rec.details["repair"] == "inpaint" and out.size == img.size
+    assert (np.asarray(out)[keep] == np.asarray(img)[keep]).all() and keep.any() and not keep.all()
+
+
+def test_guide_and_regroup_repairs_run_on_a_real_pipeline(pipe):
+    good = scene(ObjectSpec("red", "circle", "large", "center")).resize((32, 32), Image.NEAREST)
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=2, shared="a circle", outputs=[
+        {"index": 1, "description": "a red circle"}, {"index": 2, "description": "a blue circle"}])
+    out, rec = run_repair(pipe, Repair("guide", "colour", target={"color": "blue", "shape": "circle"}), good,
+                          "a blue circle", None, req, [], {}, 2, seed=1)
+    assert rec.tool == "guide" and out.size == (32, 32) and rec.details["trace"]
+    out, rec = run_repair(pipe, Repair("regroup", "panel"), good, "a blue circle", None, req, [], {1: good}, 2,
+                          seed=1)
+    assert rec.tool == "group" and rec.spec["n_refs"] == 1 and rec.spec["panel_prompts"][0] == "a red circle"
+    with pytest.raises(ValueError, match="no other output passed"):
+        run_repair(pipe, Repair("regroup", "panel"), good, "a blue circle", None, req, [], {}, 2, seed=1)
+
+
+# ----------------------------------------------------------------------------- the loop in the graph
+def test_a_turn_repairs_within_its_budget_and_records_every_attempt(pipe, tmp_path):
+    events = []
+    rt = AgentRuntime(pipeline=pipe, verify=True, max_repairs=2, progress=events.append)
+    rec = run_turn(rt, thread_id="r", instruction="two images of a red circle at the top left", images=[],
+                   out_dir=tmp_path, checkpointer=InMemorySaver())
+    assert rec.error is None and rec.images == ["0001.png", "0002.png"]
+    assert len(rec.verdicts) == 2 and all(v.verifier == "detector" for v in rec.verdicts)
+    for i in (1, 2):
+        mine = [r for r in rec.repairs if r.output == i]
+        if mine:
+            assert [r.attempt for r in mine] == list(range(1, len(mine) + 1)) and len(mine) <= 2
+            assert all(r.verdict is not None and (tmp_path / r.file).is_file() and r.reason for r in mine)
+            assert mine[-1].verdict.passed or len(mine) == 2  # stops at a pass, else at the budget
+        chosen = [r for r in mine if r.chosen]
+        final = rec.verdicts[i - 1]
+        if chosen:  # a repair won: it is the output now, the original is kept beside the attempts
+            assert np.array_equal(np.asarray(Image.open(tmp_path / chosen[0].file)),
+                                  np.asarray(Image.open(tmp_path / f"{i:04d}.png")))
+            assert (tmp_path / f"repairs/{i:04d}-0.png").is_file() and final == chosen[0].verdict
+        assert all(final.score >= r.verdict.score for r in mine)  # the best candidate won
+    assert rec.timings.repair_s > 0 if rec.repairs else True
+    texts = [e.message for e in events if e.stage in ("verify", "repair")]
+    assert any("claims hold" in t for t in texts)
+    if rec.repairs:
+        assert any(t.startswith("fixing 1 of") and "saw" in t for t in texts)
+
+
+def test_budget_zero_only_verifies_and_verify_off_does_nothing(pipe, tmp_path):
+    rec = run_turn(AgentRuntime(pipeline=pipe, verify=True, max_repairs=0), thread_id="z", instruction="a red circle",
+                   images=[], out_dir=tmp_path / "a", checkpointer=InMemorySaver())
+    assert len(rec.verdicts) == 1 and rec.repairs == [] and not (tmp_path / "a" / "repairs").exists()
+    rec = run_turn(AgentRuntime(pipeline=pipe, verify=False), thread_id="z", instruction="a red circle",
+                   images=[], out_dir=tmp_path / "b", checkpointer=InMemorySaver())
+    assert rec.verdicts == [] and rec.repairs == []
+
+
+class Broken:
+    name, timeout_s = "broken", 5.0
+
+    def check(self, image, description, output=1):
+        raise RuntimeError("the verifier crashed")
+
+
+def test_a_crashing_verifier_leaves_the_turn_done_and_unverified(pipe, tmp_path):
+    events = []
+    rec = run_turn(AgentRuntime(pipeline=pipe, verify=True, verifier=Broken(), progress=events.append),
+                   thread_id="b", instruction="a red circle", images=[], out_dir=tmp_path, checkpointer=InMemorySaver())
+    assert rec.error is None and rec.images == ["0001.png"] and rec.repairs == []
+    assert rec.verdicts[0].error == "RuntimeError: the verifier crashed" and not rec.verdicts[0].passed
+    assert any(e.stage == "verify" and "unverified" in e.message for e in events)
