@@ -157,6 +157,10 @@ def end_to_end(model: str, llm: str, out_dir: Path, repeats: int = 1) -> dict:
 
 
 def cli(argv: list[str]) -> int:
+    if any(a == "--verify" or a.startswith("--verify=") for a in argv):  # issue 6: full turns, verify on/off
+        from ditflow.bench.verification import cli as verification_cli
+
+        return verification_cli(argv)
     ap = argparse.ArgumentParser(prog="ditflow bench agents")
     ap.add_argument("--split", default="test", choices=("dev", "test", "all"))
     ap.add_argument("--backends", default="rules,local", help="comma-separated: rules, local, openai, or a URL")
@@ -165,6 +169,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--e2e", action="store_true", help="also time a four-page picture book end to end")
     ap.add_argument("--model", default="builtin", help="pipeline for --e2e: builtin, tiny, or a path")
     ap.add_argument("--e2e-llm", default="local", help="LLM backend for --e2e")
+    ap.add_argument("--verify", choices=("on", "off", "both"),
+                    help="instead: full turns with verify/repair on, off, or both side by side (bench/verification.py)")
     args = ap.parse_args(argv)
     from ditflow.agents.llm.base import make_backend
 
