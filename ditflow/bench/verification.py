@@ -8,6 +8,7 @@ Two sets, each run through `run_turn` on one pipeline:
   is outside the world's vocabulary are counted apart as "not checkable".
 Reported per set and mode: share of outputs satisfied, mean repairs per output, the most repairs any output got
 (never above the budget), and wall time; with `both`, the on/off wall-time ratio measured in the same run.
+The `exactness` set checks the detector verifier alone on rendered scenes (no model).
 """
 from __future__ import annotations
 
@@ -103,6 +104,30 @@ def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, ou
     return tally
 
 
+def detector_exactness(n_per_kind: int, seed: int = 0) -> dict:
+    """The detector verifier on rendered held-out scenes: true scenes must pass, and the same captions on scenes
+    with the first object recoloured must fail. No model involved: it measures the verifier alone."""
+    import random
+    from dataclasses import replace
+
+    from ditflow.agents.verify import DetectorVerifier
+
+    rng, v = random.Random(seed), DetectorVerifier()
+    n = passed = caught = 0
+    t0 = time.perf_counter()
+    for text, spec in world.heldout_prompts(n_per_kind):
+        if spec.layout != (1, 1):
+            continue
+        p, o = spec.panels[0], spec.panels[0].objects[0]
+        other = next(c for c in world.COLORS if c != o.color)
+        wrong = replace(spec, panels=(replace(p, objects=(replace(o, color=other),) + p.objects[1:]),))
+        n += 1
+        passed += v.check(world.render(spec, rng), text).passed
+        caught += not v.check(world.render(wrong, rng), text).passed
+    return {"n": n, "true_pass": passed / n, "recoloured_fail": caught / n,
+            "ms_per_check": 1000 * (time.perf_counter() - t0) / (2 * n)}
+
+
 def load(model: str):
     if model == "tiny":
         from ditflow.pipelines.tiny import tiny_flux_pipeline
@@ -115,10 +140,15 @@ def load(model: str):
 
 def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int, budget: int, seed: int,
         sets: tuple[str, ...] = ("shapes", "instructions")) -> dict:
+    results: dict = {}
+    if "exactness" in sets:
+        results["exactness"] = detector_exactness(n_per_kind, seed)
+        sets = tuple(s for s in sets if s != "exactness")
+        if not sets:
+            return {"model": model, "budget": budget, "results": results, "out_dir": ""}
     pipe = load(model)
     out_dir = Path(tempfile.mkdtemp(prefix="ditflow-bench-verify-"))
     items = {"shapes": shapes_items(n_per_kind), "instructions": instruction_items(split, limit)}
-    results: dict = {}
     for name in sets:
         for mode in modes:  # side by side in one run, same seeds, so the wall-time ratio compares like with like
             results[(name, mode)] = run_set(pipe, items[name], verify=mode == "on", budget=budget, seed=seed,
@@ -127,7 +157,16 @@ def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int
 
 
 def report(r: dict) -> str:
-    lines = [f"model={r['model']} budget={r['budget']} images under {r['out_dir']}",
+    res = dict(r["results"])
+    lines = []
+    if "exactness" in res:
+        e = res.pop("exactness")
+        lines.append(f"detector verifier on {e['n']} rendered held-out scenes: true scenes pass {e['true_pass']:.1%}, "
+                     f"recoloured scenes fail {e['recoloured_fail']:.1%}, {e['ms_per_check']:.1f} ms per check")
+        if not res:
+            return "\n".join(lines)
+    r = {**r, "results": res}
+    lines += [f"model={r['model']} budget={r['budget']} images under {r['out_dir']}",
              f"{'set':<14}{'verify':>7}{'outputs':>9}{'checkable':>10}{'satisfied':>10}{'repairs/out':>12}"
              f"{'max rep':>8}{'wall s':>9}"]
     for (name, mode), t in r["results"].items():
@@ -157,15 +196,16 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N instructions")
     ap.add_argument("--budget", type=int, default=2, help="repairs per output")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sets", default="shapes,instructions")
+    ap.add_argument("--sets", default="exactness,shapes,instructions",
+                    help="exactness: the detector verifier alone on rendered scenes (no model)")
     args, _ = ap.parse_known_args(argv)
     if args.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
     modes = ["off", "on"] if args.verify == "both" else [args.verify]
     sets = tuple(s for s in args.sets.split(",") if s)
-    bad = [s for s in sets if s not in ("shapes", "instructions")]
+    bad = [s for s in sets if s not in ("exactness", "shapes", "instructions")]
     if bad:
-        raise ValueError(f"unknown set(s) {bad}; use shapes and/or instructions")
+        raise ValueError(f"unknown set(s) {bad}; use exactness, shapes and/or instructions")
     print(report(run(args.model, modes, n_per_kind=args.n, split=args.split, limit=args.limit, budget=args.budget,
                      seed=args.seed, sets=sets)))
     return 0
