@@ -70,7 +70,10 @@ def load_tasks(path: str | Path) -> list[BatchTask]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the task file as UTF-8") from e
     entries: list[tuple[str, object]] = []
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -91,6 +94,8 @@ def load_tasks(path: str | Path) -> list[BatchTask]:
                     entries.append((f"line {n}", json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); use one task object per line") from e
+                except RecursionError as e:  # json's parser recurses once per bracket
+                    raise ValueError(f"{path}:{n}: nested too deeply; use one flat task object per line") from e
     tasks: list[BatchTask] = []
     seen: dict[str, str] = {}
     for where, item in entries:
