@@ -16,7 +16,7 @@ from PIL import Image
 from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import EditSpec, GroupSpec, ToolRecord
-from ditflow.toolkit.flux import Progress, call_kwargs, step_callback, token_px
+from ditflow.toolkit.flux import Progress, call_kwargs, derived, step_callback, token_px
 
 MASK_MARGIN = 2  # px grown around a detected object, so its anti-aliased edge is regenerated too
 
@@ -188,8 +188,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
     elif spec.mode == "sdedit":
         from diffusers import FluxImg2ImgPipeline
 
-        i2i = FluxImg2ImgPipeline.from_pipe(pipe)
-        i2i.set_progress_bar_config(disable=True)
+        i2i = derived(pipe, FluxImg2ImgPipeline)
         n_run = max(1, int(steps * spec.strength))
         result = i2i(image=src, strength=spec.strength, height=h, width=w,
                      callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
@@ -204,8 +203,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
             from diffusers import FluxFillPipeline as Inpaint
         else:
             from diffusers import FluxInpaintPipeline as Inpaint
-        ip = Inpaint.from_pipe(pipe)
-        ip.set_progress_bar_config(disable=True)
+        ip = derived(pipe, Inpaint)
         n_run = max(1, int(steps * spec.strength))
         out = ip(image=src, mask_image=m, strength=spec.strength, height=h, width=w,
                  callback_on_step_end=step_callback(progress, n_run), **kw).images[0]

@@ -158,3 +158,14 @@ def strength_for(pipe, steps: int, sigma_start: float, width: int, height: int) 
     k = int(np.abs(sig - sigma_start).argmin())
     # FluxImg2ImgPipeline starts at index int(steps − steps·strength); stay just under the boundary
     return (steps - k) / steps - 1e-9, float(sig[k])
+
+
+def derived(pipe, cls):
+    """`cls.from_pipe(pipe)` (img2img, inpaint, fill), made once per pipeline: it shares the modules, so anything
+    applied to the pipeline (attention processors, T-Stitch) applies to it too."""
+    cache = pipe.__dict__.setdefault("_ditflow_derived", {})
+    key = (cls, id(pipe.transformer), id(pipe.vae))  # a swapped module means a fresh derived pipeline
+    if key not in cache:
+        cache[key] = cls.from_pipe(pipe)
+        cache[key].set_progress_bar_config(disable=True)
+    return cache[key]

@@ -14,8 +14,8 @@ from PIL import Image
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import GenerateSpec, GroupSpec, ToolRecord
 from ditflow.toolkit import canvas as cv
-from ditflow.toolkit.flux import (Progress, blend_known, call_kwargs, check_size, encode, image_tensor, noise_like,
-                                  step_callback, steps_of, token_px)
+from ditflow.toolkit.flux import (Progress, blend_known, call_kwargs, check_size, derived, encode, image_tensor,
+                                  noise_like, step_callback, steps_of, token_px)
 
 BLANK_CLAUSE = "blank"  # what a spare cell without a reference is called in the group prompt
 
@@ -61,8 +61,7 @@ def fill_canvas(pipe, canvas: Image.Image, layout: cv.Layout, known: list[bool],
     if has_fill_channels(pipe):
         from diffusers import FluxFillPipeline
 
-        fill = FluxFillPipeline.from_pipe(pipe)
-        fill.set_progress_bar_config(disable=True)
+        fill = derived(pipe, FluxFillPipeline)
         gen_mask = Image.fromarray(((1.0 - mask_px) * 255).astype("uint8"), "L")
         return fill(image=canvas, mask_image=gen_mask, height=height, width=width,
                     callback_on_step_end=step_callback(report, steps), **kw).images[0]

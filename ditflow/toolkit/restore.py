@@ -19,8 +19,8 @@ from PIL import Image
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import RestoreSpec, ToolRecord
 from ditflow.toolkit import degradation as dg
-from ditflow.toolkit.flux import (Progress, call_kwargs, decode, encode, noise_like, step_callback, steps_of,
-                                  strength_for, token_px, x0_hook)
+from ditflow.toolkit.flux import (Progress, call_kwargs, decode, derived, encode, noise_like, step_callback,
+                                  steps_of, strength_for, token_px, x0_hook)
 
 # Where the noiseless operators start: how much of the image they leave to the prior (σ of the flow path).
 START_SIGMA = {"blur": 0.5, "sr2": 0.5, "sr4": 0.7, "jpeg": 0.35, "inpaint": 0.9}
@@ -98,15 +98,16 @@ def restore_tensor(pipe, op: dg.Degradation, y: torch.Tensor, spec: RestoreSpec,
     start = (1 - s0) * z_init + s0 * noise_like(z_init, spec.seed)  # the flow path at the starting level
     cfg = spec.guidance_scale if spec.guidance_scale is not None else (info_of(pipe).default_cfg if prompt else 1.0)
     kw = call_kwargs(pipe, spec.model_copy(update={"guidance_scale": cfg}), prompt)
-    i2i = FluxImg2ImgPipeline.from_pipe(pipe)
-    i2i.set_progress_bar_config(disable=True)
+    i2i = derived(pipe, FluxImg2ImgPipeline)
     n_run = max(1, int(steps * strength + 1e-6))
     log: list = []
     hook = x0_hook(dc_hook(op, y.to(pipe.vae.device), w, h, log), start)
     out = i2i(image=dg.to_image(x_init), strength=strength, latents=start, height=h, width=w, output_type="pt",
               callback_on_step_end=step_callback(progress, n_run, hook), **kw).images  # (1, 3, H, W) in [0, 1]
     x = out.float().cpu()
-    if op.name not in ("noise", "jpeg"):  # exact consistency with y inside [0, 1]: alternating projections (POCS)
+    if op.name == "blur":  # Wiener deconvolution with the diffusion result as its prior instead of 0
+        x = op.prox(x, y, dg.WIENER_NSR)
+    elif op.name not in ("noise", "jpeg"):  # exact consistency with y inside [0, 1]: alternating projections
         for _ in range(FINAL_PROJECTIONS):
             x = op.prox(x, y, 1e-4).clamp(0, 1)
     return x.clamp(0, 1), {"start_sigma": round(s0, 4), "wanted_sigma": round(s_want, 4), "steps_run": n_run,

@@ -1,0 +1,100 @@
+"""`ditflow generate / edit / restore` end to end on a tiny random FLUX pipeline saved with save_pretrained
+(tokenizer built locally, no hub); bad input gets one line on stderr, exit code 2, and no output file."""
+import random
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ditflow.cli import main
+from ditflow.images import load_image, sha256_file
+from ditflow.pipelines import world
+from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+FAST = ["--steps", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "flux"
+    tiny_flux_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _fails(capsys, argv, match):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in "\n".join(err) and match in err[-1], err
+    return err[-1]
+
+
+def test_generate_one_image_is_seeded(model_dir, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        assert main(["generate", "a red circle", "-o", str(out), "--model", str(model_dir), "--size", "32x48",
+                     "--seed", "3", *FAST]) == 0
+    assert load_image(a).size == (32, 48) and sha256_file(a) == sha256_file(b)
+
+
+def test_prompts_file_and_panels_write_numbered_images(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square\na green triangle\n")
+    out = tmp_path / "many"
+    assert main(["generate", "--prompts-file", str(prompts), "-o", str(out), "--model", str(model_dir), "--size",
+                 "32x32", *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0001.png", "0002.png", "0003.png"]
+    group = tmp_path / "group"
+    assert main(["generate", "--panels", "3", "the same circle | a red circle | a blue circle | a green circle",
+                 "-o", str(group), "--model", str(model_dir), *FAST]) == 0
+    assert sorted(p.name for p in group.iterdir()) == ["0001.png", "0002.png", "0003.png"]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    m = ["--model", str(model_dir)]
+    _fails(capsys, ["generate", "   ", "-o", str(out), *m], "prompt is empty")
+    _fails(capsys, ["generate", "x" * 5000, "-o", str(out), *m], "limit is 2000")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--size", "30x32", *m], "multiples of 16")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--size", "big", *m], "WIDTHxHEIGHT")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--panels", "3", "o | a | b", *m], "gives 2 panel")
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("a red circle\n" + "y" * 3000 + "\n")
+    _fails(capsys, ["generate", "--prompts-file", str(bad), "-o", str(tmp_path / "d"), *m], "line 2 of")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--model", str(tmp_path / "nope")],
+           f"{tmp_path / 'nope'} does not exist")
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "transformer")
+    line = _fails(capsys, ["generate", "a circle", "-o", str(out), "--model", str(broken), *FAST], str(broken))
+    assert "transformer" in line  # names what is missing
+    assert not out.exists() and not (tmp_path / "d").exists()
+
+
+def test_edit_and_restore_commands(model_dir, tmp_path, capsys):
+    scene = world.sample(random.Random(5), "two")
+    src = tmp_path / "scene.png"
+    scene.image.save(src)
+    obj = scene.spec.panels[0].objects[0]
+    new = "blue" if obj.color != "blue" else "red"
+    out = tmp_path / "edited.png"
+    assert main(["edit", str(src), f"make the {obj.color} {obj.shape} {new}", "-o", str(out),
+                 "--model", str(model_dir), *FAST]) == 0
+    a, b = np.asarray(load_image(out)), np.asarray(scene.image)
+    assert a.shape == b.shape and 0 < (a != b).any(-1).mean() < 0.3  # only the object's box changed
+    small = tmp_path / "small.png"
+    scene.image.resize((16, 16), Image.BOX).save(small)
+    big = tmp_path / "big.png"
+    assert main(["restore", str(small), "-o", str(big), "--degradation", "sr2", "--model", str(model_dir), *FAST]) == 0
+    assert load_image(big).size == (32, 32)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (10, 10), 255).save(mask)
+    _fails(capsys, ["restore", str(src), "-o", str(tmp_path / "r.png"), "--degradation", "inpaint", "--mask",
+                    str(mask), "--model", str(model_dir)], "mask is 10x10 but the image is 64x64")
+    _fails(capsys, ["edit", str(src), "make it pop", "-o", str(tmp_path / "e.png"), "--mask", str(mask),
+                    "--model", str(model_dir)], "mask is 10x10 but the image is 64x64")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(src.read_bytes()[:200])
+    _fails(capsys, ["restore", str(corrupt), "-o", str(tmp_path / "r.png"), "--model", str(model_dir)], "corrupt")
+    assert not (tmp_path / "r.png").exists() and not (tmp_path / "e.png").exists()
