@@ -103,9 +103,16 @@ class Chat:
             self.show_images(turn)
         if r.article_markdown:
             self.console.print(Markdown(r.article_markdown))
-        failed = [v.output for v in r.verdicts if not v.passed and v.claims]
-        if failed:
-            self.say(f"verifier: output(s) {failed} do not match every claim", "yellow")
+        from ditflow.agents.verify import summary
+
+        for o in sorted({a.output for a in r.repairs}):  # what verification changed, and what it could not
+            tried = [a for a in r.repairs if a.output == o]
+            used = next((a for a in tried if a.chosen), None)
+            self.say(f"repaired output {o}: {', '.join(a.repair for a in tried)}"
+                     + (f"; repair {used.attempt} kept" if used else "; the original kept"), "cyan")
+        for v in r.verdicts:  # failed, unverified ("verifier timed out") or not checkable: say which, and why
+            if not v.passed:
+                self.say(f"verifier: output {v.output}: {summary(v)}", "yellow")
         if r.error:
             self.say(f"error: {r.error}", "red")
         self.say(f"turn {r.turn} done in {r.timings.total_s:.1f}s · {len(r.images)} image(s)", "green")

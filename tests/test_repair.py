@@ -187,3 +187,25 @@ def test_a_crashing_verifier_leaves_the_turn_done_and_unverified(pipe, tmp_path)
     assert rec.error is None and rec.images == ["0001.png"] and rec.repairs == []
     assert rec.verdicts[0].error == "RuntimeError: the verifier crashed" and not rec.verdicts[0].passed
     assert any(e.stage == "verify" and "unverified" in e.message for e in events)
+
+
+def test_chat_shows_repairs_and_each_unpassed_verdict_with_its_reason(pipe, tmp_path):
+    from rich.console import Console
+
+    from ditflow.api import Session, Turn
+    from ditflow.chat import Chat
+
+    def shown(**kw) -> tuple[str, object]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        rec = run_turn(AgentRuntime(pipeline=pipe, verify=True, **kw), thread_id="c", instruction="a red circle",
+                       images=[], out_dir=out, checkpointer=InMemorySaver())
+        console = Console(record=True, width=200)
+        Chat(Session(model="tiny", home=tmp_path / "home"), console, preview="none").show_turn(Turn(rec, out))
+        return console.export_text(), rec
+
+    text, rec = shown(max_repairs=1)
+    if not rec.verdicts[0].passed:  # random weights: the red circle is a blob, so it fails and is repaired once
+        assert "verifier: output 1:" in text and "saw" in text
+        assert f"repaired output 1: {rec.repairs[0].repair}" in text
+    text, rec = shown(verifier=Broken())
+    assert "verifier: output 1: unverified (RuntimeError: the verifier crashed)" in text
