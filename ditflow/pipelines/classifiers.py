@@ -80,6 +80,8 @@ class ClassifierConfig:
     minutes: float = 4.0
     max_steps: int = 100_000
     seed: int = 0
+    save_every: int = 0  # steps between checkpoints (0: only at the end)
+    init: str | None = None  # weights to continue from
 
     def heads(self) -> dict[str, int]:
         from ditflow.toolkit.degradation import CLASSES, NAMES
@@ -269,6 +271,9 @@ def main(**overrides) -> tuple[SmallCNN, dict]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     t0, step = time.time(), 0
     budget = cfg.minutes * 60
+    path = Path(out) if out else ASSET_DIR / f"{cfg.kind}.safetensors"
+    if cfg.init:  # continue from saved weights (same architecture)
+        model.load_state_dict(load(cfg.kind, Path(cfg.init)).state_dict())
     while step < cfg.max_steps and time.time() - t0 < budget:
         lr = cfg.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * max(0.0, 1 - (time.time() - t0) / budget))
         for g in opt.param_groups:
@@ -281,10 +286,12 @@ def main(**overrides) -> tuple[SmallCNN, dict]:
         step += 1
         if step % 100 == 0:
             print(f"{cfg.kind} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+        if cfg.save_every and step % cfg.save_every == 0:  # a usable file even if the run is cut short
+            save(model, cfg, {"steps": step, "partial": True, "heldout_shapes": evaluate(model, cfg.kind, n=128)}, path)
     metrics = {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_shapes": evaluate(model, cfg.kind)}
     if cfg.kind == "degradation":
         metrics["heldout_photos"] = evaluate(model, cfg.kind, photos=True)
-    save(model, cfg, metrics, Path(out) if out else ASSET_DIR / f"{cfg.kind}.safetensors")
+    save(model, cfg, metrics, path)
     print(json.dumps(metrics), flush=True)
     return model, metrics
 
@@ -330,9 +337,12 @@ def _cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=None, help="input downsampling (default: 2 attributes, 1 degradation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
+    ap.add_argument("--init", default=None, help="continue from these weights")
     a = ap.parse_args(argv)
     pool = a.pool or (2 if a.kind == "attributes" else 1)
-    main(kind=a.kind, minutes=a.minutes, max_steps=a.max_steps, width=a.width, pool=pool, batch=a.batch, seed=a.seed, out=a.out)
+    main(kind=a.kind, minutes=a.minutes, max_steps=a.max_steps, width=a.width, pool=pool, save_every=a.save_every,
+         init=a.init, batch=a.batch, seed=a.seed, out=a.out)
     return 0
 
 
