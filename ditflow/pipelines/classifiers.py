@@ -327,8 +327,9 @@ def predict_degradation(model: SmallCNN, image: Image.Image) -> tuple[np.ndarray
     return probs.numpy(), sev.numpy()
 
 
-def _cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ditflow.pipelines.classifiers")
+def cli(argv: list[str] | None = None) -> int:
+    """`ditflow train classifiers {attributes,degradation} [--minutes M] ...`"""
+    ap = argparse.ArgumentParser(prog="ditflow train classifiers")
     ap.add_argument("kind", choices=("attributes", "degradation"))
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget")
     ap.add_argument("--max-steps", type=int, default=100_000, help="step budget (whichever ends first)")
@@ -347,4 +348,4 @@ def _cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_cli())
+    raise SystemExit(cli())
