@@ -30,9 +30,10 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise UserError(f"--size {text!r}: write it as WIDTHxHEIGHT, e.g. 64x64")
     w, h = (int(p) for p in parts)
-    if w % SIZE_MULTIPLE or h % SIZE_MULTIPLE or not (SIZE_MULTIPLE <= w <= MAX_SIDE and SIZE_MULTIPLE <= h <= MAX_SIDE):
-        raise UserError(f"--size {w}x{h}: width and height must be multiples of {SIZE_MULTIPLE} between "
-                        f"{SIZE_MULTIPLE} and {MAX_SIDE}, e.g. {max(16, round(w / 16) * 16)}x{max(16, round(h / 16) * 16)}")
+    m = SIZE_MULTIPLE
+    if w % m or h % m or not (m <= w <= MAX_SIDE and m <= h <= MAX_SIDE):
+        raise UserError(f"--size {w}x{h}: width and height must be multiples of {m} between {m} and {MAX_SIDE}, "
+                        f"e.g. {max(m, round(w / m) * m)}x{max(m, round(h / m) * m)}")
     return w, h
 
 

@@ -138,7 +138,8 @@ def test_velocity_recovered_in_callbacks_is_the_transformers(pipe):
     """x0_hook derives v from consecutive latents; compare with a direct transformer call (no CFG)."""
     prompt, steps = "a green square", 3
     kw = flux.call_kwargs(pipe, GenerateSpec(prompt=prompt, steps=steps, guidance_scale=1.0), prompt)
-    emb, pooled, txt_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, max_sequence_length=kw["max_sequence_length"])
+    emb, pooled, txt_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None,
+                                              max_sequence_length=kw["max_sequence_length"])
     start = flux.noise_like(torch.zeros(1, 64, 16), 0)
     img_ids = pipe._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32)
     errors = []
@@ -154,8 +155,8 @@ def test_velocity_recovered_in_callbacks_is_the_transformers(pipe):
         return latents
 
     check.prev = start
-    pipe(height=32, width=32, latents=start, callback_on_step_end=flux.step_callback(None, steps, flux.x0_hook(check, start)),
-         **kw)
+    hook = flux.x0_hook(check, start)
+    pipe(height=32, width=32, latents=start, callback_on_step_end=flux.step_callback(None, steps, hook), **kw)
     assert len(errors) == steps and max(errors) < 1e-4
 
 

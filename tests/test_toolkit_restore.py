@@ -2,7 +2,6 @@
 degradation classifier on held-out scenes."""
 import random
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

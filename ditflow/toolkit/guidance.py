@@ -74,7 +74,8 @@ def resolve_targets(classifier: nn.Module, target: dict[str, str]) -> list[tuple
     return out
 
 
-def objective(logits: torch.Tensor, targets: list[tuple[slice, int]], tau1: float = 1.0, tau2: float = 1.0) -> torch.Tensor:
+def objective(logits: torch.Tensor, targets: list[tuple[slice, int]], tau1: float = 1.0,
+              tau2: float = 1.0) -> torch.Tensor:
     """Σ over heads of τ1·f_y − logsumexp(τ2·f) (EluCD eq. for the guidance log-likelihood), summed over the batch."""
     total = logits.new_zeros(())
     for sl, y in targets:

@@ -114,7 +114,8 @@ def restore_tensor(pipe, op: dg.Degradation, y: torch.Tensor, spec: RestoreSpec,
                            "trace": log}
 
 
-def measurement(image: Image.Image, name: str, mask: Image.Image | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def measurement(image: Image.Image, name: str,
+                mask: Image.Image | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The measurement y of a degraded image, and the known-pixel mask for `inpaint`."""
     y = dg.to_tensor(image)
     if name != "inpaint":
