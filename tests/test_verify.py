@@ -168,3 +168,13 @@ def test_llm_verifier_text_path_with_the_embedded_llm():
     assert [c.text for c in v.claims] == ["a blue circle", "nothing else is in the image", "cat wearing hat"]
     assert v.claims[-1].status == "not_checkable"
     assert all(c.status in ("pass", "fail", "not_checkable") for c in v.claims) and v.verifier == "llm:local"
+
+
+def test_bench_exactness_and_the_scene_a_description_is_scored_against():
+    from ditflow.bench.verification import detector_exactness, spec_of
+
+    r = detector_exactness(2)
+    assert r["n"] == 10 and r["true_pass"] == 1.0 and r["recoloured_fail"] == 1.0
+    assert spec_of("a red circle wearing a hat") is None and spec_of("a 64x64 photo, mostly gray") is None
+    assert spec_of("two small blue squares on a gray background") == PanelSpec(
+        (ObjectSpec("blue", "square", "small", None, 2),), "gray", True)

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.verify import NOTHING, check_guarded, default_verifier, expected_of, summary
+from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, default_verifier, expected_of,
+                                   summary)
 from ditflow.pipelines import world
 from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
                              RepairAttempt, Step, ToolRecord, Verdict)
@@ -287,8 +288,7 @@ def repair_node(state: dict, runtime) -> dict:
     cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
     budget = max(0, int(getattr(rt, "max_repairs", DEFAULT_BUDGET)))
     pipe = rt.get_pipeline()
-    from ditflow.agents.verify import DetectorVerifier
-    shapes_world = isinstance(_verifier(rt), DetectorVerifier)
+    shapes_world = isinstance(_verifier(rt), DetectorVerifier)  # its vocabulary is the attribute classifier's
     todo = list(state.get("to_repair") or [])
     passed = {i: load_image(out_dir / best(lst)["file"]) for i, lst in cands.items()
               if best(lst)["verdict"] and Verdict.model_validate(best(lst)["verdict"]).passed}

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ditflow.agents import scene as sc
 from ditflow.agents.verify import expected_of
 from ditflow.pipelines import world
 
