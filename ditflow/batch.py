@@ -11,7 +11,9 @@ How a kill at any moment loses nothing and duplicates nothing:
   parent process, and rebuilt from the folders on resume, so the folders stay the truth;
 - a lock on `DIR/.lock` keeps two batches from writing one DIR.
 A failed task gets `DIR/<id>/error.json` instead of a manifest; the others go on; the exit code is 1 if any failed.
-With `--workers N`, N processes each load the pipeline once and share it across their tasks.
+With `--workers N`, N processes each load the pipeline once and share it across their tasks. With `--ray ADDRESS`,
+N Ray actors do (one per GPU by default) and send each finished folder back, and this process commits it the
+same way (`ditflow.scale.ray_batch`).
 """
 from __future__ import annotations
 
@@ -229,13 +231,18 @@ class _Lock:
         os.close(self.fd)  # closing releases the lock; the kernel also releases it if we are killed
 
 
-def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, workers: int = 1, settings=None,
-              on_task=None) -> BatchManifest:
-    """Run every task not already done; returns the final batch manifest (also at DIR/batch.json)."""
+def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, workers: int | None = 1, settings=None,
+              on_task=None, ray: str | None = None) -> BatchManifest:
+    """Run every task not already done; returns the final batch manifest (also at DIR/batch.json).
+
+    `ray`: a Ray address (or `auto`, `local`) to fan the tasks out over a cluster (`ditflow.scale.ray_batch`);
+    then `workers` is the number of actors, None meaning one per GPU of the cluster."""
     from ditflow.config import Settings
 
     settings = settings or Settings.load()
-    if not 1 <= workers <= MAX_WORKERS:
+    if workers is None and not ray:
+        workers = 1
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
     tasks = load_tasks(tasks_path)
     out = Path(out)
@@ -245,7 +252,7 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
             raise ValueError(f"{out} already holds a batch; pass --resume to continue it, or choose another -o")
         shutil.rmtree(out / STAGING, ignore_errors=True)  # half-written tasks from a killed run: redone below
         manifest = BatchManifest(tasks_file=str(Path(tasks_path).resolve()), settings=settings.public(),
-                                 workers=workers)
+                                 workers=workers or 1)
         pending: list[BatchTask] = []
         for task in tasks:
             if is_done(task, out / task.id):
@@ -271,7 +278,12 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
             if on_task:
                 on_task(state)
 
-        if workers == 1 or len(pending) <= 1:
+        if ray and pending:
+            from ditflow.scale.ray_batch import run_on_ray
+
+            manifest.workers = run_on_ray(pending, out, settings, workers, states, save, finished, address=ray)
+            save()
+        elif workers == 1 or len(pending) <= 1:
             engines = _Engines(settings.model_dump_json())
             for task in pending:
                 states[task.id].status, states[task.id].attempts = "running", states[task.id].attempts + 1
@@ -316,7 +328,11 @@ def cli(argv: list[str], command: str = "batch") -> int:
     p.add_argument("tasks", type=Path, help="JSONL or YAML task file")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (one sub-folder per task)")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished batch in DIR")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own pipeline")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (or Ray actors), each with its own pipeline; default 1 (Ray: one per GPU)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="fan tasks out over Ray: a cluster address, auto (RAY_ADDRESS or the cluster running here), "
+                        "or local (start one on this machine, loopback only)")
     add_engine_args(p)
     args = p.parse_args(argv)
     settings = Settings.load(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
@@ -330,7 +346,7 @@ def cli(argv: list[str], command: str = "batch") -> int:
         console.print(f"{state.id}: {mark} ({state.seconds:.1f}s)", highlight=False)
 
     manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
-                         on_task=report)
+                         on_task=report, ray=args.ray)
     skipped = sum(t.skipped for t in manifest.tasks)
     ran = total - skipped
     minutes = (time.perf_counter() - t0) / 60
