@@ -132,8 +132,9 @@ class OpenAIBackend:
         model: served model name. Default: `$DITFLOW_LLM_MODEL`, else the first model the server lists.
         api_key: bearer token. Default: `$OPENAI_API_KEY` (vLLM accepts any token unless started with one).
         vision: whether the model accepts `image_url` parts (a VLM). Default: `$DITFLOW_LLM_VISION` == "1".
-        timeout: seconds for one request (connect is capped at 10 s).
-        retries: transport retries per request (5xx, 429, timeouts, refused connections).
+        timeout: seconds for one request (connect is capped at 10 s). Default: `$DITFLOW_LLM_TIMEOUT`, else 60.
+        retries: transport retries per request (5xx, 429, timeouts, refused connections). Default:
+            `$DITFLOW_LLM_RETRIES`, else 3.
         schema_retries: extra requests with the validation error fed back, when an answer does not validate.
         backoff: first backoff in seconds; doubles on each transport retry.
         max_tokens: answer budget per request.
@@ -150,14 +151,19 @@ class OpenAIBackend:
         api_key: str | None = None,
         *,
         vision: bool | None = None,
-        timeout: float = 60.0,
-        retries: int = 3,
+        timeout: float | None = None,
+        retries: int | None = None,
         schema_retries: int = 2,
         backoff: float = 0.5,
         max_tokens: int = 1024,
         temperature: float = 0.0,
         fallback: str | LLMBackend | None = None,
     ):
+        try:  # the environment configures sessions that build their backend from a URL (`--llm http://...`)
+            timeout = float(os.environ.get("DITFLOW_LLM_TIMEOUT") or 60.0) if timeout is None else timeout
+            retries = int(os.environ.get("DITFLOW_LLM_RETRIES") or 3) if retries is None else retries
+        except ValueError as e:
+            raise ValueError(f"DITFLOW_LLM_TIMEOUT / DITFLOW_LLM_RETRIES must be numbers: {e}") from e
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if retries < 0 or schema_retries < 0:
