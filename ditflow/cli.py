@@ -48,5 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the package module, so UserError is the class others raise
+    from ditflow.cli import main as package_main
+
+    sys.exit(package_main())
