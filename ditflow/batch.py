@@ -18,6 +18,7 @@ same way (`ditflow.scale.ray_batch`).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -33,6 +34,19 @@ from ditflow.schemas import MAX_INSTRUCTION_CHARS, SafeId, Strict
 from ditflow.sessions import write_json_atomic
 
 BATCH_FILE, LOCK_FILE, STAGING, ERROR_FILE = "batch.json", ".lock", ".staging", "error.json"
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota, file-size limit: every next task would fail
+
+
+class OutOfSpace(OSError):
+    """The output folder ran out of space: the batch stops (finished tasks stay done; the half-written one is
+    removed) and `--resume` continues it once there is space again."""
+
+
+def _out_of_space(e: BaseException, out: Path, task_id: str) -> OutOfSpace | None:
+    if isinstance(e, OutOfSpace) or not (isinstance(e, OSError) and e.errno in NO_SPACE):
+        return e if isinstance(e, OutOfSpace) else None
+    return OutOfSpace(e.errno, f"no space left in {out} while writing task {task_id!r} ({e.strerror}); free some "
+                               "space, then run the same command with --resume")
 MAX_WORKERS = 64
 
 
@@ -158,6 +172,9 @@ def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a task's failure is recorded and the batch goes on; the traceback goes beside it
+        if full := _out_of_space(e, out, task.id):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise full from e
         state.error = f"{type(e).__name__}: {e}"
         (staging / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
     state.seconds = time.perf_counter() - t0
@@ -251,6 +268,8 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
         if (out / BATCH_FILE).exists() and not resume:
             raise ValueError(f"{out} already holds a batch; pass --resume to continue it, or choose another -o")
         shutil.rmtree(out / STAGING, ignore_errors=True)  # half-written tasks from a killed run: redone below
+        for tmp in out.glob(f".{BATCH_FILE}.*.tmp"):  # a batch.json write cut short by a kill
+            tmp.unlink(missing_ok=True)
         manifest = BatchManifest(tasks_file=str(Path(tasks_path).resolve()), settings=settings.public(),
                                  workers=workers or 1)
         pending: list[BatchTask] = []
@@ -313,6 +332,8 @@ def _run_pool(pending, out, settings, workers, states, save, finished) -> None:
                 task = running.pop(fut)
                 try:
                     finished(TaskState.model_validate_json(fut.result()))
+                except OutOfSpace:
+                    raise
                 except Exception as e:  # the worker itself died (out of memory, killed): record, go on
                     finished(TaskState(id=task.id, status="failed", error=f"worker failed: {type(e).__name__}: {e}"))
 
@@ -345,8 +366,14 @@ def cli(argv: list[str], command: str = "batch") -> int:
         mark = "[green]done[/]" if state.status == "done" else f"[red]failed[/]: {state.error}"
         console.print(f"{state.id}: {mark} ({state.seconds:.1f}s)", highlight=False)
 
-    manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
-                         on_task=report, ray=args.ray)
+    try:
+        manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
+                             on_task=report, ray=args.ray)
+    except OSError as e:
+        if not (full := _out_of_space(e, args.out, "?")):
+            raise
+        console.print(f"[red]stopped[/]: {full.strerror}", highlight=False)
+        return 3
     skipped = sum(t.skipped for t in manifest.tasks)
     ran = total - skipped
     minutes = (time.perf_counter() - t0) / 60
