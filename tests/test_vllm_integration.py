@@ -1,7 +1,8 @@
 """The real thing: a vLLM server (from `.venv-vllm`, `make vllm-venv`) on loopback, serving the embedded SmolLM2,
 driven through the `openai` backend and through full chat turns of the agents graph.
 
-The server starts once per session (about 1.5 min on 2 idle cores). Without the vLLM venv these tests skip
+The server starts once per session, eager (no torch.compile), so that it starts within minutes even on a busy
+2-core machine. Without the vLLM venv these tests skip
 locally and fail under CI (CI=true), where the Makefile must have built it.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ def vllm_server(tmp_path_factory):
             raise
         pytest.skip(str(e))
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    server = VLLMServer(log_path=log, threads=1)
+    # eager: torch.compile is most of the start (minutes on a busy 2-core machine) and buys little for a few requests
+    server = VLLMServer(log_path=log, threads=1, eager=True)
     server.start()
     yield server
     server.stop()
