@@ -120,8 +120,9 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
                 return load_builtin(sub or "builtin", path, dtype or torch.float32).to(device)
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         try:
+            # allow_pickle: None = prefer safetensors, fall back to .bin (False would refuse safetensors parts)
             pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, torch_dtype=dtype,
-                                                     use_safetensors=not allow_pickle)
+                                                     use_safetensors=None if allow_pickle else True)
         except (OSError, ValueError, EnvironmentError) as e:
             raise ModelLoadError(f"could not load {model!r}: {e}") from e
         pipe.set_progress_bar_config(disable=True)
