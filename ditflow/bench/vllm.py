@@ -10,9 +10,12 @@ side-by-side latency ratio.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -111,11 +114,12 @@ def cli(argv: list[str]) -> int:
     cases = [c for c in load_cases("dev") if c["task"] != "clarify"][: args.limit]
     server = None
     if not args.url:
-        server = VLLMServer(args.model, threads=args.threads, eager=args.eager)
+        log_path = Path(tempfile.gettempdir()) / f"ditflow-bench-vllm-{os.getpid()}.log"
+        server = VLLMServer(args.model, threads=args.threads, eager=args.eager, log_path=log_path)
         print(f"starting vLLM ({server.model}, {server.threads} thread(s){', eager' if args.eager else ''}) ...",
               flush=True)
         server.start()
-        print(f"vLLM start: {server.start_seconds:.1f} s (until /v1/models answers)", flush=True)
+        print(f"vLLM start: {server.start_seconds:.1f} s (until /v1/models answers); log: {log_path}", flush=True)
     try:
         backend = OpenAIBackend(args.url or server.url, timeout=600.0, retries=1, schema_retries=2,
                                 max_tokens=args.max_tokens)
