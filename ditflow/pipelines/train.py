@@ -271,7 +271,8 @@ class Trainee:
         return m
 
 
-def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, log=print) -> dict[str, Trainee]:
+def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
+                       log=print) -> dict[str, Trainee]:
     torch.manual_seed(recipe.seed)
     ckpt_path = run / "transformers.ckpt"
     tok, enc = load_minilm(TEXT_LEN)
@@ -287,7 +288,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, log=print
     t0, last_save, seen = time.time() - elapsed, time.time(), 0
     losses = {n: [] for n in trainees}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16)
-    while time.time() - t0 < minutes * 60:
+    while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
         layout = pick_layout(rng)
         bsz = recipe.batch if layout == (1, 1) else max(8, recipe.batch // (layout[0] * layout[1]))
         images, captions = world_batch(rng, bsz, layout)
@@ -367,8 +368,10 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) ->
 
 # ----------------------------------------------------------------------------- entry point
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
-         threads: int | None = None, install: bool = False, bf16: bool = True, only: str | None = None) -> Path:
-    """Reproduce the builtin weights. `minutes` bounds transformer training; rerun to resume."""
+         threads: int | None = None, install: bool = False, bf16: bool = True, only: str | None = None,
+         max_steps: int | None = None) -> Path:
+    """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
+    training, whichever ends first; rerun with a larger bound to resume."""
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
@@ -387,7 +390,7 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     recipe = Recipe(batch=batch, bf16=bf16)
     if only:
         recipe.models = {k: v for k, v in recipe.models.items() if k == only}
-    trainees = train_transformers(run, vae, recipe, minutes, log=log)
+    trainees = train_transformers(run, vae, recipe, minutes, max_steps, log=log)
     out = export(run / "export", vae, trainees)
     if install:
         shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
@@ -400,6 +403,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=120)
     ap.add_argument("--vae-minutes", type=float, default=12)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-steps", type=int, help="stop the transformers at this step (total, across resumes)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
