@@ -69,6 +69,20 @@ def _check_folder(path: Path, needed: tuple[str, ...]) -> None:
         raise ModelLoadError(f"model folder {path} is missing {', '.join(missing)}")
 
 
+def _check_components(path: Path) -> None:
+    """Every component model_index.json lists must have its subfolder; say which are missing."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model folder {path} has an unreadable model_index.json: {e}") from e
+    listed = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+    # the builtin folder deliberately omits MiniLM; it is passed at load time
+    skip = {"text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"} if (path / DITFLOW_META).exists() else set()
+    missing = [k for k in listed if k not in skip and not (path / k).is_dir()]
+    if missing:
+        raise ModelLoadError(f"model folder {path} is missing {', '.join(missing)}")
+
+
 def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInfo:
     meta = json.loads((path / DITFLOW_META).read_text()) if (path / DITFLOW_META).exists() else {}
     return PipelineInfo(name=name, text_len=meta.get("text_len", TEXT_LEN), native_area=meta.get("native_area", 64 * 64),
@@ -116,6 +130,7 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
         path = Path(model).expanduser()
         if path.exists() or model.startswith((".", "/", "~")):
             _check_folder(path, ("model_index.json",))
+            _check_components(path)
             if (path / DITFLOW_META).exists():
                 return load_builtin(sub or "builtin", path, dtype or torch.float32).to(device)
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
