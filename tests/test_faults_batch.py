@@ -99,7 +99,7 @@ def test_sigkill_at_random_points_twenty_times_then_resume(forker, tmp_path):
     # 48 tasks: on an idle machine 8 tiny tasks finished inside the first kill window, so no kill landed mid-task
     tasks, ids = task_file(tmp_path, 48)
     out = tmp_path / "out"
-    est, landed, mid_task = 2.0, [], 0  # est: seconds per task, learnt from the runs
+    est, landed, mid_task = 0.1, [], 0  # est: seconds per task, learnt from the runs (start short: idle machines are fast)
     for kill in range(20):
         p = forker.Process(target=run_cli, args=(cli_args(tasks, out, "--resume"),))
         p.start()
