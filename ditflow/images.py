@@ -71,17 +71,15 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
         raise ImageError(f"{name}: corrupt or truncated image data ({e})") from e
 
 
-def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
-    """Write `img` to `path` via a temp file in the same folder and `os.replace`: readers see all or nothing."""
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """Call `write(binary_file)` on a temp file in the same folder, fsync, then `os.replace`: readers see all or
+    nothing, and a failure leaves no temp file behind. Every atomic write in ditflow goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unknown image extension {path.suffix!r}; use .png, .jpg or .webp")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **save_kwargs)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -89,6 +87,15 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_image_atomic(img: Image.Image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """Write `img` to `path` atomically (see `write_atomic`); the format follows the extension."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image extension {path.suffix!r}; use .png, .jpg or .webp")
+    return write_atomic(path, lambda f: img.save(f, format=fmt, **save_kwargs))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

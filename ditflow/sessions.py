@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,20 +35,10 @@ CHECKPOINTS = "checkpoints.sqlite"
 
 # ----------------------------------------------------------------------------- atomic writes
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temp file in the same folder, fsync, then `os.replace`: readers see all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """UTF-8 text, written atomically by `ditflow.images.write_atomic`."""
+    from ditflow.images import write_atomic
+
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: BaseModel | Any) -> Path:
@@ -58,17 +47,10 @@ def write_json_atomic(path: str | os.PathLike, obj: BaseModel | Any) -> Path:
 
 
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    from ditflow.images import write_atomic
+
+    with open(src, "rb") as f_in:
+        return write_atomic(dst, lambda f: shutil.copyfileobj(f_in, f))
 
 
 # ----------------------------------------------------------------------------- the store
