@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # ----------------------------------------------------------------------------- limits (named once)
 MAX_INSTRUCTION_CHARS = 4000  # longer instructions are refused with a clear error, not truncated silently
@@ -15,6 +15,8 @@ MAX_OUTPUTS = 16  # outputs per turn
 MAX_INPUTS = 8
 MAX_PANELS = 9  # panels per canvas (configurable per call up to this hard cap)
 MAX_PROMPT_CHARS = 2000
+# A canvas caption holds a layout tag, the overview and one tagged clause per panel, each up to MAX_PROMPT_CHARS.
+MAX_CANVAS_PROMPT_CHARS = (MAX_PANELS + 1) * (MAX_PROMPT_CHARS + 32)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # task / session / case ids that become folder names
 _ID_RE = re.compile(ID_PATTERN)
 
@@ -26,7 +28,7 @@ def check_id(value: str) -> str:
     return value
 
 
-SafeId = Annotated[str, Field(pattern=ID_PATTERN)]
+SafeId = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(check_id)]  # the pattern alone lets 'ok..' through
 
 
 class Strict(BaseModel):
@@ -91,7 +93,7 @@ class Ref(Strict):
 
 class Step(Strict):
     tool: ToolName
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS * 4, description="panel prompt, with layout tags for groups")
+    prompt: str = Field(max_length=MAX_CANVAS_PROMPT_CHARS, description="panel prompt, with layout tags for groups")
     outputs: list[int] = Field(min_length=1, max_length=MAX_PANELS, description="1-based output indices produced")
     refs: list[Ref] = Field(default_factory=list, max_length=MAX_PANELS)
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
@@ -124,7 +126,7 @@ class ToolSpec(Strict):
 
 
 class GenerateSpec(ToolSpec):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS * 4)
+    prompt: str = Field(min_length=1, max_length=MAX_CANVAS_PROMPT_CHARS)
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16)
     width: int | None = Field(None, ge=16, le=4096, multiple_of=16)
     classifier_guidance: float = Field(0.0, ge=0.0, le=100.0)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from ditflow.batch import load_tasks
@@ -83,6 +83,7 @@ def check_file(folder: Path, name: str, data: bytes) -> None:
 
 @FUZZ
 @given(text=jsonl)
+@example(text='{"id": "ok..", "instruction": "a red circle"}')  # CI: the id pattern alone let '..' through
 def test_jsonl(tmp_path_factory, text):
     folder = tmp_path_factory.mktemp("jsonl")
     load_image_fixture(folder)

@@ -11,7 +11,7 @@ import json
 from types import SimpleNamespace
 from datetime import timedelta
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from ditflow.agents.parsing import Context, GalleryItem, InstructionError, check_instruction, next_gallery, parse
@@ -89,6 +89,8 @@ def check_one(text: str, ins: list[InputImage], gallery: list[GalleryItem]) -> N
 
 @FUZZ
 @given(text=instructions, ins=inputs, gallery=galleries)
+@example(text="an pages " * 178, ins=[], gallery=[])  # CI: a four-panel caption of long clauses overflowed Step.prompt
+@example(text="add two more pages", ins=[], gallery=[GalleryItem(description="")])  # CI: blank gallery entry
 def test_parse_and_plan_any_instruction(text, ins, gallery):
     check_one(text, ins, gallery)
 

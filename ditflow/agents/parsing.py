@@ -671,8 +671,10 @@ def _continuation(text: str, ctx: Context, forbidden: set[str]) -> ParsedRequest
         descs = [base] * n
     inputs = [InputImage(index=i + 1, description=g.description) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
     sources = [1] if task == "article" or ctx.previous_shared else []
+    # a gallery entry may carry no description (an image added by path); the instruction then describes it
+    descs = [_drop_forbidden(d, forbidden).strip() or text.strip()[:MAX_PROMPT_CHARS] for d in descs]
     return ParsedRequest(task=task, num_inputs=len(inputs), num_outputs=n, inputs=inputs,
-                         outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden), sources=sources)
+                         outputs=[OutputSpec(index=i + 1, description=d, sources=sources)
                                   for i, d in enumerate(descs)],
                          shared=ctx.previous_shared, title=ctx.previous_title)
 

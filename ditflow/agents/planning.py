@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ditflow.agents import scene as sc
 from ditflow.agents.parsing import split_degradations
-from ditflow.pipelines.world import layout_tags
+from ditflow.toolkit import canvas as cv
 from ditflow.schemas import MAX_PANELS, OutputSpec, ParsedRequest, Plan, Ref, Step
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,7 @@ EDIT_STRENGTH = {"color": 0.7, "background": 0.7, "size": 0.8, "shape": 0.85, "p
 
 def group_prompt(overview: str, clauses: list[str]) -> str:
     """The tagged caption of one canvas, for the record and for the LLM to read (the toolkit lays it out)."""
-    n = len(clauses)
-    layout = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}.get(n, (1, n))
-    tag, tags = layout_tags(layout)
-    if not tags:
-        return clauses[0]
-    return f"{tag} {overview}; " + ", ".join(f"{t} {c}" for t, c in zip(tags, clauses)) + "."
+    return cv.group_prompt(cv.choose_grid(len(clauses), max_panels=MAX_PANELS), overview, clauses)
 
 
 def _changed(before: str, after: str) -> str:
