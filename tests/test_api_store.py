@@ -1,7 +1,6 @@
 """Settings, the session store, atomic writes, manifests and the Session's input checks: the parts of the
 interfaces that need no model."""
 import json
-import os
 import random
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """The builtin pipeline: a genuine diffusers FluxPipeline, trainable end to end and loadable offline."""
 import json
 import random
-import shutil
 
 import pytest
 import torch

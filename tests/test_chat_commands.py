@@ -1,7 +1,6 @@
 """`ditflow chat` driven under tmux as a person would: slash commands, errors, Ctrl-C at the prompt, exit."""
 import os
 import shutil
-import sys
 
 import pytest
 

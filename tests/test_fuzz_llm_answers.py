@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from loopback_llm import LoopbackLLM, Reply
 from ditflow.agents.execution import _ref_images
 from ditflow.agents.llm.base import LLMError
 from ditflow.agents.llm.openai import CallStats, OpenAIBackend
@@ -33,45 +32,22 @@ FUZZ = settings(max_examples=500, deadline=timedelta(seconds=5), database=None, 
 FUZZ_SMALL = settings(FUZZ, max_examples=150)
 
 
-class SayAnything:
-    """A loopback OpenAI-compatible endpoint whose every answer is `self.body` (a whole HTTP body) verbatim."""
+class SayAnything(LoopbackLLM):
+    """Every answer is `self.body` (a whole HTTP body) verbatim."""
 
     def __init__(self):
         self.body = "{}"
-        self.requests = 0
-        ep = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive: one connection for all the cases
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                ep.requests += 1
-                data = ep.body.encode("utf-8", "surrogatepass")
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        super().__init__(lambda request: Reply(body=self.body))
 
     def say(self, content: str) -> None:
-        self.body = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": content}}]})
+        self.body = Reply(content=content).data().decode("utf-8", "surrogatepass")
 
 
 @pytest.fixture(scope="module")
 def endpoint():
     ep = SayAnything()
     yield ep
-    ep.server.shutdown()
+    ep.close()
 
 
 @pytest.fixture(scope="module")

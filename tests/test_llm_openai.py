@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 
 import pytest
 from PIL import Image
 
+import loopback_llm as loopback
 from ditflow.agents.llm.base import LLMError, LLMInvalidOutput, LLMUnavailable, make_backend
 from ditflow.agents.llm.openai import OpenAIBackend, request_schema
 from ditflow.schemas import ParsedRequest, Plan
@@ -22,67 +21,17 @@ GOOD = {"task": "generate", "num_inputs": 0, "num_outputs": 2, "inputs": [],
 
 
 @dataclass
-class Reply:
-    status: int = 200
-    content: str | None = json.dumps(GOOD)  # the assistant message; ignored when `body` is given
-    body: str | None = None  # raw HTTP body, for non-chat answers
-    delay: float = 0.0
-    headers: dict = field(default_factory=dict)
-    finish_reason: str = "stop"
+class Reply(loopback.Reply):
+    content: str | None = json.dumps(GOOD)  # most scripts answer with a valid request
 
 
-class ScriptedEndpoint:
-    """An OpenAI-compatible loopback server: each chat request gets the next `Reply` of the script."""
+class ScriptedEndpoint(loopback.LoopbackLLM):
+    """Each chat request gets the next `Reply` of the script; a 500 once it runs out."""
 
     def __init__(self, script: list[Reply]):
         self.script = list(script)
-        self.requests: list[dict] = []
-        ep = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # keep pytest output clean
-                pass
-
-            def _send(self, status: int, body: str, headers: dict | None = None):
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "scripted-model"}]}))
-                else:
-                    self._send(404, '{"error": "not found"}')
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length", 0))
-                ep.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                    **json.loads(self.rfile.read(n))})
-                r = ep.script.pop(0) if ep.script else Reply(status=500, body='{"error": "script exhausted"}')
-                time.sleep(r.delay)
-                body = r.body if r.body is not None else json.dumps({
-                    "id": "x", "object": "chat.completion", "model": "scripted-model",
-                    "choices": [{"index": 0, "finish_reason": r.finish_reason,
-                                 "message": {"role": "assistant", "content": r.content}}]})
-                self._send(r.status, body, r.headers)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(lambda request: self.script.pop(0) if self.script
+                         else Reply(status=500, body='{"error": "script exhausted"}'))
 
 
 @pytest.fixture

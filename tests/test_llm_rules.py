@@ -8,7 +8,7 @@ from ditflow.agents.llm.base import LLMInvalidOutput, LLMUnavailable, make_backe
 from ditflow.agents.parsing import Context, parse, parse_messages, parse_rules
 from ditflow.agents.planning import make_plan, plan_messages, plan_rules
 from ditflow.agents.prompts import load_prompt
-from ditflow.schemas import InputImage, OutputSpec, ParsedRequest, Plan
+from ditflow.schemas import InputImage, ParsedRequest, Plan
 
 
 def test_rules_backend_answers_parse_and_plan_through_the_interface():

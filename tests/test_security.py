@@ -13,12 +13,12 @@ import pickle
 import sys
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from loopback_llm import LoopbackLLM, Reply, schema_name
 from ditflow.api import Session
 
 pytest.importorskip("ditflow.agents.graph")
@@ -123,30 +123,9 @@ def hostile_answers(secret: Path) -> dict[str, dict]:
     }
 
 
-class HostileEndpoint:
-    def __init__(self, answers: dict[str, dict]):
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                name = body["response_format"]["json_schema"]["name"]
-                answer = answers.get(name, {"markdown": " ".join(HOSTILE_TEXT), "captions": HOSTILE_TEXT})
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": json.dumps(answer)}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.address = ("127.0.0.1", self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.address[1]}/v1"
+def hostile_endpoint(answers: dict[str, dict]) -> LoopbackLLM:
+    default = {"markdown": " ".join(HOSTILE_TEXT), "captions": HOSTILE_TEXT}
+    return LoopbackLLM(lambda request: Reply(content=json.dumps(answers.get(schema_name(request), default))))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +154,7 @@ def test_hostile_instructions_and_llm_answers_change_nothing_outside(pipe, tmp_p
     secret = private / "secret.png"  # a readable image the user never attached
     img.save(secret)
     (private / "secret.txt").write_text("do not read")
-    endpoint = HostileEndpoint(hostile_answers(secret))
+    endpoint = hostile_endpoint(hostile_answers(secret))
     home, out = tmp_path / "home", tmp_path / "out"
     s = Session(llm=endpoint.url if llm == "hostile" else "rules", pipeline=pipe, home=home, verify=False)
     s.chat("a red circle")  # warm-up outside the recording: lazy imports, first-use caches
@@ -189,6 +168,7 @@ def test_hostile_instructions_and_llm_answers_change_nothing_outside(pipe, tmp_p
         assert not bad, f"{llm} / {text!r}: {bad[:5]}"
         assert turn.record.error is None or "clarification" in turn.record.error or turn.record.error
     s.close()
+    endpoint.close()
     assert not any(Path(tempfile.gettempdir()).glob(f"*{CANARY}*")) and not list(tmp_path.rglob(f"*{CANARY}*"))
 
 

@@ -1,13 +1,11 @@
 """The LLM verifier against the real vLLM server with the embedded SmolLM2, through the text-only path: the
 describe tool reads the image, the LLM compares it with the claims under the answers grammar.
 
-Set DITFLOW_TEST_VLLM_URL to reuse a running server; otherwise one starts here (about 1.5 min on 2 idle cores).
+Set DITFLOW_TEST_VLLM_URL to reuse a running server; otherwise the session's server starts (conftest.py).
 The 135M model's judgements are not graded: the test checks that the path holds end to end (one schema-valid
 answer per claim, in order, mapped onto the claims; "other" claims never pass) and that no answer crashes a turn.
 """
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -15,23 +13,6 @@ from ditflow.agents.verify import LLMVerifier, check_guarded
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
 
 pytestmark = pytest.mark.vllm
-
-
-@pytest.fixture(scope="module")
-def vllm_url(tmp_path_factory):
-    if os.environ.get("DITFLOW_TEST_VLLM_URL"):
-        yield os.environ["DITFLOW_TEST_VLLM_URL"]
-        return
-    from ditflow.agents.llm.serve import VLLMServer, vllm_python
-
-    try:
-        vllm_python()
-    except FileNotFoundError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
-    with VLLMServer(log_path=tmp_path_factory.mktemp("vllm") / "server.log", threads=1) as server:
-        yield server.url
 
 
 def test_text_only_llm_verdict_from_the_real_server(vllm_url):

@@ -8,7 +8,6 @@ locally and fail under CI (CI=true), where the Makefile must have built it.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Literal, get_args
@@ -21,28 +20,12 @@ from pydantic import BaseModel, Field
 
 from ditflow.agents.llm.base import LLMUnavailable
 from ditflow.agents.llm.openai import OpenAIBackend, request_schema
-from ditflow.agents.llm.serve import EMBEDDED_NAME, VLLMServer, vllm_python
+from ditflow.agents.llm.serve import EMBEDDED_NAME, VLLMServer
 from ditflow.agents.parsing import Context, parse_messages
 from ditflow.agents.prompts import load_prompt
 from ditflow.schemas import ParsedRequest, TaskKind
 
 pytestmark = pytest.mark.vllm
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    try:
-        vllm_python()
-    except FileNotFoundError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    # eager: torch.compile is most of the start (minutes on a busy 2-core machine) and buys little for a few requests
-    server = VLLMServer(log_path=log, threads=1, eager=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from ditflow.pipelines.world import BACKGROUNDS, COLORS, DEFAULT_BACKGROUND, SHAPES
+from ditflow.pipelines.world import BACKGROUNDS, COLORS, SHAPES
 
 # ----------------------------------------------------------------------------- vocabulary (synonyms → world names)
 COLOR_WORDS = {**{c: c for c in COLORS}, "violet": "purple", "magenta": "pink", "turquoise": "cyan",

@@ -119,7 +119,7 @@ def bench_grid(side: int, args, methods: list[str]) -> dict:
 
 def print_grid(res: dict) -> None:
     print(f"\ngrid {res['grid']}² ({res['tokens']} tokens): FLOP bound {res['flop_bound']:.1f}×")
-    print(f"| method | ms (best) | speedup vs SDPA | of FLOP bound | peak extra MiB | max abs err |")
+    print("| method | ms (best) | speedup vs SDPA | of FLOP bound | peak extra MiB | max abs err |")
     print("|---|---|---|---|---|---|")
     for r in res["rows"]:
         mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"

