@@ -156,9 +156,10 @@ class Session:
 
     def __init__(self, model: str | None = None, llm: str | None = None, *, pipeline=None,
                  session_id: str | None = None, persist: bool = True, home: str | Path | None = None,
-                 seed: int | None = None, verify: bool | None = None, device: str | None = None,
-                 dtype: str | None = None, on_progress: Progress | None = None, settings: Settings | None = None):
-        overrides = dict(model=model, llm=llm, home=home, seed=seed, verify=verify, device=device, dtype=dtype)
+                 seed: int | None = None, verify: bool | None = None, max_repairs: int | None = None,
+                 device: str | None = None, dtype: str | None = None, on_progress: Progress | None = None, settings: Settings | None = None):
+        overrides = dict(model=model, llm=llm, home=home, seed=seed, verify=verify, max_repairs=max_repairs,
+                         device=device, dtype=dtype)
         if settings is None:
             if model is None and pipeline is not None:  # an injected pipeline names itself in records
                 from ditflow.pipelines.loading import info_of
@@ -425,7 +426,8 @@ class Session:
 
         return AgentRuntime(pipeline=lambda: self.pipeline, llm=self.llm,
                             seed=self.settings.seed if seed is None else seed,
-                            verify=self.settings.verify, progress=self._emit)
+                            verify=self.settings.verify, max_repairs=self.settings.max_repairs,
+                            progress=self._emit)
 
     def _emit(self, event: ProgressEvent) -> None:
         if self._cancel.is_set():

@@ -357,7 +357,7 @@ def cli(argv: list[str], command: str = "batch") -> int:
     add_engine_args(p)
     args = p.parse_args(argv)
     settings = Settings.load(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                             verify=args.verify)
+                             verify=args.verify, max_repairs=args.max_repairs)
     console = Console(stderr=True)
     total = len(load_tasks(args.tasks))
     t0 = time.perf_counter()

@@ -289,7 +289,7 @@ def cli(argv: list[str], command: str = "chat") -> int:
     add_engine_args(p)
     args = p.parse_args(argv)
     session = Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                      verify=args.verify, home=args.home)
+                      verify=args.verify, max_repairs=args.max_repairs, home=args.home)
     if args.session:
         session.load(args.session)
     elif args.cont and (latest := session.store.latest()):

@@ -24,6 +24,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip verify/repair")
+    p.add_argument("--max-repairs", type=int, metavar="N", help="repair attempts per failed output (default 2)")
 
 
 def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def cli(argv: list[str], command: str = "run") -> int:
     staging = Path(tempfile.mkdtemp(prefix=".run-", dir=_mkdir(args.out)))
     try:
         with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                     verify=args.verify, persist=False) as session:
+                     verify=args.verify, max_repairs=args.max_repairs, persist=False) as session:
             with RichProgress(enabled=not args.quiet) as show:
                 turn = session.run(args.instruction, args.images, staging, on_progress=show)
         publish(staging, args.out)

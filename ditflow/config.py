@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ditflow.schemas import MAX_INPUTS, MAX_INSTRUCTION_CHARS
+from ditflow.schemas import DEFAULT_REPAIRS, MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_REPAIRS
 
 ENV_PREFIX = "DITFLOW_"
 DEFAULT_HOME = Path("~/.local/share/ditflow")
@@ -41,6 +41,7 @@ class Settings(BaseModel):
         output_dir: default folder for `ditflow run` outputs.
         seed: base seed; each turn's tools derive their seeds from it.
         verify: run the verify/repair loop after execution.
+        max_repairs: repair attempts per failed output when verifying (0 only verifies).
         preview: inline image previews in `ditflow chat`.
         max_input_pixels: larger input images are refused with a clear error.
         max_inputs: images per turn.
@@ -57,6 +58,7 @@ class Settings(BaseModel):
     output_dir: Path = Path("out")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     verify: bool = True
+    max_repairs: int = Field(DEFAULT_REPAIRS, ge=0, le=MAX_REPAIRS)
     preview: Preview = "auto"
     max_input_pixels: int = Field(64 * 1024 * 1024, ge=64)
     max_inputs: int = Field(MAX_INPUTS, ge=0, le=MAX_INPUTS)
@@ -108,4 +110,4 @@ class Settings(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """What manifests record: the settings that shape the output (not local paths)."""
-        return self.model_dump(mode="json", include={"model", "llm", "device", "dtype", "seed", "verify"})
+        return self.model_dump(mode="json", include={"model", "llm", "device", "dtype", "seed", "verify", "max_repairs"})

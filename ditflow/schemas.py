@@ -15,6 +15,7 @@ MAX_OUTPUTS = 16  # outputs per turn
 MAX_INPUTS = 8
 MAX_PANELS = 9  # panels per canvas (configurable per call up to this hard cap)
 MAX_PROMPT_CHARS = 2000
+DEFAULT_REPAIRS, MAX_REPAIRS = 2, 8  # repair attempts per failed output: the default budget and its cap
 # A canvas caption holds a layout tag, the overview and one tagged clause per panel, each up to MAX_PROMPT_CHARS.
 MAX_CANVAS_PROMPT_CHARS = (MAX_PANELS + 1) * (MAX_PROMPT_CHARS + 32)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # task / session / case ids that become folder names

@@ -115,3 +115,14 @@ def test_two_sessions_in_one_process_do_not_interfere(tmp_path):
     assert len(ta.images) == 1 and len(tb.images) == 4
     assert [m.id for m in la] == [ida] and [m.id for m in lb] == [idb]  # each home holds its own session
     assert sum(e.stage == "done" for e in events["a"]) == sum(e.stage == "done" for e in events["b"]) == 1
+
+
+def test_repair_budget_comes_from_settings_env_and_arguments(monkeypatch):
+    from ditflow.config import Settings
+
+    assert Session(pipeline=None, persist=False)._runtime().max_repairs == Settings.load().max_repairs == 2
+    monkeypatch.setenv("DITFLOW_MAX_REPAIRS", "5")
+    assert Session(persist=False)._runtime().max_repairs == 5
+    assert Session(persist=False, max_repairs=0)._runtime().max_repairs == 0  # an argument beats the environment
+    with pytest.raises(ValueError, match="max_repairs"):
+        Settings.load(max_repairs=-1)

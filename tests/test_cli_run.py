@@ -1,6 +1,5 @@
 """`ditflow run`: the files it promises (images, plan, article, manifest), refusal to mix runs, clear errors.
 Real runs of the CLI on the tiny random FLUX pipeline."""
-import importlib.util
 import json
 import os
 import random
@@ -42,11 +41,12 @@ def test_bad_input_image_fails_cleanly_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-needs_graph = pytest.mark.skipif(importlib.util.find_spec("ditflow.agents.graph") is None,
-                                 reason="the agents graph (run_turn) has not landed yet")
+def test_a_bad_setting_names_the_field_in_one_line(tmp_path):
+    r = run("a red circle", "--max-repairs", "-1", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "ditflow run: error: max_repairs: Input should be greater than or equal to 0"
 
 
-@needs_graph
 def test_picture_book_writes_images_plan_article_and_manifest(tmp_path):
     out = tmp_path / "book"
     r = run("a four-page picture book about a red circle that turns blue", "-o", str(out))
@@ -63,7 +63,6 @@ def test_picture_book_writes_images_plan_article_and_manifest(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-@needs_graph
 def test_edit_records_its_input_and_hash(tmp_path):
     src = save_image_atomic(world.render(world.sample_spec(random.Random(1), "single"), random.Random(1)),
                             tmp_path / "in.png")

@@ -25,7 +25,7 @@ from langgraph.runtime import Runtime
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
 from ditflow.agents.repair import after_verify, repair_node, verify_node
-from ditflow.schemas import (MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent, RepairAttempt, ToolRecord,
+from ditflow.schemas import (DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent, RepairAttempt, ToolRecord,
                              TurnRecord, TurnTimings, Verdict)
 
 UNDO_RE = re.compile(r"^\s*(?:please\s+)?(?:undo|go back|revert|take that back|undo (?:that|the last (?:turn|change|"
@@ -54,7 +54,7 @@ class AgentRuntime:
     verify: bool = False
     progress: Callable[[ProgressEvent], None] | None = None
     verifier: Any = None
-    max_repairs: int = 2
+    max_repairs: int = DEFAULT_REPAIRS
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:

@@ -34,7 +34,6 @@ from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, P
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 2  # repairs per output
 STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
 MASK_MARGIN = 2  # px around a region, so anti-aliased edges are redrawn too
 REPAIR_DIR = "repairs"
@@ -228,7 +227,7 @@ def verify_node(state: dict, runtime) -> dict:
     out_dir = Path(state["out_dir"])
     files = {int(k): v for k, v in (state.get("files") or {}).items()}
     cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
-    budget = max(0, int(getattr(rt, "max_repairs", DEFAULT_BUDGET)))
+    budget = rt.max_repairs
     for o in req.outputs:
         if o.index not in files:
             continue
@@ -286,7 +285,7 @@ def repair_node(state: dict, runtime) -> dict:
     plan = Plan.model_validate(state["plan"]) if state.get("plan") else None
     out_dir = Path(state["out_dir"])
     cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
-    budget = max(0, int(getattr(rt, "max_repairs", DEFAULT_BUDGET)))
+    budget = rt.max_repairs
     pipe = rt.get_pipeline()
     shapes_world = isinstance(_verifier(rt), DetectorVerifier)  # its vocabulary is the attribute classifier's
     todo = list(state.get("to_repair") or [])
