@@ -157,7 +157,8 @@ class Session:
     def __init__(self, model: str | None = None, llm: str | None = None, *, pipeline=None,
                  session_id: str | None = None, persist: bool = True, home: str | Path | None = None,
                  seed: int | None = None, verify: bool | None = None, max_repairs: int | None = None,
-                 device: str | None = None, dtype: str | None = None, on_progress: Progress | None = None, settings: Settings | None = None):
+                 device: str | None = None, dtype: str | None = None, on_progress: Progress | None = None,
+                 settings: Settings | None = None):
         overrides = dict(model=model, llm=llm, home=home, seed=seed, verify=verify, max_repairs=max_repairs,
                          device=device, dtype=dtype)
         if settings is None:

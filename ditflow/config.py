@@ -110,4 +110,5 @@ class Settings(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """What manifests record: the settings that shape the output (not local paths)."""
-        return self.model_dump(mode="json", include={"model", "llm", "device", "dtype", "seed", "verify", "max_repairs"})
+        return self.model_dump(mode="json",
+                               include={"model", "llm", "device", "dtype", "seed", "verify", "max_repairs"})

@@ -25,8 +25,8 @@ from langgraph.runtime import Runtime
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
 from ditflow.agents.repair import after_verify, repair_node, verify_node
-from ditflow.schemas import (DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent, RepairAttempt, ToolRecord,
-                             TurnRecord, TurnTimings, Verdict)
+from ditflow.schemas import (DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent,
+                             RepairAttempt, ToolRecord, TurnRecord, TurnTimings, Verdict)
 
 UNDO_RE = re.compile(r"^\s*(?:please\s+)?(?:undo|go back|revert|take that back|undo (?:that|the last (?:turn|change|"
                      r"step)))\s*[.!]?\s*$", re.I)

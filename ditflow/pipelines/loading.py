@@ -90,7 +90,8 @@ def _check_components(path: Path) -> None:
 
 def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInfo:
     meta = json.loads((path / DITFLOW_META).read_text()) if (path / DITFLOW_META).exists() else {}
-    return PipelineInfo(name=name, text_len=meta.get("text_len", TEXT_LEN), native_area=meta.get("native_area", 64 * 64),
+    return PipelineInfo(name=name, text_len=meta.get("text_len", TEXT_LEN),
+                        native_area=meta.get("native_area", 64 * 64),
                         panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
                         default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
                         text_encoding=meta.get("text_encoding", "unmasked-cls"))
