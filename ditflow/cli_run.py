@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ditflow.api import MANIFEST_FILE, Session, Turn
 from ditflow.progress import RichProgress
+from ditflow.schemas import DEFAULT_REPAIRS
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip verify/repair")
-    p.add_argument("--max-repairs", type=int, metavar="N", help="repair attempts per failed output (default 2)")
+    p.add_argument("--max-repairs", type=int, metavar="N", help=f"repair attempts per failed output (default {DEFAULT_REPAIRS})")
 
 
 def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:

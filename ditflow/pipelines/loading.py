@@ -19,6 +19,10 @@ BUILTIN_DIR = ASSETS / "builtin"
 BUILTIN_NAMES = {"builtin": "transformer", "builtin-large": "transformer", "builtin-small": "transformer_small"}
 TEXT_LEN = 80  # padded MiniLM tokens per prompt; training and sampling must agree (Flux has no text mask)
 DITFLOW_META = "ditflow.json"  # our extra settings beside model_index.json
+# How MiniLM encodes (`ditflow.pipelines.minilm`), named here so reading a folder's metadata needs no transformers.
+MASKED_MEAN = "masked-mean"  # MaskedMiniLM: what `ditflow train builtin` writes
+UNMASKED_CLS = "unmasked-cls"  # plain BertModel: exports made before ditflow.json had `text_encoding`
+TEXT_ENCODINGS = (MASKED_MEAN, UNMASKED_CLS)
 
 
 class ModelLoadError(ValueError):
@@ -50,7 +54,7 @@ def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32, en
     `ditflow.pipelines.minilm` (default: masked-mean, what training uses now)."""
     from transformers import AutoTokenizer
 
-    from ditflow.pipelines.minilm import MASKED_MEAN, encoder_class
+    from ditflow.pipelines.minilm import encoder_class
 
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
@@ -94,7 +98,7 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         native_area=meta.get("native_area", 64 * 64),
                         panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
                         default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
-                        text_encoding=meta.get("text_encoding", "unmasked-cls"))
+                        text_encoding=meta.get("text_encoding", UNMASKED_CLS))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,

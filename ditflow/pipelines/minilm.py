@@ -14,9 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import BertModel
 
-MASKED_MEAN = "masked-mean"  # MaskedMiniLM: what `ditflow train builtin` writes
-UNMASKED_CLS = "unmasked-cls"  # plain BertModel: exports made before the key existed
-TEXT_ENCODINGS = (MASKED_MEAN, UNMASKED_CLS)
+from ditflow.pipelines.loading import MASKED_MEAN, TEXT_ENCODINGS
 
 
 class MaskedMiniLM(BertModel):

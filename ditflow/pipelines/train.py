@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.pipelines import world
-from ditflow.pipelines.minilm import MASKED_MEAN
-from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, TEXT_LEN, encode_text, load_minilm
+from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, MASKED_MEAN, TEXT_LEN, encode_text, load_minilm
 
 # ----------------------------------------------------------------------------- configs
 VAE_CONFIG = dict(
