@@ -51,8 +51,15 @@ def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any(r["stage"] == "vae" for r in log) and (run / "transformers.ckpt").exists()
     assert torch.load(run / "transformers.ckpt", weights_only=True)["step"] == 1
-    train.main(run_dir=run, minutes=30, max_steps=3, vae_minutes=0.05, batch=4)  # resumes from step 1
-    assert torch.load(run / "transformers.ckpt", weights_only=True)["step"] == 3
+    before = torch.load(run / "transformers.ckpt", weights_only=True)["trainees"]
+    train.main(run_dir=run, minutes=30, max_steps=3, vae_minutes=0.05, batch=4, freeze=("small-nocep",))  # resumes
+    after = torch.load(run / "transformers.ckpt", weights_only=True)
+    assert after["step"] == 3
+    for name, moved in (("small-nocep", False), ("small", True)):  # the frozen twin is kept, the others train
+        w0, w1 = before[name]["model"], after["trainees"][name]["model"]
+        assert any(not torch.equal(w0[k], w1[k]) for k in w0) == moved, name
+    with pytest.raises(ValueError, match="names no model"):
+        train.main(run_dir=run, minutes=30, max_steps=3, vae_minutes=0.05, batch=4, freeze=("nope",))
 
     cfg = json.loads((out / "vae" / "config.json").read_text())
     assert cfg["shift_factor"] is not None and cfg["scaling_factor"] > 0
