@@ -24,15 +24,6 @@ class UserError(Exception):
     """A problem with what the user asked; printed as one line, exit code 2, no traceback."""
 
 
-def one_line(e: Exception) -> str:
-    """The error in one line; a pydantic error names each bad field and why (its first line only counts them)."""
-    from pydantic import ValidationError
-
-    if isinstance(e, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -52,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ditflow: interrupted", file=sys.stderr)
         return 130
     except (UserError, ValueError, FileNotFoundError) as e:  # ValueError: our validation messages
+        from ditflow.schemas import one_line  # imported here: pydantic need not load for `ditflow --help`
+
         msg = one_line(e)
         print(f"ditflow {name}: error: {msg}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # ----------------------------------------------------------------------------- limits (named once)
 MAX_INSTRUCTION_CHARS = 4000  # longer instructions are refused with a clear error, not truncated silently
@@ -34,6 +34,16 @@ SafeId = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(check_id)]  # 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An error in one line, for notes and the CLI: a pydantic error names each bad field and why (its own first
+    line only counts them); anything else keeps its first line, or its type when it has no message."""
+    if isinstance(e, ValidationError):
+        text = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+    else:
+        text = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
 # ----------------------------------------------------------------------------- agent data

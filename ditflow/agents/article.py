@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, create_model
 from ditflow.agents import scene as sc
 from ditflow.agents.parsing import SELF_REFERENCE
 from ditflow.agents.prompts import prompt_section
-from ditflow.schemas import MAX_OUTPUTS, ParsedRequest
+from ditflow.schemas import MAX_OUTPUTS, ParsedRequest, one_line
 
 MAX_CAPTION_CHARS = 240
 MAX_LLM_CAPTION_CHARS = 90  # bounds the tokens the embedded LLM writes per page (latency), about 15 words
@@ -113,7 +113,7 @@ def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, be
                     captions[k] = text.strip()
         except LLMError as e:
             valid = False
-            notes.append(f"article: the LLM gave no valid prose ({str(e).splitlines()[0][:160]}); using templates")
+            notes.append(f"article: the LLM gave no valid prose ({one_line(e, 160)}); using templates")
     pages = list(before)
     for k, o in enumerate(outs):
         caption = captions[k] or template_caption(k, n, o.description, first_page)

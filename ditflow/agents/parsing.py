@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from ditflow.agents import scene as sc
 from ditflow.pipelines.world import BACKGROUNDS, COLORS, POSITION_CELL, POSITIONS
 from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, MAX_PROMPT_CHARS, InputImage,
-                             OutputSpec, ParsedRequest, TaskKind)
+                             OutputSpec, ParsedRequest, TaskKind, one_line)
 
 log = logging.getLogger(__name__)
 
@@ -798,7 +798,7 @@ def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Pa
     try:
         got = backend.complete(messages, ParsedRequest, task="parse")
     except LLMError as e:
-        note = f"parse: the LLM gave no valid answer ({str(e).splitlines()[0][:200]}); using the rules parse"
+        note = f"parse: the LLM gave no valid answer ({one_line(e, 200)}); using the rules parse"
         log.info(note)
         return Parse(rules.request, rules.uses_gallery, [note], valid_before_fallback=False, source="rules")
     if got.clarification and not rules.request.clarification:

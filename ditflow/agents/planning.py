@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from ditflow.agents import scene as sc
 from ditflow.agents.parsing import split_degradations
 from ditflow.toolkit import canvas as cv
-from ditflow.schemas import MAX_PANELS, OutputSpec, ParsedRequest, Plan, Ref, Step
+from ditflow.schemas import MAX_PANELS, OutputSpec, ParsedRequest, Plan, Ref, Step, one_line
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def make_plan(req: ParsedRequest, backend=None, prompt: str | None = None) -> Pl
         proposed = backend.complete(plan_messages(req, prompt or load_prompt("plan")), Plan, task="plan")
         return Planned(proposed.check_against(req), source=backend.name)
     except (LLMError, ValidationError, ValueError) as e:
-        note = f"plan: the LLM's plan was not usable ({str(e).splitlines()[0][:200]}); using the rules plan"
+        note = f"plan: the LLM's plan was not usable ({one_line(e, 200)}); using the rules plan"
         log.info(note)
         return Planned(rules, [note], valid_before_fallback=False)
 

@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ditflow.agents.llm.base import LLMBackend, LLMError, LLMInvalidOutput, LLMUnavailable, Message, T, make_backend, register
+from ditflow.schemas import one_line
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class OpenAIBackend:
             if isinstance(self._fallback, str):
                 self._fallback = make_backend(self._fallback)
             log.warning("LLM %s failed for %s (%s); answering with the %s backend", self.name, task or "request",
-                        str(e).splitlines()[0], self._fallback.name)
+                        one_line(e), self._fallback.name)
             self.stats.fallbacks += 1
             return self._fallback.complete(messages, schema, task=task)
         finally:
