@@ -42,6 +42,15 @@ def test_padding_does_not_reach_the_caption_states(text):
     assert (pooled80 - pooled_other).norm() > 0.2 * pooled80.norm()  # captions still differ
 
 
+def test_learning_rate_warms_up_holds_and_cools_down_over_the_last_minutes():
+    r = train.Recipe(lr=1e-3, warmup=10)
+    assert train.lr_at(r, 0, 0, 100) == pytest.approx(1e-4)  # warm-up
+    assert train.lr_at(r, 50, 99 * 60, 100) == pytest.approx(1e-3)  # no cooldown: constant to the end
+    assert train.lr_at(r, 50, 79 * 60, 100, cooldown=20) == pytest.approx(1e-3)  # before the cooldown
+    assert train.lr_at(r, 50, 90 * 60, 100, cooldown=20) == pytest.approx(1e-3 * 0.55)  # halfway down
+    assert train.lr_at(r, 50, 120 * 60, 100, cooldown=20) == pytest.approx(1e-4)  # floor: 10%
+
+
 def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
     """A few seconds of each stage, exported, reloaded with from_pretrained, sampled at 64×64 and 64×128."""
     from diffusers import FluxPipeline

@@ -272,8 +272,19 @@ class Trainee:
         return m
 
 
+def lr_at(recipe: Recipe, step: int, elapsed: float, minutes: float, cooldown: float = 0.0) -> float:
+    """Warm-up, then constant (so that a run can always resume with a larger budget), then, over the last
+    `cooldown` minutes of the budget, a linear fall to 10%: the warmup-stable-decay schedule, whose decay phase
+    gives most of a cosine schedule's gain without fixing the length of the run in advance."""
+    warm = min(1.0, (step + 1) / recipe.warmup)
+    if cooldown <= 0:
+        return recipe.lr * warm
+    into = min(1.0, max(0.0, (elapsed / 60 - (minutes - cooldown)) / cooldown))
+    return recipe.lr * warm * (1 - 0.9 * into)
+
+
 def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
-                       log=print, freeze: tuple[str, ...] = ()) -> dict[str, Trainee]:
+                       log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0) -> dict[str, Trainee]:
     """Train the recipe's models in lockstep. Models named in `freeze` are loaded, kept and exported unchanged:
     an ablation twin that has had its equal budget need not cost the others a seventh of their steps."""
     torch.manual_seed(recipe.seed)
@@ -305,7 +316,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
         txt_ids = torch.zeros(seq.shape[1], 3)
         t = torch.sigmoid(torch.randn(bsz, generator=gen))  # logit-normal timesteps (SD3)
         noise = torch.randn(x0.shape, generator=gen)
-        lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
+        lr = lr_at(recipe, step, time.time() - t0, minutes, cooldown)
         for tr in active:
             r = tr.recipe
             # The math SDPA backend: at ≤144 tokens the CPU flash kernel's backward took 31% of a step; math
@@ -326,7 +337,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
         if step % 50 == 0:
             dt = time.time() - t0
             log(json.dumps({"stage": "transformers", "step": step, "min": round(dt / 60, 1),
-                            "samples_per_s": round(seen / max(1e-9, dt - elapsed), 1),
+                            "samples_per_s": round(seen / max(1e-9, dt - elapsed), 1), "lr": float(f"{lr:.3g}"),
                             **{n: round(float(np.mean(v[-50:])), 4) for n, v in losses.items() if v}}))
         if time.time() - last_save > 300:
             save_ckpt(ckpt_path, {"step": step, "elapsed": time.time() - t0,
@@ -375,7 +386,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) ->
 # ----------------------------------------------------------------------------- entry point
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
          threads: int | None = None, install: bool = False, bf16: bool = True, freeze: tuple[str, ...] = (),
-         max_steps: int | None = None) -> Path:
+         max_steps: int | None = None, cooldown: float = 0.0) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume."""
     if threads:
@@ -397,7 +408,8 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     unknown = set(freeze) - set(recipe.models)
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
-    trainees = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze))
+    trainees = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
+                                  cooldown=cooldown)
     out = export(run / "export", vae, trainees)
     if install:
         shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
@@ -412,6 +424,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-steps", type=int, help="stop the transformers at this step (total, across resumes)")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--cooldown", type=float, default=0.0, metavar="MINUTES",
+                    help="lower the learning rate linearly to 10%% over the last MINUTES of the budget")
     ap.add_argument("--freeze", nargs="+", default=(), metavar="MODEL",
                     help="load, keep and export these models without training them (e.g. small-nocep)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
