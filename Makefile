@@ -36,8 +36,9 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $(VLLM_STAMP)
 
+# --overwrite: out/demo is the demo's own folder, so a second `make demo` redraws it instead of refusing.
 demo: venv
-	$(BIN)/ditflow run "a four-page picture book about a red circle that turns blue" -o out/demo
+	$(BIN)/ditflow run "a four-page picture book about a red circle that turns blue" -o out/demo --overwrite
 
 test: venv vllm-venv
 	$(BIN)/python -m pytest -q
