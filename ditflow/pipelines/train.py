@@ -275,7 +275,8 @@ class Trainee:
 def lr_at(recipe: Recipe, step: int, elapsed: float, minutes: float, cooldown: float = 0.0) -> float:
     """Warm-up, then constant (so that a run can always resume with a larger budget), then, over the last
     `cooldown` minutes of the budget, a linear fall to 10%: the warmup-stable-decay schedule, whose decay phase
-    gives most of a cosine schedule's gain without fixing the length of the run in advance."""
+    gives most of a cosine schedule's gain without fixing the length of the run in advance. `elapsed` is in
+    seconds; `minutes` (the budget) and `cooldown` are in minutes, as on the command line."""
     warm = min(1.0, (step + 1) / recipe.warmup)
     if cooldown <= 0:
         return recipe.lr * warm
