@@ -185,3 +185,26 @@ def test_guidance_raises_the_classifier_objective(pipe):
     with pytest.raises(ValueError, match="unknown color 'teal'"):
         gd.resolve_targets(smooth, {"color": "teal"})
     assert gd.sine_schedule(0.0) == 0 and gd.sine_schedule(0.5) == 1 and gd.sine_schedule(1.0) < 1e-9
+
+
+def test_guidance_leaves_a_sample_alone_once_the_classifier_is_sure(pipe):
+    """The step is gated by 1 − p(target | x̂0): a classifier already certain of the target moves nothing, one
+    that is unsure moves the latents."""
+    from ditflow.toolkit import guidance as gd
+
+    class Fixed(torch.nn.Module):  # logits that depend on the image (so there is a gradient) plus a set margin
+        def __init__(self, margin):
+            super().__init__()
+            self.margin = margin
+
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([self.margin + m, -m], dim=1)
+
+    latents = torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(0))  # the tiny pipe at 32×32
+    x0 = torch.randn_like(latents)
+    for margin, moves in ((12.0, False), (0.0, True)):  # p = 1 − 6e-6: a gradient that RMS-normalising would blow up
+        hook = gd.guidance_hook(Fixed(margin), [(slice(None), 0)], scale=5.0, width=32, height=32)
+        out = hook(pipe, latents, x0, 0.5)
+        step = float((out - latents).abs().max())  # ungated, a normalised step moves some latent by ≈0.1 or more
+        assert (step > 1e-3) == moves, (margin, step)

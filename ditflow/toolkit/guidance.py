@@ -75,13 +75,14 @@ def resolve_targets(classifier: nn.Module, target: dict[str, str]) -> list[tuple
 
 
 def objective(logits: torch.Tensor, targets: list[tuple[slice, int]], tau1: float = 1.0,
-              tau2: float = 1.0) -> torch.Tensor:
-    """Σ over heads of τ1·f_y − logsumexp(τ2·f) (EluCD eq. for the guidance log-likelihood), summed over the batch."""
-    total = logits.new_zeros(())
+              tau2: float = 1.0, per_sample: bool = False) -> torch.Tensor:
+    """Σ over heads of τ1·f_y − logsumexp(τ2·f) (EluCD eq. for the guidance log-likelihood), summed over the batch
+    unless `per_sample`. With τ1 = τ2 = 1 it is log p(every target | image)."""
+    total = logits.new_zeros(logits.shape[0])
     for sl, y in targets:
         f = logits[:, sl]
-        total = total + (tau1 * f[:, y] - torch.logsumexp(tau2 * f, dim=1)).sum()
-    return total
+        total = total + tau1 * f[:, y] - torch.logsumexp(tau2 * f, dim=1)
+    return total if per_sample else total.sum()
 
 
 def targets_from_prompt(prompt: str) -> dict[str, str]:
@@ -114,12 +115,17 @@ def guidance_hook(classifier: nn.Module, targets: list[tuple[slice, int]], scale
             img = (decode(pipe, x0, width, height).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
             if size:
                 img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            j = objective(classifier(img), targets, tau1, tau2)
-            (g,) = torch.autograd.grad(j, x0)
+            per = objective(classifier(img), targets, tau1, tau2, per_sample=True)
+            (g,) = torch.autograd.grad(per.sum(), x0)
         g = g / g.pow(2).mean().sqrt().clamp_min(1e-12)  # RMS-normalised: `scale` means the same on any model
+        # Gated by how unsure the classifier still is, (1 − p(targets | x̂0)) per sample: a normalised step never
+        # shrinks by itself, so without the gate it kept pushing samples that were already right off the model's
+        # manifold (measured: colour 87.5% → 62.5% on single objects at scale 5).
+        gate = (1 - per.detach().exp()).clamp(0, 1).view(-1, *([1] * (g.dim() - 1)))
         if log is not None:
-            log.append({"sigma": round(sigma, 4), "objective": round(float(j), 4), "weight": round(w, 4)})
-        return latents + (scale * STEP_UNIT * w * g).to(latents.dtype)
+            log.append({"sigma": round(sigma, 4), "objective": round(float(per.sum()), 4), "weight": round(w, 4),
+                        "gate": [round(float(x), 3) for x in gate.flatten()]})
+        return latents + (scale * STEP_UNIT * w * gate * g).to(latents.dtype)
 
     return fn
 
