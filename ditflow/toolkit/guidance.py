@@ -115,13 +115,15 @@ def guidance_hook(classifier: nn.Module, targets: list[tuple[slice, int]], scale
             img = (decode(pipe, x0, width, height).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
             if size:
                 img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            per = objective(classifier(img), targets, tau1, tau2, per_sample=True)
+            logits = classifier(img)
+            per = objective(logits, targets, tau1, tau2, per_sample=True)
             (g,) = torch.autograd.grad(per.sum(), x0)
+        log_p = objective(logits.detach(), targets, per_sample=True)  # τ = 1: the true log p, whatever τ1, τ2 are
         g = g / g.pow(2).mean().sqrt().clamp_min(1e-12)  # RMS-normalised: `scale` means the same on any model
         # Gated by how unsure the classifier still is, (1 − p(targets | x̂0)) per sample: a normalised step never
         # shrinks by itself, so without the gate it kept pushing samples that were already right off the model's
         # manifold (measured: colour 87.5% → 62.5% on single objects at scale 5).
-        gate = (1 - per.detach().exp()).clamp(0, 1).view(-1, *([1] * (g.dim() - 1)))
+        gate = (1 - log_p.exp()).clamp(0, 1).view(-1, *([1] * (g.dim() - 1)))
         if log is not None:
             log.append({"sigma": round(sigma, 4), "objective": round(float(per.sum()), 4), "weight": round(w, 4),
                         "gate": [round(float(x), 3) for x in gate.flatten()]})
