@@ -185,8 +185,12 @@ def test_timeout_is_bounded_and_retried(endpoint):
 
 
 def test_timeout_then_answer_recovers(endpoint):
-    ep = endpoint(Reply(delay=3.0), Reply())
-    assert backend(ep.url, model="m", timeout=0.5, retries=1).complete(MESSAGES, ParsedRequest).num_outputs == 2
+    # The retry carries the 129 kB counts schema; 0.5 s to send, parse and answer it was too little on a loaded CI
+    # machine, so the timeout leaves room and the first reply stays well past it.
+    ep = endpoint(Reply(delay=8.0), Reply())
+    b = backend(ep.url, model="m", timeout=2.5, retries=1)
+    assert b.complete(MESSAGES, ParsedRequest).num_outputs == 2
+    assert len(ep.requests) == 2 and b.stats.transport_retries == 1
 
 
 def test_connection_refused_is_unavailable():
