@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
 from ditflow.agents.graph import AgentRuntime, run_turn
-from ditflow.agents.repair import Repair, best, ladder, local_mask, run_repair
+from ditflow.agents.repair import Repair, best, ladder, local_mask, local_prompt, run_repair
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
@@ -82,6 +82,21 @@ def test_missing_and_extra_objects_are_inpainted_in_and_out():
     v = verdict(extra, "a red circle on the left")
     bad = next(c for c in v.claims if c.status == "fail")
     assert bad.text == "nothing else is in the image" and covered(local_mask(v, extra.size), bad.box) == 1.0
+
+
+def test_inpaint_repairs_prompt_only_what_they_redraw():
+    img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
+    desc = "a red circle on the left and a green square on the right"
+    assert local_prompt(verdict(img, desc), desc, "white") == "a red circle on the left"
+    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True, background="white")[0]
+    assert rep.kind == "inpaint" and rep.prompt == "a red circle on the left"
+    extra = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("pink", "diamond", "small", "right"),
+                  background="gray")
+    assert local_prompt(verdict(extra, "a red circle on the left"), "a red circle on the left",
+                        "gray") == "a plain gray background"
+    both = "a red circle on the left and a blue square on the right on a black background"
+    assert local_prompt(verdict(img, both), both, "white") == ("a red circle on the left and a blue square on the "
+                                                              "right on a black background")
 
 
 def test_counts_and_backgrounds_are_regenerated_and_groups_regrouped():

@@ -16,7 +16,7 @@ from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.schemas import EditSpec, GenerateSpec, GroupSpec, GuideSpec
 from ditflow.toolkit import canvas as cv
 from ditflow.toolkit import flux
-from ditflow.toolkit.edit import edit, find_target, shapes_edit
+from ditflow.toolkit.edit import REGION_MARGIN, describe, edit, find_target, shapes_edit
 from ditflow.toolkit.generate import _canvas_plan, fill_canvas, generate, generate_group
 
 STEPS = 3
@@ -113,6 +113,21 @@ def test_inpaint_keeps_everything_outside_the_mask(pipe):
     rm = shapes_edit(img, f"remove the {obj.color} {obj.shape}")
     assert rm.kind == "remove" and len(rm.expected.objects) == 1
     assert shapes_edit(img, "make it look like a watercolour") is None
+
+
+def test_shapes_edits_prompt_the_region_and_keep_the_neighbours_out():
+    scene = world.sample(random.Random(5), "two")
+    (bg, (a, b)), img = world.detect(scene.image), scene.image
+    se = shapes_edit(img, f"make the {a.color} {a.shape} {'blue' if a.color != 'blue' else 'red'}")
+    assert se.spec.prompt == describe([(se.expected.objects[0].color, a.shape, a.position)], bg)  # this object only
+    m = np.asarray(se.mask) > 0
+    x0, y0, x1, y1 = a.box
+    assert m[y0:y1, x0:x1].all() and not m[b.box[1]:b.box[3], b.box[0]:b.box[2]].any()
+    g = round(REGION_MARGIN * 64)  # room around the object, unless a neighbour or the border is there
+    assert m.sum() > (x1 - x0) * (y1 - y0) and m[max(0, y0 - g):y1 + g, max(0, x0 - g):x1 + g].mean() > 0.5
+    assert shapes_edit(img, f"remove the {a.color} {a.shape}").spec.prompt == f"a plain {bg} background"
+    mv = shapes_edit(img, f"move the {a.color} {a.shape} to the {'top-left' if b.position != 'top-left' else 'top'}")
+    assert a.shape in mv.spec.prompt and b.shape not in mv.spec.prompt.replace(a.shape, "")
 
 
 def test_edit_errors_say_what_to_change(pipe):

@@ -4,7 +4,8 @@ re-verify, and keep the best candidate (issue 6; GenArtist, arXiv 2407.05600, ve
 The policy, per failed output, escalating by attempt (at most `budget` attempts per output, default 2):
 - local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
   or an extra object) → one masked inpaint over the union of their regions (a move masks both the old place and the
-  new cell; a missing object masks its cell);
+  new cell; a missing object masks its cell; objects that passed are kept out), prompted with only the objects it
+  redraws, or a plain background where an extra object was;
 - an output drawn in an in-context group → regenerate the group with the outputs that passed as references;
 - colour/shape of a lone object on a shapes-world model → EluCD classifier guidance on those attributes;
 - anything else (counts, background, several objects, a verifier that gives no regions) → regenerate with a new
@@ -26,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, default_verifier, expected_of,
-                                   summary)
+from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
+                                   expected_of, summary)
 from ditflow.pipelines import world
 from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
                              RepairAttempt, Step, ToolRecord, Verdict)
@@ -35,23 +36,17 @@ from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, P
 log = logging.getLogger(__name__)
 
 STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
-MASK_MARGIN = 2  # px around a region, so anti-aliased edges are redrawn too
 REPAIR_DIR = "repairs"
 TOOL_ERRORS = (ValueError, RuntimeError, OSError)
 LOCAL_ATTRIBUTES = {"object", "size", "position"}
 
 
 # ----------------------------------------------------------------------------- regions
-def _grow(box, w: int, h: int, m: int = MASK_MARGIN) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = box
-    return max(0, int(x0) - m), max(0, int(y0) - m), min(w, int(np.ceil(x1)) + m), min(h, int(np.ceil(y1)) + m)
-
-
-def cell_box(position: str, side: float, w: int, h: int) -> tuple[int, int, int, int]:
+def cell_box(position: str, side: float, w: int, h: int) -> tuple[float, float, float, float]:
     """A `side`-px box centred in one cell of the 3×3 grid."""
     r, c = world.POSITION_CELL[position]
     cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
-    return _grow((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), w, h)
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
 
 def _free_cell(taken: list[tuple], w: int, h: int) -> str:
@@ -69,38 +64,58 @@ def _side_px(size: str | None, w: int, h: int) -> float:
 
 
 def local_mask(v: Verdict, size: tuple[int, int]) -> Image.Image | None:
-    """The region(s) an inpaint must redraw to fix every failed claim, or None when some failure is not local."""
+    """The region(s) an inpaint must redraw to fix every failed claim, or None when some failure is not local.
+    Objects whose claims passed are kept out of it."""
+    from ditflow.toolkit.edit import region_mask
+
     w, h = size
     failed = [c for c in v.claims if c.status == "fail"]
     if not failed:
         return None
     taken = [c.box for c in v.claims if c.box is not None and c.status == "pass"]
-    mask = np.zeros((h, w), bool)
-
-    def paint(box):
-        x0, y0, x1, y1 = box
-        mask[y0:y1, x0:x1] = True
-
+    boxes = []
     for c in failed:
         if c.attribute not in LOCAL_ATTRIBUTES:
             return None
         if c.attribute == "object" and c.want != NOTHING and c.seen == NOTHING:  # missing: draw it in its cell
             things = sc.parse_scene(c.want or "").things
             t = things[0] if things else sc.Thing("circle")
-            paint(cell_box(t.position or _free_cell(taken, w, h), _side_px(t.size, w, h), w, h))
+            boxes.append(cell_box(t.position or _free_cell(taken, w, h), _side_px(t.size, w, h), w, h))
             continue
         if c.attribute in ("size", "position") and c.seen == NOTHING:  # of a missing object: drawn in above
             continue
         if c.box is None:
             return None
-        paint(_grow(c.box, w, h))
+        boxes.append(c.box)
         if c.attribute == "position" and c.want in world.POSITION_CELL:  # move: the new cell too
-            side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
-            paint(cell_box(c.want, side, w, h))
+            boxes.append(cell_box(c.want, max(c.box[2] - c.box[0], c.box[3] - c.box[1]), w, h))
         elif c.attribute == "size" and c.want in ("small", "large"):  # grow or shrink about the same centre
             cx, cy, half = (c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, _side_px(c.want, w, h) / 2
-            paint(_grow((cx - half, cy - half, cx + half, cy + half), w, h))
-    return Image.fromarray(mask.astype(np.uint8) * 255, "L")
+            boxes.append((cx - half, cy - half, cx + half, cy + half))
+    failed_boxes = {tuple(b) for b in boxes}
+    return region_mask(size, boxes, keep=[b for b in taken if tuple(b) not in failed_boxes])
+
+
+def local_prompt(v: Verdict, description: str, background: str | None) -> str:
+    """What an inpaint of `local_mask` should draw: the described objects that have a failed claim, or a plain
+    background when only extra objects failed. Inpainting follows a prompt about its region far better than the
+    whole description (measured on the builtin model: 12.5% of edits right with the scene caption, about two thirds
+    with the object's own)."""
+    from ditflow.toolkit.edit import plain_background
+
+    if [c.text for c in v.claims] != [c.text for c in claims_of(description)]:  # a verifier with its own claims
+        return description
+    exp = expected_of(description)
+    wrong, k = [], 0
+    for t in exp.things:  # claims_of lists each thing's object claim, then its size and position claims
+        n = 1 + bool(t.size) + bool(t.position)
+        if any(c.status == "fail" for c in v.claims[k:k + n]):
+            wrong.append(t)
+        k += n
+    bg = exp.background or background
+    if not wrong:
+        return plain_background(bg or world.DEFAULT_BACKGROUND)
+    return sc.scene_text(sc.Scene(tuple(wrong), exp.background))
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -109,6 +124,7 @@ class Repair:
     kind: str  # inpaint | regroup | guide | regenerate
     reason: str
     mask: Image.Image | None = None
+    prompt: str | None = None  # inpaint: what the masked region must show (default: the whole description)
     stress: bool = False
     target: dict[str, str] = field(default_factory=dict)  # guide: attribute → label
 
@@ -125,14 +141,16 @@ def guide_target(v: Verdict, description: str) -> dict[str, str]:
     return {"shape": t.shape, **({"color": t.color} if t.color else {})}
 
 
-def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, shapes_world: bool) -> list[Repair]:
-    """The repairs for a verdict, cheapest first; attempt k uses entry k (the last one repeats)."""
+def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, shapes_world: bool,
+           background: str | None = None) -> list[Repair]:
+    """The repairs for a verdict, cheapest first; attempt k uses entry k (the last one repeats). `background` is
+    the one seen, for an inpaint that must clear a region the description gives no background for."""
     failed = [c for c in v.claims if c.status == "fail"]
     reason = "; ".join(f"{c.text}: saw {c.seen}" for c in failed)
     steps: list[Repair] = []
     mask = local_mask(v, size)
     if mask is not None:
-        steps.append(Repair("inpaint", reason, mask=mask))
+        steps.append(Repair("inpaint", reason, mask=mask, prompt=local_prompt(v, description, background)))
     if group:
         steps.append(Repair("regroup", reason))
     target = guide_target(v, description) if shapes_world else {}
@@ -157,7 +175,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     if rep.kind == "inpaint":
         from ditflow.toolkit.edit import edit
 
-        images, rec = edit(pipe, image, EditSpec(prompt=description, mode="inpaint", strength=1.0, seed=seed),
+        images, rec = edit(pipe, image, EditSpec(prompt=rep.prompt or description, mode="inpaint", strength=1.0,
+                                                 seed=seed),
                            mask=rep.mask, progress=progress)
     elif rep.kind == "regroup":
         good = [i for i in sorted(made) if i != output][: 3]
@@ -303,7 +322,8 @@ def repair_node(state: dict, runtime) -> dict:
         desc = req.outputs[i - 1].description
         origin = _origin(plan, i)
         steps = ladder(verdict, desc, image.size, group=bool(origin and origin.tool == "group" and passed),
-                       shapes_world=shapes_world)
+                       shapes_world=shapes_world,
+                       background=world.detect_background(np.asarray(image.convert("RGB"))) if shapes_world else None)
         rep = steps[min(attempt - 1, len(steps) - 1)]
         rt.emit(ProgressEvent(stage="repair", message=f"fixing {k + 1} of {len(todo)}: output {i} by {rep.kind} "
                               f"({rep.reason})", step=k + 1, total=len(todo), output=i))

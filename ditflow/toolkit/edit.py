@@ -3,6 +3,12 @@ circle"), and in-context editing (the source is the reference panel, the edit is
 
 Inpainting pastes the original pixels back outside the mask (as diffusers' `apply_overlay` does), so the rest of
 the image is unchanged exactly, not just approximately through the VAE.
+
+Shapes-world edits redraw a region around the object (`region_mask`) with a prompt that says what goes *in the
+region* (the edited object, or a plain background for a removal), not the whole scene, as is usual with inpainting
+models. Measured on the builtin model (16 two-object scenes): a tight mask with the whole-scene caption made
+12.5% of recolours and moves right; the object's own caption with the grown, neighbour-protected region made
+about two thirds right, and removals went from 75% to 100% with "a plain <bg> background".
 """
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ from ditflow.pipelines.loading import info_of
 from ditflow.schemas import EditSpec, GroupSpec, ToolRecord
 from ditflow.toolkit.flux import Progress, call_kwargs, derived, step_callback, token_px
 
-MASK_MARGIN = 2  # px grown around a detected object, so its anti-aliased edge is regenerated too
+# Room around an object that an edit redraws, as a fraction of the shorter image side (8 px of a 64 px panel): the
+# model needs space to draw a whole silhouette. 2 px left it drawing fragments; 7-9 px measured alike once the
+# neighbours were kept out of the region, and without that, 9 px redrew (and lost) neighbours.
+REGION_MARGIN = 8 / 64
 
 
 # ----------------------------------------------------------------------------- masks
@@ -30,6 +39,25 @@ def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Ima
     m = Image.new("L", size, 0)
     m.paste(255, (x0, y0, x1, y1))
     return m
+
+
+def region_mask(size: tuple[int, int], boxes: list[tuple[float, float, float, float]],
+                keep: list[tuple[int, int, int, int]] = (), margin: int | None = None) -> Image.Image:
+    """The region an edit redraws: `boxes` grown by `margin` px (default REGION_MARGIN of the shorter side), less the
+    `keep` boxes (objects that must stay as they are) grown by 1 px for their anti-aliased edges."""
+    w, h = size
+    g = round(REGION_MARGIN * min(w, h)) if margin is None else margin
+    m = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in boxes:
+        m[max(0, int(y0) - g): min(h, int(np.ceil(y1)) + g), max(0, int(x0) - g): min(w, int(np.ceil(x1)) + g)] = True
+    for x0, y0, x1, y1 in keep:
+        m[max(0, y0 - 1): y1 + 1, max(0, x0 - 1): x1 + 1] = False
+    return Image.fromarray(m.astype(np.uint8) * 255, "L")
+
+
+def plain_background(background: str) -> str:
+    """The prompt for a region that must become empty background (a removal, an extra object)."""
+    return f"a plain {background} background"
 
 
 def _target_words(target: str) -> tuple[str | None, str | None]:
@@ -56,10 +84,9 @@ def find_target(image: Image.Image, target: str) -> world.Detection:
 
 
 def target_mask(image: Image.Image, target: str) -> Image.Image:
-    x0, y0, x1, y1 = find_target(image, target).box
-    m = MASK_MARGIN
-    return box_mask(image.size, (max(0, x0 - m), max(0, y0 - m), min(image.width, x1 + m),
-                                 min(image.height, y1 + m)))
+    """The region around the object `target` names, with every other object kept out of it."""
+    hit = find_target(image, target)
+    return region_mask(image.size, [hit.box], keep=[d.box for d in world.detect(image)[1] if d != hit])
 
 
 def mask_of(image: Image.Image, spec: EditSpec, mask: Image.Image | None) -> Image.Image:
@@ -116,12 +143,10 @@ _MOVE = re.compile(r"move\s+the\s+(?P<target>[a-z ]+?)\s+(?:to\s+)?(?:the\s+)?(?
 _REMOVE = re.compile(r"(?:remove|delete|erase)\s+the\s+(?P<target>[a-z ]+)")
 
 
-def _cell_box(pos: str, side: int, w: int, h: int) -> tuple[int, int, int, int]:
+def _cell_box(pos: str, side: int, w: int, h: int) -> tuple[float, float, float, float]:
     r, c = world.POSITION_CELL[pos]
     cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
-    half = side / 2 + MASK_MARGIN
-    return (max(0, int(cx - half)), max(0, int(cy - half)), min(w, int(np.ceil(cx + half))),
-            min(h, int(np.ceil(cy + half))))
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
 
 def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int | None = None) -> ShapesEdit | None:
@@ -137,26 +162,23 @@ def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int 
     else:
         return None
     target = find_target(image, m.group("target"))
-    objects, mask = [], np.zeros((image.height, image.width), bool)
-    x0, y0, x1, y1 = target.box
-    g = MASK_MARGIN
-    mask[max(0, y0 - g): y1 + g, max(0, x0 - g): x1 + g] = True
+    objects, boxes = [], [target.box]
+    edited: tuple[str, str, str] | None = None  # what the region must show; None: background only
     for d in found:
         if d != target:
             objects.append((d.color, d.shape, d.position))
         elif kind == "recolor":
-            objects.append((m.group("new"), d.shape, d.position))
+            edited = (m.group("new"), d.shape, d.position)
+            objects.append(edited)
         elif kind == "move":
-            bx0, by0, bx1, by1 = _cell_box(m.group("pos"), target.side, image.width, image.height)
-            mask[by0:by1, bx0:bx1] = True
-            objects.append((d.color, d.shape, m.group("pos")))
-    if not objects:
-        objects_caption = f"an empty {bg} background"
-    else:
-        objects_caption = describe(objects, bg)
+            boxes.append(_cell_box(m.group("pos"), target.side, image.width, image.height))
+            edited = (d.color, d.shape, m.group("pos"))
+            objects.append(edited)
+    mask = region_mask(image.size, boxes, keep=[d.box for d in found if d != target])
+    prompt = describe([edited], bg) if edited else plain_background(bg)
     expected = world.PanelSpec(tuple(world.ObjectSpec(c, s, None, p) for c, s, p in objects), bg, True)
-    spec = EditSpec(prompt=objects_caption, mode="inpaint", strength=1.0, target=None, seed=seed, steps=steps)
-    return ShapesEdit(spec, Image.fromarray(mask.astype(np.uint8) * 255, "L"), expected, kind)
+    spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, target=None, seed=seed, steps=steps)
+    return ShapesEdit(spec, mask, expected, kind)
 
 
 # ----------------------------------------------------------------------------- the tool
