@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
 from ditflow.agents.graph import AgentRuntime, run_turn
-from ditflow.agents.repair import Repair, best, ladder, local_mask, local_prompt, run_repair
+from ditflow.agents.repair import Repair, best, ladder, local_mask, local_regions, run_repair
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
@@ -46,7 +46,7 @@ def covered(mask: Image.Image, box) -> float:
 def test_wrong_colour_of_one_object_is_inpainted_over_that_object_only():
     img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
     v = verdict(img, "a red circle on the left and a green square on the right")
-    mask = local_mask(v, img.size)
+    mask = local_mask(v, "a red circle on the left and a green square on the right", img.size)
     wrong = next(c for c in v.claims if c.status == "fail")
     right = next(c for c in v.claims if c.text == "a green square")
     assert covered(mask, wrong.box) == 1.0 and covered(mask, right.box) == 0.0
@@ -64,7 +64,7 @@ def test_a_lone_object_of_the_wrong_colour_escalates_to_classifier_guidance():
 def test_a_move_masks_the_old_place_and_the_new_cell():
     img = scene(ObjectSpec("red", "circle", "small", "top-right"))
     v = verdict(img, "a red circle at the bottom left")
-    mask = local_mask(v, img.size)
+    mask = local_mask(v, "a red circle at the bottom left", img.size)
     old = next(c for c in v.claims if c.attribute == "position").box
     assert covered(mask, old) == 1.0 and covered(mask, (2, 46, 18, 62)) == 1.0  # the bottom-left cell's centre
     assert [r.kind for r in ladder(v, "a red circle at the bottom left", img.size, group=False,
@@ -75,28 +75,34 @@ def test_a_move_masks_the_old_place_and_the_new_cell():
 def test_missing_and_extra_objects_are_inpainted_in_and_out():
     img = scene(ObjectSpec("red", "circle", "small", "left"))
     v = verdict(img, "a red circle on the left and a blue square on the right")
-    mask = local_mask(v, img.size)
+    mask = local_mask(v, "a red circle on the left and a blue square on the right", img.size)
     assert covered(mask, (45, 27, 51, 37)) == 1.0  # the right cell, where the square must appear
     assert covered(mask, next(c for c in v.claims if c.text == "a red circle").box) == 0.0
     extra = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("pink", "diamond", "small", "right"))
     v = verdict(extra, "a red circle on the left")
     bad = next(c for c in v.claims if c.status == "fail")
-    assert bad.text == "nothing else is in the image" and covered(local_mask(v, extra.size), bad.box) == 1.0
+    assert bad.text == "nothing else is in the image" and covered(local_mask(v, "a red circle on the left", extra.size), bad.box) == 1.0
 
 
-def test_inpaint_repairs_prompt_only_what_they_redraw():
+def test_inpaint_repairs_redraw_one_object_at_a_time_prompted_with_it_alone():
     img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
     desc = "a red circle on the left and a green square on the right"
-    assert local_prompt(verdict(img, desc), desc, "white") == "a red circle on the left"
-    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True, background="white")[0]
-    assert rep.kind == "inpaint" and rep.prompt == "a red circle on the left"
+    ((mask, prompt),) = local_regions(verdict(img, desc), desc, img.size)
+    assert prompt == "a red circle on the left"
+    both = "a red circle on the left and a blue square on the right"
+    v = verdict(img, both)
+    regions = local_regions(v, both, img.size)
+    assert [p for _, p in regions] == ["a red circle on the left", "a blue square on the right"]
+    circle, square = (next(c.box for c in v.claims if c.text == t) for t in ("a red circle", "a blue square"))
+    assert covered(regions[0][0], circle) == 1.0 and covered(regions[0][0], square) == 0.0  # the other kept out
+    assert covered(regions[1][0], square) == 1.0 and covered(regions[1][0], circle) == 0.0
     extra = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("pink", "diamond", "small", "right"),
                   background="gray")
-    assert local_prompt(verdict(extra, "a red circle on the left"), "a red circle on the left",
-                        "gray") == "a plain gray background"
-    both = "a red circle on the left and a blue square on the right on a black background"
-    assert local_prompt(verdict(img, both), both, "white") == ("a red circle on the left and a blue square on the "
-                                                              "right on a black background")
+    ((_, prompt),) = local_regions(verdict(extra, "a red circle on the left"), "a red circle on the left",
+                                   extra.size, background="gray")
+    assert prompt == "a plain gray background"
+    rep = ladder(v, both, img.size, group=False, shapes_world=True)[0]
+    assert rep.kind == "inpaint" and len(rep.regions) == 2
 
 
 def test_counts_and_backgrounds_are_regenerated_and_groups_regrouped():
@@ -128,12 +134,13 @@ def test_only_failures_trigger_repairs_and_best_prefers_passing_then_score_then_
 def test_inpaint_repair_changes_only_the_masked_region(pipe):
     img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
     img = img.resize((32, 32), Image.NEAREST)  # the tiny pipeline's panel
-    desc = "a red circle on the left and a green square on the right"
+    desc = "a red circle on the left and a blue square on the right"
     rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
     req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
     out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3)
-    keep = np.asarray(rep.mask) == 0
+    keep = ~np.logical_or.reduce([np.asarray(m) > 0 for m, _ in rep.regions])
     assert rec.tool == "edit" and rec.details["repair"] == "inpaint" and out.size == img.size
+    assert [r["prompt"] for r in rec.details["regions"]] == ["a red circle on the left", "a blue square on the right"]
     assert (np.asarray(out)[keep] == np.asarray(img)[keep]).all() and keep.any() and not keep.all()
 
 
