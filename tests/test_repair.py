@@ -15,7 +15,7 @@ from ditflow.agents.repair import Repair, best, ladder, local_mask, local_region
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
-from ditflow.schemas import ParsedRequest
+from ditflow.schemas import Claim, ParsedRequest, Verdict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -103,6 +103,11 @@ def test_inpaint_repairs_redraw_one_object_at_a_time_prompted_with_it_alone():
     assert prompt == "a plain gray background"
     rep = ladder(v, both, img.size, group=False, shapes_world=True)[0]
     assert rep.kind == "inpaint" and len(rep.regions) == 2
+    # a verifier with claims of its own: one region for every failure, prompted with the whole description
+    own = Verdict(output=1, verifier="vlm", claims=[Claim(text="the circle is red", attribute="object",
+                                                          status="fail", box=circle)])
+    ((mask, prompt),) = local_regions(own, both, img.size)
+    assert prompt == both and covered(mask, circle) == 1.0
 
 
 def test_counts_and_backgrounds_are_regenerated_and_groups_regrouped():

@@ -113,7 +113,8 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
         return None
     groups = _claims_by_thing(v, description)
     exp = expected_of(description)
-    if groups is None:  # claims without structure: one region for all, prompted with the whole description
+    structured = groups is not None
+    if not structured:  # claims without structure: one region for all, prompted with the whole description
         groups = [(None, v.claims)]
     taken = [c.box for c in v.claims if c.box is not None and c.status == "pass"]
     plans = []
@@ -128,10 +129,10 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
             boxes += got
         if not boxes:
             continue
-        if thing is not None:
-            prompt = sc.scene_text(sc.Scene((thing,), exp.background))
-        elif claims is v.claims:
+        if not structured:
             prompt = description
+        elif thing is not None:
+            prompt = sc.scene_text(sc.Scene((thing,), exp.background))
         else:  # the extra objects
             prompt = plain_background(exp.background or background or world.DEFAULT_BACKGROUND)
         plans.append((boxes, prompt))
