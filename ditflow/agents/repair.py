@@ -42,13 +42,6 @@ LOCAL_ATTRIBUTES = {"object", "size", "position"}
 
 
 # ----------------------------------------------------------------------------- regions
-def cell_box(position: str, side: float, w: int, h: int) -> tuple[float, float, float, float]:
-    """A `side`-px box centred in one cell of the 3×3 grid."""
-    r, c = world.POSITION_CELL[position]
-    cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
-    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
-
-
 def _free_cell(taken: list[tuple], w: int, h: int) -> str:
     """The grid cell farthest from every object seen, for an object whose position is not named."""
     def gap(pos: str) -> float:
@@ -80,6 +73,8 @@ def _claims_by_thing(v: Verdict, description: str) -> list[tuple[sc.Thing | None
 def _boxes_to_redraw(c, taken: list[tuple], w: int, h: int) -> list[tuple] | None:
     """The boxes one failed claim needs redrawn (none when another claim of the same object covers it), or None
     when the failure is not local."""
+    from ditflow.toolkit.edit import cell_box  # lazily: the toolkit loads torch
+
     if c.attribute not in LOCAL_ATTRIBUTES:
         return None
     if c.attribute == "object" and c.want != NOTHING and c.seen == NOTHING:  # missing: draw it in its cell

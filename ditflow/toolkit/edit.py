@@ -143,7 +143,8 @@ _MOVE = re.compile(r"move\s+the\s+(?P<target>[a-z ]+?)\s+(?:to\s+)?(?:the\s+)?(?
 _REMOVE = re.compile(r"(?:remove|delete|erase)\s+the\s+(?P<target>[a-z ]+)")
 
 
-def _cell_box(pos: str, side: int, w: int, h: int) -> tuple[float, float, float, float]:
+def cell_box(pos: str, side: float, w: int, h: int) -> tuple[float, float, float, float]:
+    """A `side`-px box centred in one cell of the 3×3 grid."""
     r, c = world.POSITION_CELL[pos]
     cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
     return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
@@ -171,7 +172,7 @@ def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int 
             edited = (m.group("new"), d.shape, d.position)
             objects.append(edited)
         elif kind == "move":
-            boxes.append(_cell_box(m.group("pos"), target.side, image.width, image.height))
+            boxes.append(cell_box(m.group("pos"), target.side, image.width, image.height))
             edited = (d.color, d.shape, m.group("pos"))
             objects.append(edited)
     mask = region_mask(image.size, boxes, keep=[d.box for d in found if d != target])
