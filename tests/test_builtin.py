@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ditflow.pipelines import loading, train, world
 
@@ -83,6 +84,22 @@ def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
 
     ims = text_to_images(pipe, ["a red circle", "[TWO-PANEL] two squares"], [(64, 64), (64, 128)], [0, 1], steps=2)
     assert ims[0].size == (64, 64) and ims[1].size == (128, 64)
+
+    # --init: a new run continues the exported weights and counts; the VAE is taken, not retrained
+    meta = json.loads((out / "ditflow.json").read_text())
+    assert meta["step"] == 3 and meta["minutes"] > 0
+    run2 = tmp_path / "run2"
+    out2 = train.main(run_dir=run2, minutes=30, max_steps=3, vae_minutes=0.05, batch=4, init=out)
+    log2 = [json.loads(line) for line in (run2 / "log.jsonl").read_text().splitlines()]
+    assert not any(r["stage"] == "vae" for r in log2)
+    assert [r for r in log2 if r["stage"] == "init"][0]["step"] == 3
+    for sub in ("transformer", "transformer_small", "vae", "ablation/small-nocep"):  # no step taken: unchanged
+        a, b = (load_file(o / sub / "diffusion_pytorch_model.safetensors") for o in (out, out2))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+    assert json.loads((out2 / "vae" / "config.json").read_text())["shift_factor"] == cfg["shift_factor"]
+    train.main(run_dir=run2, minutes=30, max_steps=4, vae_minutes=0.05, batch=4, init=out)  # trains on, resumes
+    state = torch.load(run2 / "transformers.ckpt", weights_only=True)
+    assert state["step"] == 4 and state["warm_from"] == 3
 
 
 def test_missing_or_corrupt_model_folder_names_the_problem(tmp_path, text):

