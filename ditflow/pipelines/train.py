@@ -61,7 +61,7 @@ class Recipe:
     warmup: int = 300
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
-    bf16: bool = True
+    bf16: bool = True  # autocast; main() picks it by `cpu_bf16_is_fast()` unless told
     seed: int = 0
     models: dict[str, ModelRecipe] = field(default_factory=lambda: {
         "large": ModelRecipe("builtin-large", 1.0, export_as="transformer"),
@@ -164,8 +164,14 @@ def random_crops(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor
     return torch.stack(out)
 
 
+def cpu_bf16_is_fast() -> bool:
+    """bf16 autocast pays only where the CPU computes in bf16 (AMX or AVX512-BF16: ~2× on the Xeons this was
+    trained on). On an AVX2-only AMD EPYC torch emulates it: a transformer step ran over 2× slower than fp32."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4, target_psnr: float = 34.0,
-              crop: int = 32, log=print):
+              crop: int = 32, log=print, bf16: bool = True):
     ckpt_path = run / "vae.ckpt"
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -185,7 +191,7 @@ def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4,
     t0, last_save = time.time() - elapsed, time.time()
     while True:
         x = random_crops(world_batch(rng, batch, (1, 1))[0], crop, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX bf16 matmuls/convs: ~2× on these CPUs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             post = vae.encode(x).latent_dist
             # Decode the mean: a near-deterministic autoencoder converges far faster than sampling from an
             # untrained posterior, and the transformer trains on the mean latents too. A light penalty on the
@@ -444,7 +450,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
 
 # ----------------------------------------------------------------------------- entry point
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
-         threads: int | None = None, install: bool = False, bf16: bool = True, freeze: tuple[str, ...] = (),
+         threads: int | None = None, install: bool = False, bf16: bool | None = None, freeze: tuple[str, ...] = (),
          max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume."""
@@ -462,7 +468,10 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     init = Path(init) if init else None
     if init is not None and not (run / "vae.ckpt").exists():
         seed_vae_ckpt(run / "vae.ckpt", init / "vae")
-    vae = train_vae(run, minutes=vae_minutes, log=log)
+    if bf16 is None:
+        bf16 = cpu_bf16_is_fast()
+        log(json.dumps({"stage": "setup", "bf16_autocast": bf16}))
+    vae = train_vae(run, minutes=vae_minutes, log=log, bf16=bf16)
     if not vae.config.get("shift_factor"):
         set_latent_stats(vae)
         log(json.dumps({"stage": "latent-stats", "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor}))
@@ -491,7 +500,8 @@ def cli(argv: list[str] | None = None) -> int:
                     help="lower the learning rate linearly to 10%% over the last MINUTES of the budget")
     ap.add_argument("--freeze", nargs="+", default=(), metavar="MODEL",
                     help="load, keep and export these models without training them (e.g. small-nocep)")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: on where the CPU has AMX or AVX512-BF16, off elsewhere)")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     ap.add_argument("--init", metavar="DIR",
                     help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
