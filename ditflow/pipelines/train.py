@@ -4,7 +4,7 @@ Everything resumes from `RUN_DIR/<stage>.ckpt`. All transformers see the *same* 
 so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
 
     ditflow train builtin --minutes 120          # VAE (if absent), then transformers, then export
-    ditflow train builtin --init ditflow/assets/builtin --minutes 410 --cooldown 35   # continue the shipped weights
+    ditflow train builtin --init ditflow/assets/builtin --minutes 480 --cooldown 40   # continue the shipped weights
     python -m ditflow.pipelines.train --help
 """
 from __future__ import annotations
@@ -323,8 +323,8 @@ def init_sources(init: Path, recipe: Recipe) -> dict[str, Path]:
 
 def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
                        log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0,
-                       init: Path | None = None) -> dict[str, Trainee]:
-    """Train the recipe's models in lockstep. Models named in `freeze` are loaded, kept and exported unchanged:
+                       init: Path | None = None) -> Path:
+    """Train the recipe's models in lockstep, then export them to `run/export` (also every 5 minutes on the way). Models named in `freeze` are loaded, kept and exported unchanged:
     an ablation twin that has had its equal budget need not cost the others a seventh of their steps.
     `init` (an exported pipeline folder) seeds a run that has no checkpoint yet: its models continue from the
     exported EMA weights, and the step and minute counts continue from its `ditflow.json`."""
@@ -402,7 +402,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
             export(run / "export", vae, trainees, step=step, minutes=(time.time() - t0) / 60)
             last_save = time.time()
     save_ckpt(ckpt_path, ckpt_state(step, time.time() - t0, warm_from, trainees))
-    return trainees
+    return export(run / "export", vae, trainees, step=step, minutes=(time.time() - t0) / 60)
 
 
 def ckpt_state(step: int, elapsed: float, warm_from: int, trainees: dict[str, Trainee]) -> dict:
@@ -479,10 +479,8 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     unknown = set(freeze) - set(recipe.models)
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
-    trainees = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
-                                  cooldown=cooldown, init=init)
-    state = load_ckpt(run / "transformers.ckpt")
-    out = export(run / "export", vae, trainees, step=state["step"], minutes=state["elapsed"] / 60)
+    out = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
+                             cooldown=cooldown, init=init)
     if install:
         shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
     return out
