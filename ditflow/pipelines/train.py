@@ -332,7 +332,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     ckpt_path = run / "transformers.ckpt"
     tok, enc = load_minilm(TEXT_LEN)
     state = load_ckpt(ckpt_path) or {}
-    names = list(recipe.models)
+    names, sources = list(recipe.models), {}
     if not state and init is not None:
         sources = init_sources(init, recipe)
         if not sources:
@@ -350,9 +350,9 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     for n, tr in trainees.items():
         if n in state.get("trainees", {}):
             tr.load(state["trainees"][n])
-        elif "init" in state:
-            tr.warm_start(init_sources(Path(state["init"]["folder"]), recipe)[n])
-    if "init" in state and "trainees" not in state:
+        elif n in sources:
+            tr.warm_start(sources[n])
+    if sources:
         log(json.dumps({"stage": "init", **state["init"], "step": step, "min": round(elapsed / 60, 1)}))
     rng = random.Random(recipe.seed * 7919 + step)  # resumes with fresh data, never replays the same stream
     gen = torch.Generator().manual_seed(recipe.seed + step)
