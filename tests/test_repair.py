@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
 from ditflow.agents.graph import AgentRuntime, run_turn
-from ditflow.agents.repair import Repair, best, ladder, local_mask, local_regions, run_repair
+from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regions, repair_steps, rung,
+                                   run_repair)
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
@@ -142,9 +144,10 @@ def test_inpaint_repair_changes_only_the_masked_region(pipe):
     desc = "a red circle on the left and a blue square on the right"
     rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
     req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
-    out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3)
+    out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3, steps=3)
     keep = ~np.logical_or.reduce([np.asarray(m) > 0 for m, _ in rep.regions])
     assert rec.tool == "edit" and rec.details["repair"] == "inpaint" and out.size == img.size
+    assert rec.spec["steps"] == 3
     assert [r["prompt"] for r in rec.details["regions"]] == ["a red circle on the left", "a blue square on the right"]
     assert (np.asarray(out)[keep] == np.asarray(img)[keep]).all() and keep.any() and not keep.all()
 
@@ -163,6 +166,28 @@ def test_guide_and_regroup_repairs_run_on_a_real_pipeline(pipe):
         run_repair(pipe, Repair("regroup", "panel"), good, "a blue circle", None, req, [], {}, 2, seed=1)
 
 
+def test_the_ladder_escalates_on_a_base_that_repairs_failed_and_restarts_on_an_improved_one():
+    orig = {"attempt": 0}
+    assert rung([orig], orig) == 0
+    worse = {"attempt": 1, "base": 0}  # repair 1 did not beat the original: the original stays the base
+    assert rung([orig, worse], orig) == 1
+    better = {"attempt": 1, "base": 0}  # repair 1 beat it: the cheapest rung again, on repair 1
+    assert rung([orig, better], better) == 0
+    assert rung([orig, better, {"attempt": 2, "base": 1}], better) == 1
+    assert rung([orig, {"attempt": 1}], orig) == 1  # a record from before "base" was kept: made from the original
+
+
+def test_repairs_run_a_share_of_the_default_steps_but_never_fewer_than_four():
+    from ditflow.pipelines.loading import PipelineInfo
+
+    def pipe_with(steps):
+        return SimpleNamespace(ditflow_info=PipelineInfo(name="p", default_steps=steps))
+
+    assert repair_steps(pipe_with(20)) == 10 and repair_steps(pipe_with(28)) == 14  # builtin, FLUX.1-dev
+    assert repair_steps(pipe_with(4)) == 4 and repair_steps(pipe_with(6)) == 4  # FLUX.1-schnell keeps its count
+    assert repair_steps(pipe_with(20), 1.0) == 20 and repair_steps(pipe_with(20), 0.25) == 5
+
+
 # ----------------------------------------------------------------------------- the loop in the graph
 def test_a_turn_repairs_within_its_budget_and_records_every_attempt(pipe, tmp_path):
     events = []
@@ -176,6 +201,7 @@ def test_a_turn_repairs_within_its_budget_and_records_every_attempt(pipe, tmp_pa
         if mine:
             assert [r.attempt for r in mine] == list(range(1, len(mine) + 1)) and len(mine) <= 2
             assert all(r.verdict is not None and (tmp_path / r.file).is_file() and r.reason for r in mine)
+            assert all(0 <= r.base < r.attempt for r in mine)  # each repaired an earlier candidate
             assert mine[-1].verdict.passed or len(mine) == 2  # stops at a pass, else at the budget
         chosen = [r for r in mine if r.chosen]
         final = rec.verdicts[i - 1]

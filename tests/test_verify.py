@@ -178,3 +178,15 @@ def test_bench_exactness_and_the_scene_a_description_is_scored_against():
     assert spec_of("a red circle wearing a hat") is None and spec_of("a 64x64 photo, mostly gray") is None
     assert spec_of("two small blue squares on a gray background") == PanelSpec(
         (ObjectSpec("blue", "square", "small", None, 2),), "gray", True)
+
+
+def test_bench_runs_both_modes_on_a_real_pipeline_within_the_budget():
+    from ditflow.bench.verification import report, run
+
+    r = run("tiny", ["off", "on"], n_per_kind=1, split="test", limit=0, budget=1, seed=0, sets=("shapes",),
+            step_share=0.5)
+    off, on = r["results"][("shapes", "off")], r["results"][("shapes", "on")]
+    assert off.outputs == on.outputs == 5 and off.repairs == 0 and on.max_repairs <= 1
+    assert off.seconds > 0 and on.seconds > 0 and not off.errors and not on.errors
+    text = report(r)
+    assert "repair steps=0.5× default" in text and "budget respected by every output: yes" in text

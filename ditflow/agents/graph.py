@@ -24,7 +24,7 @@ from langgraph.runtime import Runtime
 
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
-from ditflow.agents.repair import after_verify, repair_node, verify_node
+from ditflow.agents.repair import REPAIR_STEP_SHARE, after_verify, repair_node, verify_node
 from ditflow.schemas import (DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent,
                              RepairAttempt, ToolRecord, TurnRecord, TurnTimings, Verdict)
 
@@ -46,6 +46,7 @@ class AgentRuntime:
         progress: called with every `ProgressEvent`.
         verifier: a `agents.verify.Verifier`; None picks the default for the pipeline and LLM.
         max_repairs: repair attempts per failed output (the budget; 0 only verifies).
+        repair_step_share: a repair's denoising steps, as a share of the pipeline's default (`agents.repair`).
     """
 
     pipeline: Any = None
@@ -55,6 +56,7 @@ class AgentRuntime:
     progress: Callable[[ProgressEvent], None] | None = None
     verifier: Any = None
     max_repairs: int = DEFAULT_REPAIRS
+    repair_step_share: float = REPAIR_STEP_SHARE
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:

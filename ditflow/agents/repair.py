@@ -1,7 +1,8 @@
 """Self-correction after execution: verify every output, repair the failed ones with the cheapest fitting tool,
 re-verify, and keep the best candidate (issue 6; GenArtist, arXiv 2407.05600, verifies and corrects each step).
 
-The policy, per failed output, escalating by attempt (at most `budget` attempts per output, default 2):
+The policy, per failed output (at most `budget` attempts per output, default 2), escalating while repairs do not
+improve on the best candidate and starting again from the cheapest rung when one does (`rung`):
 - local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
   or an extra object) → masked inpaints, one per object in turn (a move masks both the old place and the new cell;
   a missing object masks its cell; the other objects are kept out), each prompted with only its object, or with a
@@ -36,6 +37,10 @@ from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, P
 log = logging.getLogger(__name__)
 
 STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
+# A repair inpaints one object's region (or redraws a small scene) with the pipeline's default steps times this:
+# the cost of verification is almost all repair time, and on the builtin model the edit benchmark lost nothing at
+# half the steps (docs/benchmarks.md, Verification).
+REPAIR_STEP_SHARE = 0.5
 REPAIR_DIR = "repairs"
 TOOL_ERRORS = (ValueError, RuntimeError, OSError)
 LOCAL_ATTRIBUTES = {"object", "size", "position"}
@@ -191,15 +196,34 @@ def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, 
     return steps
 
 
+def rung(cands: list[dict], base: dict) -> int:
+    """Which entry of the ladder the next repair of `base` takes: the number of repairs already made from it.
+    A repair that improved on its base becomes the new base and starts its own ladder at the cheapest rung (a
+    missing object drawn in the wrong cell is then moved by inpaint, not regenerated); one that did not leaves the
+    base in place, so the next attempt escalates."""
+    return sum(c.get("base", 0) == base["attempt"] for c in cands if c["attempt"] > 0)
+
+
 def needs_repair(v: Verdict | None) -> bool:
     return v is not None and v.error is None and any(c.status == "fail" for c in v.claims)
 
 
 # ----------------------------------------------------------------------------- running a repair
+def repair_steps(pipe, share: float = REPAIR_STEP_SHARE) -> int:
+    """Denoising steps of an inpaint, guided or regenerating repair: a share of the pipeline's default (at least 4,
+    so that a few-step model such as FLUX.1-schnell keeps its own count)."""
+    from ditflow.pipelines.loading import info_of
+
+    default = info_of(pipe).default_steps
+    return min(default, max(4, round(default * share)))
+
+
 def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: Step | None, req: ParsedRequest,
                inputs: list[Image.Image], made: dict[int, Image.Image], output: int, seed: int,
-               progress=None) -> tuple[Image.Image, ToolRecord]:
-    """One candidate for `output`, made by the toolkit as `rep` says (tool errors propagate to the caller)."""
+               progress=None, steps: int | None = None) -> tuple[Image.Image, ToolRecord]:
+    """One candidate for `output`, made by the toolkit as `rep` says (tool errors propagate to the caller).
+    `steps` sets the denoising steps of inpaints, guided and plain regenerations (None: the pipeline's default);
+    a regroup or a redone edit step runs as its step says."""
     from ditflow.agents.execution import run_step
 
     w, h = image.size
@@ -210,7 +234,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
             raise ValueError("an inpaint repair needs at least one region")
         records, seconds = [], 0.0
         for mask, prompt in rep.regions:  # one object at a time, each on the result of the last
-            images, rec = edit(pipe, image, EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed),
+            images, rec = edit(pipe, image, EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed,
+                                                           steps=steps),
                                mask=mask, progress=progress)
             images = [image := images[0].convert("RGB")]
             seconds += rec.seconds
@@ -226,7 +251,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     elif rep.kind == "guide":
         from ditflow.toolkit.guidance import guided_generate
 
-        images, rec = guided_generate(pipe, GuideSpec(prompt=description, target=rep.target, seed=seed),
+        images, rec = guided_generate(pipe, GuideSpec(prompt=description, target=rep.target, seed=seed,
+                                                          steps=steps),
                                       progress=progress, height=_mult16(h), width=_mult16(w))
     elif origin is not None and origin.tool in ("edit", "inpaint", "restore"):  # redo the step from its source
         step = origin.model_copy(update={"outputs": [output]})
@@ -237,8 +263,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         from ditflow.toolkit.generate import generate
 
         cfg = min(30.0, info_of(pipe).default_cfg * STRESS_CFG) if rep.stress else None
-        images, rec = generate(pipe, GenerateSpec(prompt=description, seed=seed, height=_mult16(h),
-                                                  width=_mult16(w), guidance_scale=cfg), progress=progress)
+        images, rec = generate(pipe, GenerateSpec(prompt=description, seed=seed, steps=steps,
+                                                  height=_mult16(h), width=_mult16(w), guidance_scale=cfg), progress=progress)
     out = images[0].convert("RGB")
     if out.size != image.size:
         out = out.resize(image.size, Image.BICUBIC)
@@ -326,7 +352,8 @@ def _settle(cands: dict[int, list[dict]], out_dir: Path, rt) -> dict:
         if top["verdict"]:
             verdicts.append(Verdict.model_validate(top["verdict"]))
         for c in lst[1:]:
-            repairs.append(RepairAttempt(output=i, attempt=c["attempt"], repair=c["repair"], reason=c["reason"],
+            repairs.append(RepairAttempt(output=i, attempt=c["attempt"], base=c.get("base", 0), repair=c["repair"],
+                                         reason=c["reason"],
                                          file=c["file"], verdict=c["verdict"], tool_call=c["tool_call"],
                                          chosen=c is top).model_dump(mode="json"))
     return {"verdicts": [v.model_dump(mode="json") for v in verdicts], "repairs": repairs}
@@ -362,7 +389,7 @@ def repair_node(state: dict, runtime) -> dict:
         steps = ladder(verdict, desc, image.size, group=bool(origin and origin.tool == "group" and passed),
                        shapes_world=shapes_world,
                        background=world.detect_background(np.asarray(image.convert("RGB"))) if shapes_world else None)
-        rep = steps[min(attempt - 1, len(steps) - 1)]
+        rep = steps[min(rung(lst, base), len(steps) - 1)]
         rt.emit(ProgressEvent(stage="repair", message=f"fixing {k + 1} of {len(todo)}: output {i} by {rep.kind} "
                               f"({rep.reason})", step=k + 1, total=len(todo), output=i))
         if rep.kind == "regenerate" and origin is not None and origin.tool in ("edit", "inpaint", "restore") \
@@ -372,11 +399,12 @@ def repair_node(state: dict, runtime) -> dict:
             inputs = _turn_inputs(state)
         progress = lambda s, t, _o=i: rt.emit(ProgressEvent(stage="denoise", step=s, total=t, output=_o))  # noqa
         seed = rt.seed + 500_000 + 1000 * i + attempt
-        entry = {"attempt": attempt, "file": "", "repair": rep.kind, "reason": rep.reason, "verdict": None,
-                 "tool_call": None}
+        entry = {"attempt": attempt, "base": base["attempt"], "file": "", "repair": rep.kind, "reason": rep.reason,
+                 "verdict": None, "tool_call": None}
         try:
             made = {**passed, i: image}
-            cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress)
+            cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress,
+                                   steps=repair_steps(pipe, rt.repair_step_share))
             name = f"{REPAIR_DIR}/{i:04d}-{attempt}.png"
             save_image_atomic(cand, out_dir / name)
             entry.update(file=name, tool_call=rec.model_dump(mode="json"))

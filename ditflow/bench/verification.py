@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ditflow.agents.repair import REPAIR_STEP_SHARE
 from ditflow.agents.verify import expected_of
 from ditflow.pipelines import world
 
@@ -70,7 +71,8 @@ def spec_of(description: str) -> world.PanelSpec | None:
     return world.PanelSpec(objs, exp.background or world.DEFAULT_BACKGROUND, exp.background is not None)
 
 
-def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, out_dir: Path) -> Tally:
+def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, out_dir: Path,
+            step_share: float = REPAIR_STEP_SHARE) -> Tally:
     from langgraph.checkpoint.memory import InMemorySaver
 
     from ditflow.agents.graph import AgentRuntime, run_turn
@@ -78,7 +80,7 @@ def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, ou
 
     tally = Tally()
     for k, item in enumerate(items):
-        rt = AgentRuntime(pipeline=pipe, seed=seed + k, verify=verify, max_repairs=budget)
+        rt = AgentRuntime(pipeline=pipe, seed=seed + k, verify=verify, max_repairs=budget, repair_step_share=step_share)
         folder = out_dir / f"{item.id}-{'on' if verify else 'off'}"
         t0 = time.perf_counter()
         try:
@@ -138,7 +140,7 @@ def load(model: str):
 
 
 def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int, budget: int, seed: int,
-        sets: tuple[str, ...] = ("shapes", "instructions")) -> dict:
+        sets: tuple[str, ...] = ("shapes", "instructions"), step_share: float = REPAIR_STEP_SHARE) -> dict:
     results: dict = {}
     if "exactness" in sets:
         results["exactness"] = detector_exactness(n_per_kind, seed)
@@ -151,8 +153,8 @@ def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int
     for name in sets:
         for mode in modes:  # side by side in one run, same seeds, so the wall-time ratio compares like with like
             results[(name, mode)] = run_set(pipe, items[name], verify=mode == "on", budget=budget, seed=seed,
-                                            out_dir=out_dir / name)
-    return {"model": model, "budget": budget, "results": results, "out_dir": str(out_dir)}
+                                            out_dir=out_dir / name, step_share=step_share)
+    return {"model": model, "budget": budget, "step_share": step_share, "results": results, "out_dir": str(out_dir)}
 
 
 def report(r: dict) -> str:
@@ -165,7 +167,8 @@ def report(r: dict) -> str:
         if not res:
             return "\n".join(lines)
     r = {**r, "results": res}
-    lines += [f"model={r['model']} budget={r['budget']} images under {r['out_dir']}",
+    lines += [f"model={r['model']} budget={r['budget']} repair steps={r.get('step_share', 1.0):g}× default, "
+              f"images under {r['out_dir']}",
              f"{'set':<14}{'verify':>7}{'outputs':>9}{'checkable':>10}{'satisfied':>10}{'repairs/out':>12}"
              f"{'max rep':>8}{'wall s':>9}"]
     for (name, mode), t in r["results"].items():
@@ -195,16 +198,20 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N instructions")
     ap.add_argument("--budget", type=int, default=2, help="repairs per output")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repair-step-share", type=float, default=REPAIR_STEP_SHARE,
+                    help="a repair's denoising steps as a share of the model's default")
     ap.add_argument("--sets", default="exactness,shapes,instructions",
                     help="exactness: the detector verifier alone on rendered scenes (no model)")
     args, _ = ap.parse_known_args(argv)
     if args.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
+    if not 0 < args.repair_step_share <= 1:
+        raise ValueError(f"--repair-step-share must be in (0, 1], got {args.repair_step_share}")
     modes = ["off", "on"] if args.verify == "both" else [args.verify]
     sets = tuple(s for s in args.sets.split(",") if s)
     bad = [s for s in sets if s not in ("exactness", "shapes", "instructions")]
     if bad:
         raise ValueError(f"unknown set(s) {bad}; use exactness, shapes and/or instructions")
     print(report(run(args.model, modes, n_per_kind=args.n, split=args.split, limit=args.limit, budget=args.budget,
-                     seed=args.seed, sets=sets)))
+                     seed=args.seed, sets=sets, step_share=args.repair_step_share)))
     return 0
