@@ -234,9 +234,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
             raise ValueError("an inpaint repair needs at least one region")
         records, seconds = [], 0.0
         for mask, prompt in rep.regions:  # one object at a time, each on the result of the last
-            images, rec = edit(pipe, image, EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed,
-                                                           steps=steps),
-                               mask=mask, progress=progress)
+            spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed, steps=steps)
+            images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
             images = [image := images[0].convert("RGB")]
             seconds += rec.seconds
             records.append({"prompt": prompt, "mask_fraction": rec.details.get("mask_fraction")})
@@ -251,9 +250,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     elif rep.kind == "guide":
         from ditflow.toolkit.guidance import guided_generate
 
-        images, rec = guided_generate(pipe, GuideSpec(prompt=description, target=rep.target, seed=seed,
-                                                          steps=steps),
-                                      progress=progress, height=_mult16(h), width=_mult16(w))
+        spec = GuideSpec(prompt=description, target=rep.target, seed=seed, steps=steps)
+        images, rec = guided_generate(pipe, spec, progress=progress, height=_mult16(h), width=_mult16(w))
     elif origin is not None and origin.tool in ("edit", "inpaint", "restore"):  # redo the step from its source
         step = origin.model_copy(update={"outputs": [output]})
         images, recs = run_step(pipe, step, req, inputs, made, seed, progress)
@@ -263,8 +261,9 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         from ditflow.toolkit.generate import generate
 
         cfg = min(30.0, info_of(pipe).default_cfg * STRESS_CFG) if rep.stress else None
-        images, rec = generate(pipe, GenerateSpec(prompt=description, seed=seed, steps=steps,
-                                                  height=_mult16(h), width=_mult16(w), guidance_scale=cfg), progress=progress)
+        spec = GenerateSpec(prompt=description, seed=seed, steps=steps, height=_mult16(h), width=_mult16(w),
+                            guidance_scale=cfg)
+        images, rec = generate(pipe, spec, progress=progress)
     out = images[0].convert("RGB")
     if out.size != image.size:
         out = out.resize(image.size, Image.BICUBIC)
@@ -353,9 +352,8 @@ def _settle(cands: dict[int, list[dict]], out_dir: Path, rt) -> dict:
             verdicts.append(Verdict.model_validate(top["verdict"]))
         for c in lst[1:]:
             repairs.append(RepairAttempt(output=i, attempt=c["attempt"], base=c.get("base", 0), repair=c["repair"],
-                                         reason=c["reason"],
-                                         file=c["file"], verdict=c["verdict"], tool_call=c["tool_call"],
-                                         chosen=c is top).model_dump(mode="json"))
+                                         reason=c["reason"], file=c["file"], verdict=c["verdict"],
+                                         tool_call=c["tool_call"], chosen=c is top).model_dump(mode="json"))
     return {"verdicts": [v.model_dump(mode="json") for v in verdicts], "repairs": repairs}
 
 
