@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
 # A repair inpaints one object's region (or redraws a small scene) with the pipeline's default steps times this:
-# the cost of verification is almost all repair time, and on the builtin model the edit benchmark lost nothing at
-# half the steps (docs/benchmarks.md, Verification).
+# verification's cost is almost all repair time. On the builtin model half the steps took the on/off wall time
+# from 1.88× to 1.47× for two fewer fixed outputs of 30 (docs/benchmarks.md, Verification).
 REPAIR_STEP_SHARE = 0.5
 REPAIR_DIR = "repairs"
 TOOL_ERRORS = (ValueError, RuntimeError, OSError)
