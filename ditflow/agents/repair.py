@@ -370,6 +370,7 @@ def repair_node(state: dict, runtime) -> dict:
     budget = rt.max_repairs
     pipe = rt.get_pipeline()
     shapes_world = isinstance(_verifier(rt), DetectorVerifier)  # its vocabulary is the attribute classifier's
+    steps_each = repair_steps(pipe, rt.repair_step_share)
     todo = list(state.get("to_repair") or [])
     passed = {i: load_image(out_dir / best(lst)["file"]) for i, lst in cands.items()
               if best(lst)["verdict"] and Verdict.model_validate(best(lst)["verdict"]).passed}
@@ -402,7 +403,7 @@ def repair_node(state: dict, runtime) -> dict:
         try:
             made = {**passed, i: image}
             cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress,
-                                   steps=repair_steps(pipe, rt.repair_step_share))
+                                   steps=steps_each)
             name = f"{REPAIR_DIR}/{i:04d}-{attempt}.png"
             save_image_atomic(cand, out_dir / name)
             entry.update(file=name, tool_call=rec.model_dump(mode="json"))

@@ -80,7 +80,8 @@ def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, ou
 
     tally = Tally()
     for k, item in enumerate(items):
-        rt = AgentRuntime(pipeline=pipe, seed=seed + k, verify=verify, max_repairs=budget, repair_step_share=step_share)
+        rt = AgentRuntime(pipeline=pipe, seed=seed + k, verify=verify, max_repairs=budget,
+                          repair_step_share=step_share)
         folder = out_dir / f"{item.id}-{'on' if verify else 'off'}"
         t0 = time.perf_counter()
         try:
@@ -167,7 +168,7 @@ def report(r: dict) -> str:
         if not res:
             return "\n".join(lines)
     r = {**r, "results": res}
-    lines += [f"model={r['model']} budget={r['budget']} repair steps={r.get('step_share', 1.0):g}× default, "
+    lines += [f"model={r['model']} budget={r['budget']} repair steps={r['step_share']:g}× default, "
               f"images under {r['out_dir']}",
              f"{'set':<14}{'verify':>7}{'outputs':>9}{'checkable':>10}{'satisfied':>10}{'repairs/out':>12}"
              f"{'max rep':>8}{'wall s':>9}"]

@@ -324,8 +324,9 @@ def init_sources(init: Path, recipe: Recipe) -> dict[str, Path]:
 def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
                        log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0,
                        init: Path | None = None) -> Path:
-    """Train the recipe's models in lockstep, then export them to `run/export` (also every 5 minutes on the way). Models named in `freeze` are loaded, kept and exported unchanged:
-    an ablation twin that has had its equal budget need not cost the others a seventh of their steps.
+    """Train the recipe's models in lockstep, then export them to `run/export` (also every 5 minutes on the way).
+    Models named in `freeze` are loaded, kept and exported unchanged: an ablation twin that has had its equal
+    budget need not cost the others a seventh of their steps.
     `init` (an exported pipeline folder) seeds a run that has no checkpoint yet: its models continue from the
     exported EMA weights, and the step and minute counts continue from its `ditflow.json`."""
     torch.manual_seed(recipe.seed)
