@@ -82,10 +82,28 @@ def test_cpu_kernel_pairing_is_exact(pair):
     assert (out - ref).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("defines", [("-DVL=4", "-DVB=4"), ("-DVL=8", "-DVB=4"), ("-DVL=16", "-DVB=8"),
+                                     ("-DVL=16", "-DVB=2"), ("-DNO_OPENMP",)])
+def test_cpu_kernel_is_exact_at_every_vector_width(defines, monkeypatch):
+    # this machine picks one width; the others (AVX-512's 16 lanes, SSE/NEON's 4) must be exact too, and so
+    # must the pthread build used where there is no OpenMP
+    fn = la.cpu_kernel(defines)
+    assert fn is not None
+    monkeypatch.setattr(la, "cpu_kernel", lambda: fn)
+    for h, w, r, t, d in [(11, 13, 4.2, 5, 32), (9, 20, 8, 37, 64), (5, 7, 2.5, 0, 48), (17, 17, 6, 3, 128)]:
+        q, k, v = _qkv(1, 2, t + h * w, d, seed=h + w)
+        ref = la.dense_attention(q, k, v, grid=(h, w), radius=r, text_len=t)
+        assert (la.cpu_attention(q, k, v, grid=(h, w), radius=r, text_len=t) - ref).abs().max() <= TOL
+
+
 def test_auto_backend_equals_reference_and_covers_full_attention():
     q, k, v = _qkv(1, 2, 8 + 40 * 40, 32, seed=1)
     ref = la.tiled_attention(q, k, v, grid=(40, 40), radius=5, text_len=8)
     assert la.choose_backend(q, (40, 40), 5, 8, needs_grad=False) == "cpu"
+    # a window covering most of the grid leaves too little to skip: masked SDPA is faster there
+    wide = torch.empty(1, 2, 8 + 24 * 24, 32)
+    assert la.flop_ratio((24, 24), 12, 8) < la.CPU_KERNEL_MIN_FLOP_RATIO
+    assert la.choose_backend(wide, (24, 24), 12, 8, needs_grad=False) == "dense"
     assert (la.local_attention(q, k, v, grid=(40, 40), radius=5, text_len=8) - ref).abs().max() <= TOL
     # r beyond the grid's diagonal: local attention is full attention, and dispatch uses plain SDPA
     q, k, v = _qkv(1, 2, 3 + 6 * 5, 16, seed=2)
@@ -96,11 +114,15 @@ def test_auto_backend_equals_reference_and_covers_full_attention():
 
 
 def test_non_contiguous_and_low_precision_inputs():
-    b, n, heads, d = 1, 4 + 9 * 9, 2, 32
+    b, n, heads, d = 2, 4 + 9 * 9, 3, 32
     x = torch.randn(3, b, n, heads, d)  # diffusers' (B, N, heads, D) layout, transposed: not contiguous
     q, k, v = (t.transpose(1, 2) for t in x)
     ref = la.dense_attention(q, k, v, grid=(9, 9), radius=3, text_len=4)
     assert (la.cpu_attention(q, k, v, grid=(9, 9), radius=3, text_len=4) - ref).abs().max() <= TOL
+    # the kernel reads fp32 inputs in place through their strides; a head dim off the 16-lane pad is copied
+    q2, k2, v2 = (t[..., :24] for t in (q, k, v))
+    ref2 = la.dense_attention(q2, k2, v2, grid=(9, 9), radius=3, text_len=4)
+    assert (la.cpu_attention(q2, k2, v2, grid=(9, 9), radius=3, text_len=4) - ref2).abs().max() <= TOL
     out = la.cpu_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), grid=(9, 9), radius=3, text_len=4)
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 3e-2
 

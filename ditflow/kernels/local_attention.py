@@ -35,10 +35,13 @@ import torch.nn.functional as F
 
 BACKENDS = ("sdpa", "dense", "tiled", "cpu", "flex")
 DENSE_MAX_TOKENS = 4096  # above this the (L, L) mask costs more than the tiles' gathers
-DENSE_BELOW_TOKENS = 1024  # up to here masked SDPA beats the C kernel's per-query overhead (bench attention)
+# Where the C kernel beats masked SDPA (measured on a 2-core AVX2 EPYC, 4 heads, D 64/128, r 4-16): it realizes
+# about a third of the FLOP bound, and has a fixed cost of ~0.5 ms, so it needs both a sparse mask and some size.
+CPU_KERNEL_MIN_TOKENS = 384
+CPU_KERNEL_MIN_FLOP_RATIO = 2.5
 TILE = 8  # tiled backend: query tile side, tokens
 FLEX_BLOCK = 128  # FlexAttention's default block; tiles of 8×16 tokens fill one block
-LANES = 16  # the C kernel reads keys 16 at a time (keep in sync with LANES in local_attention_cpu.c)
+LANES = 16  # what the C kernel needs D, T and W padded by (keep in sync with PAD in local_attention_cpu.c)
 
 
 # ----------------------------------------------------------------------------- the rule and its geometry
@@ -69,6 +72,7 @@ def covers_grid(grid: tuple[int, int], radius: float) -> bool:
     return allowed(grid[0] - 1, grid[1] - 1, radius)
 
 
+@functools.lru_cache(maxsize=256)  # the dispatch asks on every call
 def visible_pairs(grid: tuple[int, int], radius: float, text_len: int) -> int:
     """(query, key) pairs the rule keeps: the exact work of local attention, for FLOP ratios."""
     h, w = grid
@@ -188,9 +192,11 @@ def _cpu_signature() -> str:
     return platform.machine() + flags
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_kernel():
+@functools.lru_cache(maxsize=8)
+def cpu_kernel(defines: tuple[str, ...] = ()):
     """The compiled kernel as a ctypes function, or None (no compiler, build failed, DITFLOW_NO_CKERNEL=1).
+
+    `defines` (for example `("-DVL=4",)`) overrides the vector width the kernel picks for this CPU.
 
     Built once per source/compiler/CPU into ~/.cache/ditflow/kernels with plain gcc (about a second; a torch
     C++ extension would take a minute to compile its headers), written atomically so parallel first uses agree.
@@ -208,8 +214,9 @@ def cpu_kernel():
         version = ""
     base = ["-O3", "-fPIC", "-shared", "-pthread", "-std=gnu11"]
     errors = []
-    for extra in (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], []):  # x86, other, any
-        flags = base + extra
+    ladder = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])  # x86, other, any
+    for extra in [["-fopenmp", *x] for x in ladder] + list(ladder):  # OpenMP: torch's own thread pool
+        flags = base + extra + list(defines)
         key = hashlib.sha256(src.read_bytes() + " ".join(flags + [version, _cpu_signature()]).encode())
         lib_path = _cache_dir() / f"local_attention_{key.hexdigest()[:16]}.so"
         try:
@@ -229,7 +236,7 @@ def cpu_kernel():
             errors.append([str(e)])
             continue
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        fn.argtypes = [p] * 7 + [i64] * 10 + [ctypes.c_int]
+        fn.argtypes = [p] * 7 + [i64] * 9 + [ctypes.c_float, i64, ctypes.c_int]
         fn.restype = ctypes.c_int
         return fn
     warnings.warn(f"local attention: could not build the C kernel ({errors[-1][0] if errors else '?'}); "
@@ -238,10 +245,8 @@ def cpu_kernel():
 
 
 @functools.lru_cache(maxsize=64)
-def _cpu_plan(radius: float, text_len: int) -> tuple[torch.Tensor, int]:
-    hw = half_widths(radius)
-    chunks = -(-text_len // LANES) + sum(-(-(2 * w + 2) // LANES) for w in hw)  # a query pair's run per row
-    return torch.tensor(hw, dtype=torch.int32), chunks
+def _half_widths_i32(radius: float) -> torch.Tensor:
+    return torch.tensor(half_widths(radius), dtype=torch.int32)
 
 
 def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool = True):
@@ -256,28 +261,33 @@ def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool =
     h, w = grid
     n_txt, bh, dp = text_len, b * heads, -(-d // LANES) * LANES  # head dim padded with zeros to 16 lanes
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    half, max_chunks = _cpu_plan(float(radius), n_txt)
+    half = _half_widths_i32(float(radius))
     with torch.no_grad():
-        def f32(x):
-            return F.pad(x.detach().to(torch.float32), (0, dp - d))
+        def f32(x):  # the caller's tensor itself when it already is fp32 with unit stride over a padded D
+            x = x.detach()
+            if x.dtype == torch.float32 and d == dp and x.stride(-1) == 1:
+                return x
+            return F.pad(x.to(torch.float32), (0, dp - d)) if dp > d else x.to(torch.float32).contiguous()
 
-        qi = (f32(q[:, :, n_txt:]) * scale).reshape(bh, h * w, dp).contiguous()
-        kt = f32(k[:, :, n_txt:]).reshape(bh, h, w, dp).transpose(-1, -2)  # (BH, H, D, W): 16 keys = 1 load
-        kt = F.pad(kt, (0, LANES)).contiguous()
-        vi = f32(v[:, :, n_txt:]).reshape(bh, h * w, dp).contiguous()
-        ktxt = F.pad(f32(k[:, :, :n_txt]).reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
-        vtxt = f32(v[:, :, :n_txt]).reshape(bh, n_txt, dp).contiguous()
-        out = torch.empty(bh, h * w, dp)
-        rc = fn(qi.data_ptr(), kt.data_ptr(), vi.data_ptr(), ktxt.data_ptr(), vtxt.data_ptr(), out.data_ptr(),
-                half.data_ptr(), bh, h, w, dp, n_txt, n_txt + LANES, w + LANES, reach(radius), max_chunks,
+        q32, v32 = f32(q), f32(v)
+        out = torch.empty(b, heads, length, dp)
+        # the one copy the kernel needs: keys with each grid row transposed (16 keys = 1 load), zero-padded
+        k_img = k.detach()[:, :, n_txt:]
+        k_img = F.pad(k_img, (0, dp - d)) if dp > d else k_img
+        kt = torch.empty(bh, h, dp, w + LANES)
+        kt[..., :w].copy_(k_img.reshape(bh, h, w, dp).transpose(-1, -2))
+        kt[..., w:] = 0
+        ktxt = F.pad(f32(k)[:, :, :n_txt].reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
+        strides = torch.tensor([*q32.stride()[:3], *v32.stride()[:3], *out.stride()[:3]], dtype=torch.int64)
+        rc = fn(q32.data_ptr(), v32.data_ptr(), out.data_ptr(), strides.data_ptr(), kt.data_ptr(), ktxt.data_ptr(),
+                half.data_ptr(), b, heads, h, w, dp, n_txt, n_txt + LANES, w + LANES, reach(radius), scale,
                 int(pair), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("local attention C kernel could not allocate its per-thread buffers")
-        out = out[..., :d].reshape(b, heads, h * w, d).to(q.dtype)
-        if n_txt == 0:
-            return out
-        out_txt = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)
-        return torch.cat([out_txt, out], dim=2)
+        if n_txt:  # text queries see everything: one SDPA call, written in place
+            out[:, :, :n_txt, :d] = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)
+        out = out[..., :d] if dp > d else out
+        return out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------- backend: flex (GPU)
@@ -388,7 +398,8 @@ def choose_backend(q: torch.Tensor, grid: tuple[int, int], radius: float, text_l
         return "sdpa"
     if q.is_cuda:
         return "flex"
-    if not needs_grad and q.shape[2] > DENSE_BELOW_TOKENS and cpu_kernel() is not None:
+    if (not needs_grad and q.shape[2] > CPU_KERNEL_MIN_TOKENS
+            and flop_ratio(grid, radius, text_len) >= CPU_KERNEL_MIN_FLOP_RATIO and cpu_kernel() is not None):
         return "cpu"
     return "dense" if q.shape[2] <= DENSE_MAX_TOKENS else "tiled"
 
