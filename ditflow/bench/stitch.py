@@ -2,7 +2,9 @@
 
 For each fraction f the small model takes the first f of the steps. The bench generates the held-out
 `bench shapes` prompt set, scores it with the analytic scorer, and reports the wall time as a speedup over
-large-only (f = 0), together with the score change in points.
+large-only (f = 0), together with the score change in points. The change is paired (same prompts, same seeds),
+so it comes with the prompts lost and gained and a 95% interval: a changed trajectory redraws the sample even
+when the small model is as good, so at 120 prompts the interval is several points wide.
 
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
     ditflow bench stitch --tiny --n 2 --steps 4             # tiny random pair: timing only, scores meaningless
@@ -48,22 +50,33 @@ def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20,
         t0 = time.perf_counter()
         report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
         rows.append(dict(fraction=f, seconds=time.perf_counter() - t0, score=report.overall,
-                         per_kind=report.per_kind))
+                         per_kind=report.per_kind, passed=report.passed))
         remove_stitch(pipe)
         print(f"  f={f:.1f}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
     base = next((r for r in rows if r["fraction"] == 0.0), rows[0])
     for r in rows:
         r["speedup"] = base["seconds"] / r["seconds"]
-        r["score_change_points"] = 100 * (r["score"] - base["score"])
+        r.update(paired_change(base["passed"], r["passed"]))
     return rows
 
 
+def paired_change(base: tuple[bool, ...], other: tuple[bool, ...]) -> dict:
+    """Score change in points with its 95% normal interval, from per-prompt differences of the same prompts."""
+    d = [int(b) - int(a) for a, b in zip(base, other, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return dict(score_change_points=100 * mean, ci95_points=100 * 1.96 * (var / n) ** 0.5,
+                lost=d.count(-1), gained=d.count(1))
+
+
 def print_table(rows: list[dict]) -> None:
-    print("| f (small's share of steps) | wall time | speedup vs large-only | score | change (points) |")
-    print("|---|---|---|---|---|")
+    print("| f (small's share of steps) | wall time | speedup vs large-only | score | change (points, 95% CI) "
+          "| prompts lost / gained |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['fraction']:.1f} | {r['seconds']:.1f} s | {r['speedup']:.2f}× | {r['score']:.1%} | "
-              f"{r['score_change_points']:+.1f} |")
+              f"{r['score_change_points']:+.1f} ± {r['ci95_points']:.1f} | {r['lost']} / {r['gained']} |")
     ok = [r for r in rows if r["speedup"] >= GOAL_SPEEDUP and r["score_change_points"] >= -GOAL_MAX_LOSS]
     met = ", ".join(f"{r['fraction']:.1f}" for r in ok)
     print(f"goal (≥{GOAL_SPEEDUP}× at ≤{GOAL_MAX_LOSS:.0f} points lost): " + (f"met at f = {met}" if ok else "not met"))

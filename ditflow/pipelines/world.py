@@ -536,6 +536,7 @@ class Report:
     per_attribute: dict[str, float]
     n: int
     overall: float
+    passed: tuple[bool, ...] = ()  # per canvas, in input order: for paired comparisons of two runs
 
     def as_dict(self) -> dict:
         return {"n": self.n, "overall": self.overall, "per_kind": self.per_kind, "per_attribute": self.per_attribute}
@@ -544,9 +545,11 @@ class Report:
 def score_many(pairs: list[tuple[CanvasSpec, Image.Image]]) -> Report:
     kind_hits: dict[str, list[bool]] = defaultdict(list)
     attr_hits: dict[str, list[bool]] = defaultdict(list)
+    passed = []
     for spec, img in pairs:
         verdicts = score_canvas(spec, img)
-        kind_hits[spec.kind].append(all(v.satisfied for v in verdicts))
+        passed.append(all(v.satisfied for v in verdicts))
+        kind_hits[spec.kind].append(passed[-1])
         for v in verdicts:
             attr_hits["background"].append(v.background_ok)
             attr_hits["count"].append(v.count_ok)
@@ -555,7 +558,7 @@ def score_many(pairs: list[tuple[CanvasSpec, Image.Image]]) -> Report:
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     allk = [x for xs in kind_hits.values() for x in xs]
     return Report({k: mean(v) for k, v in kind_hits.items()}, {a: mean(v) for a, v in attr_hits.items()},
-                  len(pairs), mean(allk))
+                  len(pairs), mean(allk), tuple(passed))
 
 
 def with_color(spec: ObjectSpec, color: str) -> ObjectSpec:
