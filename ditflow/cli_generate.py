@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                          f"'overview | panel 1 | panel 2 ...'")
     ap.add_argument("--max-panels", type=int, default=4, help="panels per canvas; more continue on new canvases")
     ap.add_argument("--classifier-guidance", type=float, default=0.0, metavar="SCALE",
-                    help="EluCD guidance towards the colour and shape the prompt names (builtin scenes)")
+                    help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin scenes)")
     ap.add_argument("--stitch", type=float, default=None, metavar="F",
                     help="T-Stitch: the small model takes the first fraction F of the steps")
     add_model_args(ap)

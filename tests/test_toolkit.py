@@ -195,11 +195,25 @@ def test_guidance_raises_the_classifier_objective(pipe):
                                      height=64)
     assert rec.details["trace"] and score(guided[0]) > score(plain[0])
     assert gd.targets_from_prompt("Two small Blue squares on the left") == {"color": "blue", "shape": "square"}
+    assert gd.targets_from_prompt("a large red circle at the top left") == {
+        "color": "red", "shape": "circle", "position": "top-left", "size": "large"}
+    assert gd.targets_from_prompt("a pink diamond in the upper-right area, please")["position"] == "top-right"
+    assert "position" not in gd.targets_from_prompt("a red circle on the left and a blue square on the right")
     with pytest.raises(ValueError, match="names none"):
         gd.targets_from_prompt("a cat")
     with pytest.raises(ValueError, match="unknown color 'teal'"):
         gd.resolve_targets(smooth, {"color": "teal"})
     assert gd.sine_schedule(0.0) == 0 and gd.sine_schedule(0.5) == 1 and gd.sine_schedule(1.0) < 1e-9
+
+
+def test_attribute_classifier_reads_every_attribute_guidance_aims_at():
+    # trained on clean scenes only (EluCD's off-the-shelf classifier); its labels are what the scorer detects
+    from ditflow.pipelines import classifiers
+
+    clf = classifiers.load("attributes")
+    assert set(clf.heads()) == {"shape", "color", "position", "size"} and clf.labels["position"][0] == "top-left"
+    acc = classifiers.evaluate(clf, "attributes", n=256, seed=777)
+    assert min(acc[h] for h in clf.heads()) >= 0.95, acc
 
 
 def test_guidance_leaves_a_sample_alone_once_the_classifier_is_sure(pipe):

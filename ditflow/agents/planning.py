@@ -9,7 +9,7 @@ The rules planner is a pure function (style.md §8) and follows ChatDiT's refere
 - independent outputs → one `generate` each;
 - outputs derived from inputs → `edit` / `restore` per source, or a `group` with the inputs as references for
   variations; a restore-then-edit request is one `edit` step whose params ask for the restore first;
-- `guide` → classifier-guided generation towards the colour and shape the description names.
+- `guide` → classifier-guided generation towards the colour, shape, position and size the description names.
 A capable LLM may propose a plan instead; it is used only if it validates against the request
 (`Plan.check_against`), and otherwise the rules plan is used and the reason noted.
 """

@@ -1,7 +1,8 @@
 """Two small CNN classifiers trained on the shapes world, weights in `ditflow/assets/classifiers/*.safetensors`:
 
-- `attributes`: shape and colour of the main object of a clean 64×64 scene. It is the "off-the-shelf" classifier
-  of EluCD guidance for the builtin model, so it is trained on clean scenes only, never on noisy ones.
+- `attributes`: shape, colour, position (3×3 cell) and size of the main object of a clean 64×64 scene. It is the
+  "off-the-shelf" classifier of EluCD guidance for the builtin model, so it is trained on clean scenes only, never
+  on noisy ones. Position is the builtin model's weakest attribute, so guidance must be able to aim at it.
 - `degradation`: which degradation a 64×64 crop shows (clean, noise, blur, sr2, sr4, jpeg, inpaint) and how
   strong, trained on shapes scenes and on the photos shipped in `skimage.data` (DCPT idea, arXiv 2403.09232).
 
@@ -29,6 +30,9 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
 CROP = 64  # classifiers see 64×64 px: one shapes-world panel
 SHAPE_LABELS = world.SHAPES
 COLOR_LABELS = tuple(world.COLORS)
+POSITION_LABELS = tuple(p for row in world.POSITIONS for p in row)
+SIZE_LABELS = ("small", "large")
+ATTRIBUTE_HEADS = {"shape": SHAPE_LABELS, "color": COLOR_LABELS, "position": POSITION_LABELS, "size": SIZE_LABELS}
 # skimage.data photos: the first group trains the degradation classifier, the second is held out for its report
 TRAIN_PHOTOS = ("astronaut", "brick", "camera", "coffee", "coins", "grass", "hubble_deep_field",
                 "immunohistochemistry", "moon", "stereo_motorcycle", "retina", "page")
@@ -38,12 +42,14 @@ HELDOUT_PHOTOS = ("chelsea", "rocket", "gravel", "cell")
 # ----------------------------------------------------------------------------- model
 class SmallCNN(nn.Module):
     """Conv stack → global average pool → named linear heads. ReLU activations, so that guidance can swap them
-    for softplus (EluCD) exactly as it would in any off-the-shelf classifier."""
+    for softplus (EluCD) exactly as it would in any off-the-shelf classifier. With `spatial`, the heads also see
+    the features averaged over a 3×3 grid of cells: a global average alone cannot tell where an object is."""
 
-    def __init__(self, heads: dict[str, int], width: int = 16, pool: int = 1):
+    def __init__(self, heads: dict[str, int], width: int = 16, pool: int = 1, spatial: bool = False):
         super().__init__()
         self.head_sizes = dict(heads)
         self.pool = pool  # input average-pooling: attributes need no fine detail, degradations do
+        self.spatial = spatial
         w = width
         self.features = nn.Sequential(  # (B, 3, 64, 64) → (B, 4w, 8, 8)
             nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
@@ -53,7 +59,7 @@ class SmallCNN(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(4 * w, 4 * w, 3, padding=1, stride=2), nn.ReLU(),  # 8×8
         )
-        self.out = nn.Linear(4 * w, sum(heads.values()))
+        self.out = nn.Linear(4 * w * (10 if spatial else 1), sum(heads.values()))
 
     def heads(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -67,7 +73,10 @@ class SmallCNN(nn.Module):
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
         h = self.features(x * 2 - 1)
-        return self.out(h.mean((-2, -1)))
+        feats = h.mean((-2, -1))
+        if self.spatial:
+            feats = torch.cat([feats, F.adaptive_avg_pool2d(h, 3).flatten(1)], 1)
+        return self.out(feats)
 
 
 @dataclass
@@ -75,6 +84,7 @@ class ClassifierConfig:
     kind: str  # attributes | degradation
     width: int = 16
     pool: int = 1
+    spatial: bool = False  # 3×3-cell features too (the attribute classifier's position head needs them)
     batch: int = 64
     lr: float = 2e-3
     minutes: float = 4.0
@@ -86,15 +96,16 @@ class ClassifierConfig:
     def heads(self) -> dict[str, int]:
         from ditflow.toolkit.degradation import CLASSES, NAMES
 
-        if self.kind == "attributes":
-            return {"shape": len(SHAPE_LABELS), "color": len(COLOR_LABELS)}
+        if self.kind == "attributes":  # files from before the position head have shape and colour only
+            names = tuple(ATTRIBUTE_HEADS) if self.spatial else ("shape", "color")
+            return {h: len(ATTRIBUTE_HEADS[h]) for h in names}
         return {"class": len(CLASSES), "severity": len(NAMES)}
 
 
 def labels_of(model: SmallCNN, head: str) -> tuple[str, ...]:
     from ditflow.toolkit.degradation import CLASSES
 
-    return {"shape": SHAPE_LABELS, "color": COLOR_LABELS, "class": CLASSES}[head]
+    return {**ATTRIBUTE_HEADS, "class": CLASSES}[head]
 
 
 # ----------------------------------------------------------------------------- data
@@ -102,16 +113,17 @@ def _tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
 
 
-def attribute_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean single-object scenes: (images (n, 3, 64, 64), shape ids, colour ids)."""
-    xs, shapes, colors = [], [], []
+def attribute_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clean single-object scenes: images (n, 3, 64, 64) and label ids per head of ATTRIBUTE_HEADS. Position and
+    size are what the scorer's detector reads off the render, so the classifier agrees with the benchmark."""
+    xs, labels = [], {h: [] for h in ATTRIBUTE_HEADS}
     for _ in range(n):
         s = world.sample(rng, rng.choice(("single", "single", "position", "background")))
-        o = s.spec.panels[0].objects[0]
+        (d,) = world.detect(s.image)[1]
         xs.append(_tensor(s.image))
-        shapes.append(SHAPE_LABELS.index(o.shape))
-        colors.append(COLOR_LABELS.index(o.color))
-    return torch.stack(xs), torch.tensor(shapes), torch.tensor(colors)
+        for head, value in (("shape", d.shape), ("color", d.color), ("position", d.position), ("size", d.size)):
+            labels[head].append(ATTRIBUTE_HEADS[head].index(value))
+    return torch.stack(xs), {h: torch.tensor(v) for h, v in labels.items()}
 
 
 _PHOTOS: dict[str, np.ndarray] = {}
@@ -178,8 +190,7 @@ def _loss(model: SmallCNN, cfg: ClassifierConfig, batch) -> torch.Tensor:
     x = batch[0]
     logits = model(x)
     if cfg.kind == "attributes":
-        return F.cross_entropy(logits[:, heads["shape"]], batch[1]) + F.cross_entropy(logits[:, heads["color"]],
-                                                                                       batch[2])
+        return sum(F.cross_entropy(logits[:, sl], batch[1][h]) for h, sl in heads.items())
     cls, sev = batch[1], batch[2]
     loss = F.cross_entropy(logits[:, heads["class"]], cls)
     has = cls > 0  # severity is learned for the true degradation only
@@ -201,12 +212,11 @@ def evaluate(model: SmallCNN, kind: str, n: int = 512, seed: int = 12345, photos
     rng = random.Random(seed)
     heads = model.heads()
     if kind == "attributes":
-        x, s, c = attribute_batch(rng, n)
+        x, labels = attribute_batch(rng, n)
         out = model(x)
-        shape_ok = (out[:, heads["shape"]].argmax(1) == s).float()
-        color_ok = (out[:, heads["color"]].argmax(1) == c).float()
-        return {"shape": float(shape_ok.mean()), "color": float(color_ok.mean()),
-                "both": float((shape_ok * color_ok).mean())}
+        ok = {h: (out[:, sl].argmax(1) == labels[h]).float() for h, sl in heads.items()}
+        every = torch.stack(list(ok.values())).prod(0)
+        return {**{h: float(v.mean()) for h, v in ok.items()}, "all": float(every.mean())}
     if photos:
         x, c, _ = degradation_batch(rng, n, HELDOUT_PHOTOS, shapes=False)
     else:
@@ -247,7 +257,7 @@ def load(kind: str, path: Path | None = None) -> SmallCNN:
                                 f"`python -m ditflow.pipelines.classifiers {kind}`")
     with safe_open(str(path), "pt") as f:
         cfg = ClassifierConfig(**json.loads(f.metadata()["config"]))
-    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool)
+    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool, cfg.spatial)
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     model.labels = {h: labels_of(model, h) for h in model.head_sizes if h != "severity"}  # read by guidance
     model.input_size = CROP
@@ -267,7 +277,7 @@ def main(**overrides) -> tuple[SmallCNN, dict]:
     cfg = ClassifierConfig(**overrides)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool)
+    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool, cfg.spatial)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     t0, step = time.time(), 0
     budget = cfg.minutes * 60
@@ -343,7 +353,7 @@ def cli(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     pool = a.pool or (2 if a.kind == "attributes" else 1)
     main(kind=a.kind, minutes=a.minutes, max_steps=a.max_steps, width=a.width, pool=pool, save_every=a.save_every,
-         init=a.init, batch=a.batch, seed=a.seed, out=a.out)
+         init=a.init, batch=a.batch, seed=a.seed, out=a.out, spatial=a.kind == "attributes")
     return 0
 
 

@@ -85,9 +85,17 @@ def objective(logits: torch.Tensor, targets: list[tuple[slice, int]], tau1: floa
     return total if per_sample else total.sum()
 
 
+# position phrases of the shapes world (training and held-out wordings), longest first: "at the top left" must
+# win over "at the top"
+_POSITION_PHRASES = sorted(((phrase, pos) for table in (world.TRAIN_POSITION_WORDS, world.EVAL_POSITION_WORDS)
+                            for pos, phrases in table.items() for phrase in phrases), key=lambda x: -len(x[0]))
+
+
 def targets_from_prompt(prompt: str) -> dict[str, str]:
-    """The colour and shape a shapes-world prompt names first (what `--classifier-guidance` aims at)."""
-    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    """The colour, shape, position and size a shapes-world prompt names first (what `--classifier-guidance` aims
+    at). Position and size are only read from a prompt with one object, for the classifier sees one."""
+    text = " " + prompt.lower().replace(",", " ").replace(".", " ") + " "
+    words = text.split()
     target = {}
     for w in words:
         if "color" not in target and w in world.COLORS:
@@ -98,6 +106,11 @@ def targets_from_prompt(prompt: str) -> dict[str, str]:
     if not target:
         raise ValueError(f"classifier guidance aims at the colour and shape a prompt names, and {prompt!r} names "
                          f"none; use one of {', '.join(world.COLORS)} / {', '.join(world.SHAPES)}")
+    if sum(w.rstrip("s") in world.SHAPES for w in words) == 1 and not any(w in ("two", "2", "three", "3", "pair")
+                                                                          for w in words):
+        pos = next((p for phrase, p in _POSITION_PHRASES if f" {phrase} " in text), None)
+        size = next((w for w in words if w in ("small", "large")), None)
+        target.update({k: v for k, v in (("position", pos), ("size", size)) if v})
     return target
 
 
