@@ -71,11 +71,7 @@ def test_a_move_masks_the_old_place_and_the_new_cell():
     assert covered(mask, old) == 1.0 and covered(mask, (2, 46, 18, 62)) == 1.0  # the bottom-left cell's centre
     assert [r.kind for r in ladder(v, "a red circle at the bottom left", img.size, group=False,
                                    shapes_world=True)][-1] == "regenerate"
-    steps = ladder(v, "a red circle at the bottom left", img.size, group=False, shapes_world=True)
-    assert steps[-1].stress
-    # a lone object in the wrong place: guidance aims at the named cell too (the classifier has a position head)
-    assert [r.kind for r in steps] == ["inpaint", "guide", "regenerate"]
-    assert steps[1].target == {"shape": "circle", "color": "red", "position": "bottom-left"}
+    assert ladder(v, "a red circle at the bottom left", img.size, group=False, shapes_world=True)[-1].stress
 
 
 def test_missing_and_extra_objects_are_inpainted_in_and_out():

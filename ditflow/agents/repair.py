@@ -8,8 +8,7 @@ improve on the best candidate and starting again from the cheapest rung when one
   a missing object masks its cell; the other objects are kept out), each prompted with only its object, or with a
   plain background where extra objects were;
 - an output drawn in an in-context group → regenerate the group with the outputs that passed as references;
-- colour/shape/size/position of a lone object on a shapes-world model → EluCD classifier guidance on the
-  attributes the description names;
+- colour/shape of a lone object on a shapes-world model → EluCD classifier guidance on those attributes;
 - anything else (counts, background, several objects, a verifier that gives no regions) → regenerate with a new
   seed; a wrong position is regenerated with the prompt stressed (CFG × `STRESS_CFG`).
 Each attempt is saved under `repairs/` and recorded with its verdict; if none passes, the best-scoring candidate
@@ -167,17 +166,15 @@ class Repair:
 
 
 def guide_target(v: Verdict, description: str) -> dict[str, str]:
-    """{shape, colour, position, size} (as the description names them) to steer towards, when the only failures are
-    of the description's one object: its look, its size or its place (the attribute classifier reads all four)."""
+    """{colour, shape} to steer towards, when the only failure is the look of the description's one object."""
     exp = expected_of(description)
     failed = [c for c in v.claims if c.status == "fail"]
     if len(exp.things) != 1 or exp.things[0].count != 1 or exp.background or not failed:
         return {}
-    if any(c.attribute not in ("object", "size", "position") or c.want == NOTHING for c in failed):
+    if any(c.attribute != "object" or c.want == NOTHING for c in failed):
         return {}
     t = exp.things[0]
-    named = {"color": t.color, "position": t.position, "size": t.size}
-    return {"shape": t.shape, **{k: val for k, val in named.items() if val}}
+    return {"shape": t.shape, **({"color": t.color} if t.color else {})}
 
 
 def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, shapes_world: bool,
