@@ -270,11 +270,11 @@ def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool =
             return F.pad(x.to(torch.float32), (0, dp - d)) if dp > d else x.to(torch.float32).contiguous()
 
         q32, v32 = f32(q), f32(v)
-        out = torch.empty(b, heads, length, dp)
+        out = torch.empty(b, heads, length, dp, dtype=torch.float32)
         # the one copy the kernel needs: keys with each grid row transposed (16 keys = 1 load), zero-padded
         k_img = k.detach()[:, :, n_txt:]
         k_img = F.pad(k_img, (0, dp - d)) if dp > d else k_img
-        kt = torch.empty(bh, h, dp, w + LANES)
+        kt = torch.empty(bh, h, dp, w + LANES, dtype=torch.float32)
         kt[..., :w].copy_(k_img.reshape(bh, h, w, dp).transpose(-1, -2))
         kt[..., w:] = 0
         ktxt = F.pad(f32(k)[:, :, :n_txt].reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()

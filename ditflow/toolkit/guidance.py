@@ -94,8 +94,8 @@ _POSITION_PHRASES = sorted(((phrase, pos) for table in (world.TRAIN_POSITION_WOR
 def targets_from_prompt(prompt: str) -> dict[str, str]:
     """The colour, shape, position and size a shapes-world prompt names first (what `--classifier-guidance` aims
     at). Position and size are only read from a prompt with one object, for the classifier sees one."""
-    text = " " + prompt.lower().replace(",", " ").replace(".", " ") + " "
-    words = text.split()
+    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    text = f" {' '.join(words)} "
     target = {}
     for w in words:
         if "color" not in target and w in world.COLORS:
