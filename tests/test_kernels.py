@@ -234,3 +234,18 @@ def test_bench_attention_runs_and_reports_exact_methods(tmp_path):
     assert res["flop_bound"] == pytest.approx(la.flop_ratio((12, 12), 3.0, 5))
     assert all(r["max_err"] <= TOL for name, r in rows.items() if r["max_err"] is not None and "bf16" not in name)
     assert out.exists()
+
+
+def test_a_flag_set_the_compiler_rejects_is_tried_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("DITFLOW_CACHE", str(tmp_path))
+    la.cpu_kernel.cache_clear()
+    try:
+        assert la.cpu_kernel(("-DVL=3",)) is None  # every rung fails: 3 lanes is no vector size
+        notes = sorted((tmp_path / "kernels").glob("*.failed"))
+        assert len(notes) == 6 and not list((tmp_path / "kernels").glob("*.so"))
+        stamps = [n.stat().st_mtime_ns for n in notes]
+        la.cpu_kernel.cache_clear()
+        assert la.cpu_kernel(("-DVL=3",)) is None
+        assert [n.stat().st_mtime_ns for n in notes] == stamps  # read, not rebuilt
+    finally:
+        la.cpu_kernel.cache_clear()

@@ -200,6 +200,8 @@ def cpu_kernel(defines: tuple[str, ...] = ()):
 
     Built once per source/compiler/CPU into ~/.cache/ditflow/kernels with plain gcc (about a second; a torch
     C++ extension would take a minute to compile its headers), written atomically so parallel first uses agree.
+    Flag sets the compiler rejects (no OpenMP, no -march=native) leave a `.failed` note there and are skipped
+    after; delete the folder to retry them.
     """
     if os.environ.get("DITFLOW_NO_CKERNEL"):
         return None
@@ -219,7 +221,11 @@ def cpu_kernel(defines: tuple[str, ...] = ()):
         flags = base + extra + list(defines)
         key = hashlib.sha256(src.read_bytes() + " ".join(flags + [version, _cpu_signature()]).encode())
         lib_path = _cache_dir() / f"local_attention_{key.hexdigest()[:16]}.so"
+        failed = lib_path.with_suffix(".failed")  # a rung this compiler cannot build is not retried per process
         try:
+            if failed.exists():
+                errors.append([failed.read_text()])
+                continue
             if not lib_path.exists():
                 lib_path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
@@ -228,7 +234,8 @@ def cpu_kernel(defines: tuple[str, ...] = ()):
                                      timeout=300)
                 if res.returncode != 0:
                     os.unlink(tmp)
-                    errors.append(res.stderr.strip().splitlines()[-1:] or ["?"])
+                    errors.append((res.stderr.strip().splitlines() or ["?"])[-1:])
+                    failed.write_text(errors[-1][0])
                     continue
                 os.replace(tmp, lib_path)
             fn = ctypes.CDLL(str(lib_path)).local_attention_f32
