@@ -284,7 +284,7 @@ def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool =
         kt = torch.empty(bh, h, dp, w + LANES, dtype=torch.float32)
         kt[..., :w].copy_(k_img.reshape(bh, h, w, dp).transpose(-1, -2))
         kt[..., w:] = 0
-        ktxt = F.pad(f32(k)[:, :, :n_txt].reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
+        ktxt = F.pad(f32(k[:, :, :n_txt]).reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
         strides = torch.tensor([*q32.stride()[:3], *v32.stride()[:3], *out.stride()[:3]], dtype=torch.int64)
         rc = fn(q32.data_ptr(), v32.data_ptr(), out.data_ptr(), strides.data_ptr(), kt.data_ptr(), ktxt.data_ptr(),
                 half.data_ptr(), b, heads, h, w, dp, n_txt, n_txt + LANES, w + LANES, reach(radius), scale,

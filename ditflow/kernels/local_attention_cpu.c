@@ -136,8 +136,9 @@ static inline __attribute__((always_inline)) void query_pair(const Args *a, int6
         const int64_t lo1 = x1 - w < 0 ? 0 : x1 - w, hi1 = x1 + w >= W ? W - 1 : x1 + w;
         for (int64_t c0 = lo0; c0 <= hi1; c0 += VL, ++n) {
             const int64_t end = hi1 - c0 + 1;
-            ch[n] = (Chunk){a->kt + ((bh * a->H + yy) * D) * a->Wp + c0, vimg + (yy * W + c0) * vn, a->Wp, {(int32_t)(lo0 - c0), (int32_t)(lo1 - c0)},
-                            {(int32_t)(hi0 - c0), (int32_t)(hi1 - c0)}, (int32_t)(end < VL ? end : VL)};
+            ch[n] = (Chunk){a->kt + ((bh * a->H + yy) * D) * a->Wp + c0, vimg + (yy * W + c0) * vn, a->Wp,
+                            {(int32_t)(lo0 - c0), (int32_t)(lo1 - c0)}, {(int32_t)(hi0 - c0), (int32_t)(hi1 - c0)},
+                            (int32_t)(end < VL ? end : VL)};
         }
     }
     /* 2. scores */
