@@ -49,8 +49,16 @@ def endpoint():
 
 def backend(url: str, **kw) -> OpenAIBackend:
     kw.setdefault("backoff", 0.01)
-    kw.setdefault("timeout", 5.0)
+    # Far above a loopback answer even on a loaded 2-core machine: a timeout here would re-send a request and shift
+    # the script (once, in a full suite, a cut-off answer was lost that way). Timeout tests set their own.
+    kw.setdefault("timeout", 60.0)
     return OpenAIBackend(base_url=url, **kw)
+
+
+def follow_up(ep: ScriptedEndpoint, b: OpenAIBackend) -> list[dict]:
+    """The messages of the second request, which must be the backend's answer to the first reply, not a re-send."""
+    assert b.stats.transport_retries == 0, "a transport retry re-sent a request; the script no longer lines up"
+    return ep.requests[1]["messages"]
 
 
 MESSAGES = [{"role": "system", "content": "Parse the request."}, {"role": "user", "content": "a red circle and a blue square"}]
@@ -118,7 +126,7 @@ def test_malformed_json_is_fed_back_then_fixed(endpoint):
     got = b.complete(MESSAGES, ParsedRequest)
     assert got.num_outputs == 2
     assert b.stats.valid_first_try == 0 and b.stats.valid_after_retry == 1
-    second = ep.requests[1]["messages"]
+    second = follow_up(ep, b)
     assert second[: len(MESSAGES)] == MESSAGES
     assert second[-2] == {"role": "assistant", "content": '{"task": "generate", "num_outputs": 2,'}
     assert second[-1]["role"] == "user" and "not valid" in second[-1]["content"]
@@ -132,7 +140,7 @@ def test_schema_violation_exhausts_retries_with_the_error_fed_back(endpoint):
     with pytest.raises(LLMInvalidOutput) as exc:
         b.complete(MESSAGES, ParsedRequest)
     assert len(ep.requests) == 3
-    assert "num_outputs is 2 but 1 outputs are described" in ep.requests[1]["messages"][-1]["content"]
+    assert "num_outputs is 2 but 1 outputs are described" in follow_up(ep, b)[-1]["content"]
     assert json.loads(exc.value.raw) == bad
     assert "ParsedRequest" in str(exc.value) and "3 attempt" in str(exc.value)
     assert b.stats.invalid == 1
@@ -140,8 +148,9 @@ def test_schema_violation_exhausts_retries_with_the_error_fed_back(endpoint):
 
 def test_cut_off_answer_asks_for_shorter_text(endpoint):
     ep = endpoint(Reply(content='{"task": "gen', finish_reason="length"), Reply())
-    backend(ep.url, model="m", max_tokens=7).complete(MESSAGES, ParsedRequest)
-    assert "cut off at 7 tokens" in ep.requests[1]["messages"][-1]["content"]
+    b = backend(ep.url, model="m", max_tokens=7)
+    b.complete(MESSAGES, ParsedRequest)
+    assert "cut off at 7 tokens" in follow_up(ep, b)[-1]["content"]
 
 
 def test_missing_content_counts_as_invalid(endpoint):

@@ -452,9 +452,11 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
 # ----------------------------------------------------------------------------- entry point
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
          threads: int | None = None, install: bool = False, bf16: bool | None = None, freeze: tuple[str, ...] = (),
-         max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None) -> Path:
+         max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None,
+         cep_gamma: float | None = None) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
-    training, whichever ends first; rerun with a larger bound to resume."""
+    training, whichever ends first; rerun with a larger bound to resume. `cep_gamma` overrides CEP's γ for the
+    shipped models (the no-CEP ablation twin keeps 0)."""
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
@@ -477,6 +479,10 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
         set_latent_stats(vae)
         log(json.dumps({"stage": "latent-stats", "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor}))
     recipe = Recipe(batch=batch, bf16=bf16)
+    if cep_gamma is not None:
+        for r in recipe.models.values():
+            if r.export_as:
+                r.cep_gamma = cep_gamma
     unknown = set(freeze) - set(recipe.models)
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
@@ -501,6 +507,8 @@ def cli(argv: list[str] | None = None) -> int:
                     help="load, keep and export these models without training them (e.g. small-nocep)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on where the CPU has AMX or AVX512-BF16, off elsewhere)")
+    ap.add_argument("--cep-gamma", type=float, metavar="G",
+                    help="CEP noise scale γ for the shipped models (default 1.0; 0 turns CEP off)")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     ap.add_argument("--init", metavar="DIR",
                     help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
