@@ -3,6 +3,7 @@
     ditflow edit scene.png "make the red circle blue" -o out.png          # shapes scene: detector mask + inpaint
     ditflow edit photo.png "a watercolour painting" -o out.png --strength 0.5        # SDEdit
     ditflow edit photo.png "a cat" -o out.png --mask mask.png                         # masked inpaint
+    ditflow edit photo.png "a plain wall" -o out.png --mask cup.png --offset 40,0     # move the masked pixels
     ditflow restore noisy.png -o clean.png                                            # degradation=auto
     ditflow restore small.png -o big.png --degradation sr4
 """
@@ -34,6 +35,15 @@ def _box(text: str | None) -> tuple[int, int, int, int] | None:
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _offset(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise UserError(f"--offset {text!r}: write it as dx,dy in pixels (e.g. 40,0 moves right by 40)")
+    return int(parts[0]), int(parts[1])
+
+
 def edit_cli(argv: list[str]) -> int:
     from ditflow.images import load_image, save_image_atomic
     from ditflow.toolkit.edit import edit, shapes_edit
@@ -42,12 +52,14 @@ def edit_cli(argv: list[str]) -> int:
     ap.add_argument("image")
     ap.add_argument("instruction", help="what the result shows, or a shapes-world edit ('make the red circle blue')")
     ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--mode", choices=("auto", "sdedit", "inpaint", "in-context"), default="auto",
-                    help="auto: inpaint when a mask/box/target is given or the instruction is a shapes-world edit, "
-                         "else SDEdit")
+    ap.add_argument("--mode", choices=("auto", "sdedit", "inpaint", "in-context", "move"), default="auto",
+                    help="auto: move when --offset is given, inpaint when a mask/box/target is, a shapes-world edit "
+                         "when the instruction is one, else SDEdit")
     ap.add_argument("--mask", help="mask image of the same size (white = change)")
     ap.add_argument("--box", help="x0,y0,x1,y1: a box to change")
     ap.add_argument("--target", help="a shapes-world object to change, e.g. 'the red circle'")
+    ap.add_argument("--offset", help="dx,dy: move the masked pixels (mask, box or target) this far; the "
+                                     "instruction says what fills the place they leave")
     ap.add_argument("--strength", type=float, default=None, help="0–1: how far from the input (default 0.6, "
                                                                    "1.0 for inpainting)")
     add_model_args(ap)
@@ -60,23 +72,29 @@ def edit_cli(argv: list[str]) -> int:
     mask = load_image(args.mask, min_side=1).convert("L") if args.mask else None
     box = _box(args.box)
     base = dict(seed=args.seed, steps=args.steps, guidance_scale=args.cfg)
+    offset = _offset(args.offset)
     mode = args.mode
     planned = None
     if mode == "auto":
-        if mask is not None or box or args.target:
+        if offset is not None:
+            mode = "move"
+        elif mask is not None or box or args.target:
             mode = "inpaint"
         else:
             planned = shapes_edit(image, instruction, seed=args.seed, steps=args.steps)
-            mode = "inpaint" if planned else "sdedit"
+            mode = planned.spec.mode if planned else "sdedit"
+    if (mode == "move") != (offset is not None):
+        raise UserError("--mode move needs --offset dx,dy (with --mask, --box or --target), and --offset needs it")
     if planned is not None:
         spec, mask = planned.spec.model_copy(update={"guidance_scale": args.cfg}), planned.mask
     else:
-        strength = args.strength if args.strength is not None else (1.0 if mode == "inpaint" else 0.6)
-        spec = EditSpec(prompt=instruction, mode=mode, strength=strength, box=box, target=args.target, **base)
-    if spec.mode == "inpaint":  # check the mask against the image before the model loads
-        from ditflow.toolkit.edit import mask_of
+        strength = args.strength if args.strength is not None else (1.0 if mode in ("inpaint", "move") else 0.6)
+        spec = EditSpec(prompt=instruction, mode=mode, strength=strength, box=box, target=args.target,
+                        offset=offset, **base)
+    if spec.mode in ("inpaint", "move"):  # check the mask against the image before the model loads
+        from ditflow.toolkit.edit import lift_mask, mask_of
 
-        mask = mask_of(image, spec, mask)
+        mask = (lift_mask if spec.mode == "move" else mask_of)(image, spec, mask)
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
         images, record = edit(pipe, image, spec, mask, progress)

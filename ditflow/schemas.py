@@ -154,10 +154,18 @@ class GroupSpec(ToolSpec):
 
 class EditSpec(ToolSpec):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    mode: Literal["sdedit", "inpaint", "in-context"] = "sdedit"
+    mode: Literal["sdedit", "inpaint", "in-context", "move"] = "sdedit"
     strength: float = Field(0.6, gt=0.0, le=1.0)
     box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in px
     target: str | None = Field(None, description='detector mask for builtin scenes, e.g. "the red circle"')
+    # mode "move": the masked pixels travel by (dx, dy) px; the prompt says what fills the place they leave
+    offset: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _offset_goes_with_move(self) -> EditSpec:
+        if (self.mode == "move") != (self.offset is not None):
+            raise ValueError("a move needs an offset (dx, dy) in px, and only a move takes one")
+        return self
 
 
 class RestoreSpec(ToolSpec):
@@ -215,7 +223,7 @@ class RepairAttempt(BaseModel):
     output: int
     attempt: int = Field(ge=1)  # 1..budget
     base: int = Field(0, ge=0)  # the attempt it repaired (0: the original), the best candidate at the time
-    repair: str  # inpaint | regroup | guide | regenerate
+    repair: str  # move | inpaint | regroup | guide | regenerate
     reason: str = ""  # the failed claims it aimed at
     file: str = ""  # the candidate image, relative to the turn folder
     verdict: Verdict | None = None

@@ -94,6 +94,14 @@ def test_edit_and_restore_commands(model_dir, tmp_path, capsys):
                     str(mask), "--model", str(model_dir)], "mask is 10x10 but the image is 64x64")
     _fails(capsys, ["edit", str(src), "make it pop", "-o", str(tmp_path / "e.png"), "--mask", str(mask),
                     "--model", str(model_dir)], "mask is 10x10 but the image is 64x64")
+    moved = tmp_path / "moved.png"  # a box moved 8 px right: its pixels land there, the place left is refilled
+    assert main(["edit", str(src), "a plain white background", "-o", str(moved), "--box", "0,0,16,16", "--offset",
+                 "8,0", "--model", str(model_dir), *FAST]) == 0
+    assert (np.asarray(load_image(moved))[:16, 8:24] == np.asarray(scene.image)[:16, :16]).all()
+    _fails(capsys, ["edit", str(src), "x", "-o", str(tmp_path / "e.png"), "--offset", "8", "--box", "0,0,8,8",
+                    "--model", str(model_dir)], "--offset '8': write it as dx,dy")
+    _fails(capsys, ["edit", str(src), "x", "-o", str(tmp_path / "e.png"), "--mode", "move",
+                    "--model", str(model_dir)], "--mode move needs --offset")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(src.read_bytes()[:200])
     _fails(capsys, ["restore", str(corrupt), "-o", str(tmp_path / "r.png"), "--model", str(model_dir)], "corrupt")

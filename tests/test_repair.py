@@ -16,6 +16,7 @@ from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regio
                                    run_repair)
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
+from ditflow.pipelines import world
 from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
 from ditflow.schemas import Claim, ParsedRequest, Verdict
 
@@ -69,9 +70,30 @@ def test_a_move_masks_the_old_place_and_the_new_cell():
     mask = local_mask(v, "a red circle at the bottom left", img.size)
     old = next(c for c in v.claims if c.attribute == "position").box
     assert covered(mask, old) == 1.0 and covered(mask, (2, 46, 18, 62)) == 1.0  # the bottom-left cell's centre
-    assert [r.kind for r in ladder(v, "a red circle at the bottom left", img.size, group=False,
-                                   shapes_world=True)][-1] == "regenerate"
+    assert kinds(img, "a red circle at the bottom left") == ["move", "inpaint", "regenerate"]
     assert ladder(v, "a red circle at the bottom left", img.size, group=False, shapes_world=True)[-1].stress
+    assert kinds(img, "a red circle at the bottom left", shapes_world=False) == ["inpaint", "regenerate"]
+    assert kinds(img, "a blue circle at the bottom left")[0] == "inpaint"  # wrong colour too: redrawn, not moved
+
+
+def test_a_misplaced_object_is_moved_as_drawn_clear_of_the_others(pipe):
+    img = scene(ObjectSpec("red", "circle", "small", "top-right"), ObjectSpec("green", "square", "large", "bottom"))
+    desc = "a red circle at the bottom left and a green square at the bottom"
+    v = verdict(img, desc)
+    (rep,) = [r for r in ladder(v, desc, img.size, group=False, shapes_world=True) if r.kind == "move"]
+    ((box, (dx, dy)),) = rep.moves
+    assert rep.fill == "a plain white background"
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
+    out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3, steps=2)
+    assert rec.details["repair"] == "move" and rec.details["moves"] == [{"box": list(box), "offset": [dx, dy]}]
+    a, b = np.asarray(img), np.asarray(out)
+    ys, xs = np.nonzero(world.object_mask(img, box))
+    assert (b[ys + dy, xs + dx] == a[ys, xs]).all()  # the circle's own pixels, in the bottom-left cell
+    square = next(c.box for c in v.claims if c.text == "a green square")
+    assert (b[square[1]:square[3], square[0]:square[2]] == a[square[1]:square[3], square[0]:square[2]]).all()
+    x0, y0, x1, y1 = box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+    assert world.POSITIONS[int((y0 + y1) / 2 * 3 / 64)][int((x0 + x1) / 2 * 3 / 64)] == "bottom-left"
+    assert x1 + 3 <= square[0] or y1 + 3 <= square[1]  # a gap, so the two are not read as one object
 
 
 def test_missing_and_extra_objects_are_inpainted_in_and_out():

@@ -3,6 +3,9 @@ re-verify, and keep the best candidate (issue 6; GenArtist, arXiv 2407.05600, ve
 
 The policy, per failed output (at most `budget` attempts per output, default 2), escalating while repairs do not
 improve on the best candidate and starting again from the cheapest rung when one does (`rung`):
+- on a shapes-world model, objects that are right but in the wrong cell (their only failed claims are positions) →
+  a move: the object's own pixels are lifted and set down in the named cell, and the place they leave is refilled
+  with the background;
 - local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
   or an extra object) → masked inpaints, one per object in turn (a move masks both the old place and the new cell;
   a missing object masks its cell; the other objects are kept out), each prompted with only its object, or with a
@@ -155,14 +158,41 @@ def local_mask(v: Verdict, description: str, size: tuple[int, int]) -> Image.Ima
     return Image.fromarray(union.astype(np.uint8) * 255, "L")
 
 
+def position_moves(v: Verdict, description: str, size: tuple[int, int]) -> list[tuple[tuple, tuple[int, int]]] | None:
+    """(box seen, offset to its cell) per object that is drawn right but in the wrong cell, when such misplacements
+    are all that failed; None otherwise. Moving keeps the object as drawn; redrawing it in its cell is bounded by
+    how well the model places things, which is the builtin model's weakest attribute."""
+    from ditflow.toolkit.edit import move_offset
+
+    groups = _claims_by_thing(v, description)
+    if groups is None:
+        return None
+    misplaced = []  # (box seen, cell wanted)
+    for thing, claims in groups:
+        failed = [c for c in claims if c.status == "fail"]
+        if not failed:
+            continue
+        if thing is None or thing.count != 1 or len(failed) != 1:
+            return None
+        c = failed[0]
+        if c.attribute != "position" or c.box is None or c.want not in world.POSITION_CELL:
+            return None
+        misplaced.append((tuple(c.box), c.want))
+    moving = {b for b, _ in misplaced}
+    stay = list({tuple(c.box) for c in v.claims if c.box is not None} - moving)
+    return [(b, move_offset(b, cell, *size, avoid=stay)) for b, cell in misplaced] or None
+
+
 # ----------------------------------------------------------------------------- the policy
 @dataclass
 class Repair:
-    kind: str  # inpaint | regroup | guide | regenerate
+    kind: str  # move | inpaint | regroup | guide | regenerate
     reason: str
     regions: list[tuple[Image.Image, str]] = field(default_factory=list)  # inpaint: (mask, what it must show), in turn
     stress: bool = False
     target: dict[str, str] = field(default_factory=dict)  # guide: attribute → label
+    moves: list[tuple[tuple, tuple[int, int]]] = field(default_factory=list)  # move: (box seen, (dx, dy)), in turn
+    fill: str = ""  # move: the prompt for the place a moved object leaves
 
 
 def guide_target(v: Verdict, description: str) -> dict[str, str]:
@@ -184,6 +214,12 @@ def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, 
     failed = [c for c in v.claims if c.status == "fail"]
     reason = "; ".join(f"{c.text}: saw {c.seen}" for c in failed)
     steps: list[Repair] = []
+    moves = position_moves(v, description, size) if shapes_world else None
+    if moves:
+        from ditflow.toolkit.edit import plain_background
+
+        bg = expected_of(description).background or background or world.DEFAULT_BACKGROUND
+        steps.append(Repair("move", reason, moves=moves, fill=plain_background(bg)))
     regions = local_regions(v, description, size, background)
     if regions:
         steps.append(Repair("inpaint", reason, regions=regions))
@@ -227,7 +263,24 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     from ditflow.agents.execution import run_step
 
     w, h = image.size
-    if rep.kind == "inpaint":
+    if rep.kind == "move":
+        from ditflow.toolkit.edit import edit
+
+        if not rep.moves:
+            raise ValueError("a move repair needs at least one object to move")
+        records, seconds = [], 0.0
+        for box, offset in rep.moves:  # one object at a time, each on the result of the last
+            lift = world.object_mask(image, box)
+            if not lift.any():
+                raise ValueError(f"nothing but background in {box}, so there is no object to move")
+            spec = EditSpec(prompt=rep.fill, mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
+            images, rec = edit(pipe, image, spec, mask=Image.fromarray(lift.astype(np.uint8) * 255, "L"),
+                               progress=progress)
+            images = [image := images[0].convert("RGB")]
+            seconds += rec.seconds
+            records.append({"box": list(box), "offset": list(offset)})
+        rec.seconds, rec.details = seconds, {**rec.details, "moves": records}
+    elif rep.kind == "inpaint":
         from ditflow.toolkit.edit import edit
 
         if not rep.regions:

@@ -108,7 +108,7 @@ def bench_edit(pipe, n: int, steps: int | None) -> dict:
             plan = shapes_edit(s.image, text, seed=i, steps=steps)
             out, _ = edit(pipe, s.image, plan.spec, plan.mask)
             ok = world.score_panel(plan.expected, out[0]).satisfied
-            results[kind].append((ok, _outside_psnr(out[0], s.image, plan.mask)))
+            results[kind].append((ok, _outside_psnr(out[0], s.image, plan.region)))
     summary = {}
     for kind, rows in results.items():
         if rows:

@@ -446,14 +446,28 @@ def classify_shape(mask: np.ndarray) -> str:
     return "triangle" if offset > 0.07 or bottom > 2 * top + 0.15 else "diamond"
 
 
+def foreground(a: np.ndarray, background: str) -> np.ndarray:
+    """Pixels of an RGB array that are not the named background colour (bool, H×W)."""
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    return np.sqrt(((a.astype(np.float32) - bg) ** 2).sum(-1)) > FG_DISTANCE
+
+
+def object_mask(panel: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The silhouette of the object inside `box` (x0, y0, x1, y1): its non-background pixels, as an H×W bool array
+    of the whole panel."""
+    a = np.asarray(panel.convert("RGB"))
+    x0, y0, x1, y1 = (int(v) for v in box)
+    out = np.zeros(a.shape[:2], bool)
+    out[y0:y1, x0:x1] = foreground(a[y0:y1, x0:x1], detect_background(a))
+    return out
+
+
 def detect(panel: Image.Image | np.ndarray) -> tuple[str, list[Detection]]:
     """Background name and the objects of one panel (any size; positions are thirds of it)."""
     a = np.asarray(panel.convert("RGB") if isinstance(panel, Image.Image) else panel)
     h, w = a.shape[:2]
     bg_name = detect_background(a)
-    bg = np.asarray(BACKGROUNDS[bg_name], np.float32)
-    fg = np.sqrt(((a.astype(np.float32) - bg) ** 2).sum(-1)) > FG_DISTANCE
-    labels, n = ndimage.label(fg)
+    labels, n = ndimage.label(foreground(a, bg_name))
     found: list[Detection] = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         comp = labels[sl] == i

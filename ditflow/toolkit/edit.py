@@ -9,6 +9,11 @@ region* (the edited object, or a plain background for a removal), not the whole 
 models. Measured on the builtin model (16 two-object scenes): a tight mask with the whole-scene caption made
 12.5% of recolours and moves right; the object's own caption with the grown, neighbour-protected region made
 about two thirds right, and removals went from 75% to 100% with "a plain <bg> background".
+
+A move lifts the object's own pixels, inpaints the place they leave with what the prompt says is behind them, and
+sets the pixels down at the new place: the object is kept exactly, as in cut-and-paste editing followed by
+generative fill (Magic Fixup, arXiv 2403.13044, starts from such a coarse paste). Redrawing the object in its new
+cell instead is bounded by how well the model places things: 69-88% of moves on the builtin model.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
@@ -28,6 +34,9 @@ from ditflow.toolkit.flux import Progress, call_kwargs, derived, step_callback, 
 # model needs space to draw a whole silhouette. 2 px left it drawing fragments; 7-9 px measured alike once the
 # neighbours were kept out of the region, and without that, 9 px redrew (and lost) neighbours.
 REGION_MARGIN = 8 / 64
+# Room around a moved object's silhouette that is refilled behind it (2 px of a 64 px panel): its anti-aliased rim.
+MOVE_HOLE_MARGIN = 2 / 64
+MOVE_GAP = 3 / 64  # background kept between a moved object and the others, so that the detector sees two objects
 
 
 # ----------------------------------------------------------------------------- masks
@@ -127,12 +136,54 @@ def describe_scene(image: Image.Image) -> str | None:
 
 @dataclass
 class ShapesEdit:
-    """A shapes-world instruction made concrete: what to inpaint, with which caption, and what should result."""
+    """A shapes-world instruction made concrete: what to inpaint (or, for a move, the silhouette to lift), with which
+    caption, and what should result. `region` is every pixel the edit may change."""
 
     spec: EditSpec
     mask: Image.Image
     expected: world.PanelSpec
     kind: str  # recolor | move | remove
+    region: Image.Image
+
+
+def move_offset(box: tuple[float, float, float, float], pos: str, w: int, h: int,
+                avoid: list[tuple[float, float, float, float]] = ()) -> tuple[int, int]:
+    """(dx, dy) px that carry `box` into grid cell `pos`: to the cell's centre, or as near it as keeps a gap of
+    MOVE_GAP px to the `avoid` boxes (objects that stay), since touching objects read as one."""
+    r, c = world.POSITION_CELL[pos]
+    cw, ch = w / 3, h / 3
+    bx, by = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    gap = MOVE_GAP * min(w, h)
+
+    def clearance(cx: float, cy: float) -> float:
+        return min((max(b[0] - (cx + hw), (cx - hw) - b[2], b[1] - (cy + hh), (cy - hh) - b[3]) for b in avoid),
+                   default=gap)
+
+    centre = ((c + 0.5) * cw, (r + 0.5) * ch)
+    # candidate centres on a 1 px grid over the middle of the cell, where the centre still reads as this cell
+    xs = np.arange(np.ceil(c * cw + 1), np.floor((c + 1) * cw - 1) + 1)
+    ys = np.arange(np.ceil(r * ch + 1), np.floor((r + 1) * ch - 1) + 1)
+    best = min(((x, y) for x in xs for y in ys),
+               key=lambda p: (-min(clearance(*p), gap), (p[0] - centre[0]) ** 2 + (p[1] - centre[1]) ** 2),
+               default=centre)
+    return round(best[0] - bx), round(best[1] - by)
+
+
+def moved_region(lift: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """Every pixel a move of `lift` (H×W bool) by `offset` changes: the refilled place it leaves and where it lands."""
+    h, w = lift.shape
+    g = max(1, round(MOVE_HOLE_MARGIN * min(w, h)))
+    region = ndimage.binary_dilation(lift, iterations=g)
+    ys, xs = np.nonzero(lift)
+    ty, tx = ys + offset[1], xs + offset[0]
+    inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    region[ty[inside], tx[inside]] = True
+    return region
+
+
+def _mask_image(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(a.astype(np.uint8) * 255, "L")
 
 
 _RECOLOR = re.compile(r"(?:make|turn|colou?r|change)\s+the\s+(?P<target>[a-z ]+?)\s+(?:to\s+|into\s+)?(?P<new>"
@@ -163,6 +214,14 @@ def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int 
     else:
         return None
     target = find_target(image, m.group("target"))
+    if kind == "move":
+        lift = world.object_mask(image, target.box)
+        offset = move_offset(target.box, m.group("pos"), image.width, image.height,
+                             avoid=[d.box for d in found if d != target])
+        objects = [(d.color, d.shape, m.group("pos") if d == target else d.position) for d in found]
+        expected = world.PanelSpec(tuple(world.ObjectSpec(c, s, None, p) for c, s, p in objects), bg, True)
+        spec = EditSpec(prompt=plain_background(bg), mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
+        return ShapesEdit(spec, _mask_image(lift), expected, kind, _mask_image(moved_region(lift, offset)))
     objects, boxes = [], [target.box]
     edited: tuple[str, str, str] | None = None  # what the region must show; None: background only
     for d in found:
@@ -171,18 +230,55 @@ def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int 
         elif kind == "recolor":
             edited = (m.group("new"), d.shape, d.position)
             objects.append(edited)
-        elif kind == "move":
-            boxes.append(cell_box(m.group("pos"), target.side, image.width, image.height))
-            edited = (d.color, d.shape, m.group("pos"))
-            objects.append(edited)
     mask = region_mask(image.size, boxes, keep=[d.box for d in found if d != target])
     prompt = describe([edited], bg) if edited else plain_background(bg)
     expected = world.PanelSpec(tuple(world.ObjectSpec(c, s, None, p) for c, s, p in objects), bg, True)
     spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, target=None, seed=seed, steps=steps)
-    return ShapesEdit(spec, mask, expected, kind)
+    return ShapesEdit(spec, mask, expected, kind, mask)
 
 
 # ----------------------------------------------------------------------------- the tool
+def lift_mask(image: Image.Image, spec: EditSpec, mask: Image.Image | None) -> Image.Image:
+    """What a move carries: a mask image or a box as given, or the silhouette of a detector target (not the grown
+    region an inpaint of it redraws)."""
+    if mask is None and spec.box is None and spec.target:
+        return _mask_image(world.object_mask(image, find_target(image, spec.target).box))
+    return mask_of(image, spec, mask)
+
+
+def _sized(m: Image.Image, size: tuple[int, int]) -> Image.Image:
+    m = m.resize(size, Image.NEAREST) if m.size != size else m
+    if not np.asarray(m).any():
+        raise ValueError("the mask is empty (all black); white marks the part to change")
+    return m
+
+
+def _inpaint(pipe, src: Image.Image, m: Image.Image, spec: EditSpec, kw: dict, steps: int,
+             progress: Progress | None) -> Image.Image:
+    """Redraw the white part of `m`; every pixel outside it stays exactly as it was."""
+    from ditflow.toolkit.generate import has_fill_channels
+
+    if has_fill_channels(pipe):
+        from diffusers import FluxFillPipeline as Inpaint
+    else:
+        from diffusers import FluxInpaintPipeline as Inpaint
+    ip = derived(pipe, Inpaint)
+    n_run = max(1, int(steps * spec.strength))
+    out = ip(image=src, mask_image=m, strength=spec.strength, height=src.height, width=src.width,
+             callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
+    return Image.composite(out, src, m)
+
+
+def _paste(base: Image.Image, src: Image.Image, lift: np.ndarray, offset: tuple[int, int]) -> Image.Image:
+    """`base` with the `lift` pixels of `src` set down `offset` px away (those that land outside are dropped)."""
+    out, a = np.asarray(base).copy(), np.asarray(src)
+    ys, xs = np.nonzero(lift)
+    ty, tx = ys + offset[1], xs + offset[0]
+    inside = (ty >= 0) & (ty < a.shape[0]) & (tx >= 0) & (tx < a.shape[1])
+    out[ty[inside], tx[inside]] = a[ys[inside], xs[inside]]
+    return Image.fromarray(out)
+
+
 def _work_size(pipe, image: Image.Image) -> tuple[int, int]:
     m = token_px(pipe)
     return max(m, round(image.width / m) * m), max(m, round(image.height / m) * m)
@@ -215,22 +311,16 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
         n_run = max(1, int(steps * spec.strength))
         result = i2i(image=src, strength=spec.strength, height=h, width=w,
                      callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
+    elif spec.mode == "move":
+        lift = np.asarray(_sized(lift_mask(image, spec, mask), (w, h))) > 0
+        offset = (round(spec.offset[0] * w / image.width), round(spec.offset[1] * h / image.height))
+        hole = _mask_image(ndimage.binary_dilation(lift, iterations=max(1, round(MOVE_HOLE_MARGIN * min(w, h)))))
+        behind = _inpaint(pipe, src, hole, spec, kw, steps, progress)
+        result = _paste(behind, src, lift, offset)
+        details.update(offset=list(offset), mask_fraction=round(float(lift.mean()), 4))
     else:
-        m = mask_of(image, spec, mask)
-        m = m.resize((w, h), Image.NEAREST) if m.size != (w, h) else m
-        if not np.asarray(m).any():
-            raise ValueError("the mask is empty (all black); white marks the part to change")
-        from ditflow.toolkit.generate import has_fill_channels
-
-        if has_fill_channels(pipe):
-            from diffusers import FluxFillPipeline as Inpaint
-        else:
-            from diffusers import FluxInpaintPipeline as Inpaint
-        ip = derived(pipe, Inpaint)
-        n_run = max(1, int(steps * spec.strength))
-        out = ip(image=src, mask_image=m, strength=spec.strength, height=h, width=w,
-                 callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
-        result = Image.composite(out, src, m)  # every pixel outside the mask stays exactly as it was
+        m = _sized(mask_of(image, spec, mask), (w, h))
+        result = _inpaint(pipe, src, m, spec, kw, steps, progress)
         details["mask_fraction"] = round(float(np.asarray(m).mean() / 255), 4)
     if result.size != image.size:
         result = result.resize(image.size, Image.BICUBIC)
