@@ -100,3 +100,30 @@ def test_loading_a_foreign_file_raises(tmp_path):
     save_file({"nope": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="not a local-attention student"):
         distill.load_student(tiny_flux_pipeline().transformer, path)
+
+
+def test_score_judges_canvases_panels_and_attributes(monkeypatch):
+    """The scorer is the real one; the generator is replaced by the world's own renders (all right), then by those
+    renders with the first panel blanked (no canvas right, three panels of four, fewer attributes)."""
+    import random
+
+    from PIL import Image
+
+    from ditflow.pipelines import sampling, world
+
+    cfg = distill.DistillConfig(model="tiny", height=128, width=128, eval_n=6)
+    pairs = distill.canvas_prompts(cfg.eval_n, cfg.height, cfg.width, seed=10_000 + cfg.seed, heldout=True)
+    truth = {t: world.render(s, random.Random(i)) for i, (t, s) in enumerate(pairs)}
+
+    def blank_first(img):
+        img = img.copy()
+        img.paste(Image.new("RGB", (world.PANEL, world.PANEL), world.BACKGROUNDS["white"]), (0, 0))
+        return img
+
+    for draw, want in ((lambda im: im, {"canvases": 1.0, "panels": 1.0, "attributes": 1.0}),
+                       (blank_first, {"canvases": 0.0, "panels": 0.75})):
+        monkeypatch.setattr(sampling, "text_to_images",
+                            lambda pipe, prompts, *a, **k: [draw(truth[p]) for p in prompts])
+        got = distill.score(None, cfg)
+        assert set(got) == set(distill.SCORES) and all(got[k] == v for k, v in want.items())
+    assert 0.5 < got["attributes"] < 1.0

@@ -158,7 +158,8 @@ def local_mask(v: Verdict, description: str, size: tuple[int, int]) -> Image.Ima
     return Image.fromarray(union.astype(np.uint8) * 255, "L")
 
 
-def position_moves(v: Verdict, description: str, size: tuple[int, int]) -> list[tuple[tuple, tuple[int, int]]] | None:
+def position_moves(v: Verdict, description: str,
+                   size: tuple[int, int]) -> list[tuple[tuple, tuple[int, int]]] | None:
     """(box seen, offset to its cell) per object that is drawn right but in the wrong cell, when such misplacements
     are all that failed; None otherwise. Moving keeps the object as drawn; redrawing it in its cell is bounded by
     how well the model places things, which is the builtin model's weakest attribute."""

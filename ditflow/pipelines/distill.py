@@ -46,7 +46,8 @@ class DistillConfig:
         steps: optimiser steps (stops early when `minutes` run out); batch; lr.
         attn_every: match attention outputs on every k-th attention layer (the "subset of layers").
         w_flow, w_teacher, w_attn: loss weights of flow matching, output matching and attention-output matching.
-        eval_n: held-out 2×2-panel prompts scored for teacher and student (0 skips the evaluation).
+        eval_n: held-out 2×2-panel prompts scored for teacher and student (0 skips the evaluation), by whole
+            canvases, panels and attributes (`score`).
         out: folder for the weights file and report.
     """
 
@@ -254,15 +255,25 @@ def load_student(transformer, path: Path | str):
 
 
 # ----------------------------------------------------------------------------- evaluation and entry points
+SCORES = ("canvases", "panels", "attributes")  # whole canvases right; panels right; mean per-attribute accuracy
+
+
 @torch.no_grad()
-def score(pipe, cfg: DistillConfig, steps: int | None = None) -> float:
+def score(pipe, cfg: DistillConfig, steps: int | None = None) -> dict[str, float]:
+    """The `bench shapes` scorer on held-out canvases at the distillation size, at three grains. A canvas counts
+    only when all its panels are right, which the builtin teacher almost never manages on 2×2 canvases (0%), so
+    the panels and the attributes are what can show a student falling behind."""
     from ditflow.pipelines import world
     from ditflow.pipelines.sampling import text_to_images
 
     pairs = canvas_prompts(cfg.eval_n, cfg.height, cfg.width, seed=10_000 + cfg.seed, heldout=True)
     images = text_to_images(pipe, [t for t, _ in pairs], [(cfg.height, cfg.width)] * len(pairs),
                             [cfg.seed + i for i in range(len(pairs))], steps=steps, batch=cfg.batch)
-    return world.score_many([(s, im) for (_, s), im in zip(pairs, images)]).overall
+    report = world.score_many([(s, im) for (_, s), im in zip(pairs, images)])
+    panels = [v.satisfied for (_, s), im in zip(pairs, images) for v in world.score_canvas(s, im)]
+    attrs = [a for a in report.per_attribute.values() if a == a]  # nan: an attribute no prompt named
+    return {"canvases": report.overall, "panels": sum(panels) / max(1, len(panels)),
+            "attributes": sum(attrs) / max(1, len(attrs))}
 
 
 def masked_fraction(cfg: DistillConfig, vae_scale: int, text_len: int) -> dict[str, float]:
@@ -317,10 +328,12 @@ def main(pipe=None, log=print, **overrides) -> dict:
             pipe.transformer = model
             report[f"score_{name}"] = score(pipe, cfg)
         pipe.transformer = teacher
-        report["kept"] = report["score_student"] / max(report["score_teacher"], 1e-9)
-        log(f"bench score at {cfg.height}×{cfg.width}: teacher {report['score_teacher']:.1%}, student "
-            f"{report['score_student']:.1%} ({report['kept']:.0%} kept; goal ≥95%), undistilled local "
-            f"{report['score_local_no_distill']:.1%}")
+        report["kept"] = {k: report["score_student"][k] / report["score_teacher"][k] if report["score_teacher"][k]
+                          else math.nan for k in SCORES}
+        for k in SCORES:
+            log(f"{k} right at {cfg.height}×{cfg.width}: teacher {report['score_teacher'][k]:.1%}, student "
+                f"{report['score_student'][k]:.1%} ({report['kept'][k]:.0%} kept; goal ≥95%), undistilled local "
+                f"{report['score_local_no_distill'][k]:.1%}")
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, out / "report.json")
