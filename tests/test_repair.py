@@ -134,10 +134,12 @@ def test_inpaint_repairs_redraw_one_object_at_a_time_prompted_with_it_alone():
     assert prompt == both and covered(mask, circle) == 1.0
 
 
-def test_counts_and_backgrounds_are_regenerated_and_groups_regrouped():
+def test_counts_are_drawn_in_or_out_then_regenerated_backgrounds_regenerated_and_groups_regrouped():
     img = scene(ObjectSpec("yellow", "square", "small", count=2))
-    assert kinds(img, "three yellow squares") == ["regenerate"]
-    assert kinds(img, "three yellow squares", group=True) == ["regroup", "regenerate"]
+    assert kinds(img, "three yellow squares") == ["count", "regenerate"]
+    assert kinds(img, "three yellow squares", group=True) == ["count", "regroup", "regenerate"]
+    assert kinds(img, "three yellow squares", shapes_world=False) == ["regenerate"]
+    assert kinds(img, "three red squares") == ["regenerate"]  # the colour is wrong too: not a count to patch
     bg = scene(ObjectSpec("red", "circle", "large", "center"), background="gray")
     assert kinds(bg, "a red circle on a black background") == ["regenerate"]
 
@@ -284,3 +286,25 @@ def test_chat_shows_repairs_and_each_unpassed_verdict_with_its_reason(pipe, tmp_
         assert f"repaired output 1: {rec.repairs[0].repair}" in text
     text, rec = shown(verifier=Broken())
     assert "verifier: output 1: unverified (RuntimeError: the verifier crashed)" in text
+
+
+def test_a_count_repair_draws_missing_copies_in_free_cells_and_clears_extra_ones(pipe):
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1,
+                        outputs=[{"index": 1, "description": "three yellow squares"}])
+    two = scene(ObjectSpec("yellow", "square", "small", count=2))
+    rep = ladder(verdict(two, "three yellow squares"), "three yellow squares", two.size, group=False,
+                 shapes_world=True)[0]
+    out, rec = run_repair(pipe, rep, two, "three yellow squares", None, req, [], {}, 1, seed=3, steps=2)
+    assert rec.details["repair"] == "count" and [r["prompt"] for r in rec.details["regions"]] == ["a yellow square"]
+    changed = (np.asarray(out) != np.asarray(two)).any(-1)
+    for d in world.detect(two)[1]:  # the two squares drawn right are kept
+        assert not changed[d.box[1]:d.box[3], d.box[0]:d.box[2]].any()
+    three = scene(ObjectSpec("yellow", "square", "small", count=3))
+    rep = ladder(verdict(three, "two yellow squares"), "two yellow squares", three.size, group=False,
+                 shapes_world=True)[0]
+    assert rep.kind == "count"
+    out, rec = run_repair(pipe, rep, three, "two yellow squares", None, req, [], {}, 1, seed=3, steps=2)
+    assert [r["prompt"] for r in rec.details["regions"]] == ["a plain white background"]
+    changed = (np.asarray(out) != np.asarray(three)).any(-1)
+    hit = [changed[d.box[1]:d.box[3], d.box[0]:d.box[2]].any() for d in world.detect(three)[1]]
+    assert sorted(hit) == [False, False, True]  # one square cleared, two kept

@@ -6,6 +6,8 @@ improve on the best candidate and starting again from the cheapest rung when one
 - on a shapes-world model, objects that are right but in the wrong cell (their only failed claims are positions) →
   a move: the object's own pixels are lifted and set down in the named cell, and the place they leave is refilled
   with the background;
+- on a shapes-world model, a wrong count of objects that are otherwise right → the missing copies inpainted in,
+  one per free cell, each prompted with one copy; the extra ones inpainted out with the background;
 - local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
   or an extra object) → masked inpaints, one per object in turn (a move masks both the old place and the new cell;
   a missing object masks its cell; the other objects are kept out), each prompted with only its object, or with a
@@ -184,16 +186,62 @@ def position_moves(v: Verdict, description: str,
     return [(b, move_offset(b, cell, *size, avoid=stay)) for b, cell in misplaced] or None
 
 
+def count_things(v: Verdict, description: str) -> list[sc.Thing] | None:
+    """The described things whose count failed, when wrong counts are all that failed; None otherwise. How many
+    to add or take away is read off the image when the repair runs (`run_repair`)."""
+    groups = _claims_by_thing(v, description)
+    if groups is None:
+        return None
+    things, rest = [], []
+    for thing, claims in groups:
+        failed = [c for c in claims if c.status == "fail"]
+        if thing is None:
+            rest = failed
+        elif failed:
+            if thing.count == 1 or any(c.attribute != "count" or c.seen == NOTHING for c in failed):
+                return None  # (none of the right kind drawn at all: a redraw, not a patch)
+            things.append(thing)
+    for c in rest:  # "nothing else": fine when the extras are surplus copies of a miscounted thing
+        extra = sc.parse_scene(c.seen or "").things
+        if not extra or not all(any(e.shape == t.shape and t.color in (None, e.color) for t in things) for e in extra):
+            return None
+    return things or None
+
+
+def _count_regions(image: Image.Image, things: list[sc.Thing], background: str) -> list[tuple[Image.Image, str]]:
+    """(mask, prompt) per copy to draw in (in the free cell farthest from every object, prompted with one copy)
+    or to clear (its box, prompted with the background), for each thing's count to come out right."""
+    from ditflow.toolkit.edit import cell_box, plain_background, region_mask
+
+    w, h = image.size
+    _, dets = world.detect(image)
+    boxes = [tuple(d.box) for d in dets]
+    regions = []
+    for t in things:
+        same = [d for d in dets if d.shape == t.shape and t.color in (None, d.color)]
+        for d in same[t.count:]:  # extra copies: the last ones found go
+            regions.append((region_mask(image.size, [d.box], keep=[b for b in boxes if b != tuple(d.box)]),
+                            plain_background(background)))
+        for _ in range(t.count - len(same)):
+            new = cell_box(_free_cell(boxes, w, h), _side_px(t.size, w, h), w, h)
+            regions.append((region_mask(image.size, [new], keep=boxes),
+                            sc.scene_text(sc.Scene((sc.Thing(t.shape, t.color, t.size),),
+                                                   None if background == world.DEFAULT_BACKGROUND else background))))
+            boxes.append(tuple(round(x) for x in new))
+    return regions
+
+
 # ----------------------------------------------------------------------------- the policy
 @dataclass
 class Repair:
-    kind: str  # move | inpaint | regroup | guide | regenerate
+    kind: str  # move | count | inpaint | regroup | guide | regenerate
     reason: str
     regions: list[tuple[Image.Image, str]] = field(default_factory=list)  # inpaint: (mask, what it must show), in turn
     stress: bool = False
     target: dict[str, str] = field(default_factory=dict)  # guide: attribute → label
     moves: list[tuple[tuple, tuple[int, int]]] = field(default_factory=list)  # move: (box seen, (dx, dy)), in turn
-    fill: str = ""  # move: the prompt for the place a moved object leaves
+    fill: str = ""  # move: the prompt for the place a moved object leaves; count: the background's name
+    things: list = field(default_factory=list)  # count: the described things whose count is wrong
 
 
 def guide_target(v: Verdict, description: str) -> dict[str, str]:
@@ -221,6 +269,10 @@ def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, 
 
         bg = expected_of(description).background or background or world.DEFAULT_BACKGROUND
         steps.append(Repair("move", reason, moves=moves, fill=plain_background(bg)))
+    counts = count_things(v, description) if shapes_world else None
+    if counts:
+        steps.append(Repair("count", reason, things=counts,
+                            fill=expected_of(description).background or background or world.DEFAULT_BACKGROUND))
     regions = local_regions(v, description, size, background)
     if regions:
         steps.append(Repair("inpaint", reason, regions=regions))
@@ -264,6 +316,11 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     from ditflow.agents.execution import run_step
 
     w, h = image.size
+    kind = rep.kind
+    if rep.kind == "count":  # drawn in or cleared out, copy by copy: planned here, on the image, then inpainted
+        rep = Repair("inpaint", rep.reason, regions=_count_regions(image, rep.things, rep.fill))
+        if not rep.regions:
+            raise ValueError("the count is already right on this image; nothing to draw in or clear")
     if rep.kind == "move":
         from ditflow.toolkit.edit import edit
 
@@ -321,7 +378,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     out = images[0].convert("RGB")
     if out.size != image.size:
         out = out.resize(image.size, Image.BICUBIC)
-    rec.details = {**rec.details, "repair": rep.kind}
+    rec.details = {**rec.details, "repair": kind}
     return out, rec
 
 
