@@ -11,6 +11,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
+from ditflow.agents import scene as sc
 from ditflow.agents.graph import AgentRuntime, run_turn
 from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regions, repair_steps, rung,
                                    run_repair)
@@ -295,7 +296,9 @@ def test_a_count_repair_draws_missing_copies_in_free_cells_and_clears_extra_ones
     rep = ladder(verdict(two, "three yellow squares"), "three yellow squares", two.size, group=False,
                  shapes_world=True)[0]
     out, rec = run_repair(pipe, rep, two, "three yellow squares", None, req, [], {}, 1, seed=3, steps=2)
-    assert rec.details["repair"] == "count" and [r["prompt"] for r in rec.details["regions"]] == ["a yellow square"]
+    ((region,),) = [[r["prompt"] for r in rec.details["regions"]]]
+    assert rec.details["repair"] == "count" and region.startswith("a yellow square ")  # and the free cell it goes in
+    assert sc.parse_scene(region).things[0].position in world.POSITION_CELL
     changed = (np.asarray(out) != np.asarray(two)).any(-1)
     for d in world.detect(two)[1]:  # the two squares drawn right are kept
         assert not changed[d.box[1]:d.box[3], d.box[0]:d.box[2]].any()
@@ -308,3 +311,18 @@ def test_a_count_repair_draws_missing_copies_in_free_cells_and_clears_extra_ones
     changed = (np.asarray(out) != np.asarray(three)).any(-1)
     hit = [changed[d.box[1]:d.box[3], d.box[0]:d.box[2]].any() for d in world.detect(three)[1]]
     assert sorted(hit) == [False, False, True]  # one square cleared, two kept
+
+
+def test_a_count_repair_also_clears_objects_the_description_does_not_name():
+    from ditflow.agents.repair import _count_regions
+
+    img = scene(ObjectSpec("yellow", "square", "small", "left", count=1), ObjectSpec("yellow", "square", "small",
+                "right"), ObjectSpec("red", "circle", "small", "bottom"))
+    desc = "three yellow squares"
+    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
+    assert rep.kind == "count"
+    regions = _count_regions(img, rep.things, sc.parse_scene(desc).things, rep.fill)
+    assert [p for _, p in regions][0] == "a plain white background" and regions[1][1].startswith("a yellow square")
+    assert len(regions) == 2
+    circle = next(d for d in world.detect(img)[1] if d.shape == "circle")
+    assert covered(regions[0][0], circle.box) == 1.0

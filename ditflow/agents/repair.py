@@ -34,7 +34,7 @@ from PIL import Image
 
 from ditflow.agents import scene as sc
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
-                                   expected_of, summary)
+                                   detections, expected_of, summary)
 from ditflow.pipelines import world
 from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
                              RepairAttempt, Step, ToolRecord, Verdict)
@@ -192,41 +192,47 @@ def count_things(v: Verdict, description: str) -> list[sc.Thing] | None:
     groups = _claims_by_thing(v, description)
     if groups is None:
         return None
-    things, rest = [], []
+    things = []
     for thing, claims in groups:
         failed = [c for c in claims if c.status == "fail"]
-        if thing is None:
-            rest = failed
-        elif failed:
+        if thing is not None and failed:
             if thing.count == 1 or any(c.attribute != "count" or c.seen == NOTHING for c in failed):
                 return None  # (none of the right kind drawn at all: a redraw, not a patch)
             things.append(thing)
-    for c in rest:  # "nothing else": fine when the extras are surplus copies of a miscounted thing
-        extra = sc.parse_scene(c.seen or "").things
-        if not extra or not all(any(e.shape == t.shape and t.color in (None, e.color) for t in things) for e in extra):
-            return None
+    # "nothing else" may fail as well: surplus copies and stray objects are cleared by the same repair
     return things or None
 
 
-def _count_regions(image: Image.Image, things: list[sc.Thing], background: str) -> list[tuple[Image.Image, str]]:
-    """(mask, prompt) per copy to draw in (in the free cell farthest from every object, prompted with one copy)
-    or to clear (its box, prompted with the background), for each thing's count to come out right."""
+def _count_regions(image: Image.Image, things: list[sc.Thing], described: tuple[sc.Thing, ...],
+                   background: str) -> list[tuple[Image.Image, str]]:
+    """(mask, prompt) per object to clear (its box, prompted with the background: surplus copies, and objects
+    that are none of the `described` things) or per copy to draw in (in the free cell farthest from every object,
+    prompted with one copy), for each miscounted thing in `things` to come out right."""
     from ditflow.toolkit.edit import cell_box, plain_background, region_mask
 
     w, h = image.size
-    _, dets = world.detect(image)
-    boxes = [tuple(d.box) for d in dets]
-    regions = []
+    _, dets = detections(image)  # as the verifier sees them
+
+    def kind_of(d, t: sc.Thing) -> bool:
+        return d.shape == t.shape and t.color in (None, d.color)
+
+    clear = [d for d in dets if not any(kind_of(d, t) for t in described)]
     for t in things:
-        same = [d for d in dets if d.shape == t.shape and t.color in (None, d.color)]
-        for d in same[t.count:]:  # extra copies: the last ones found go
-            regions.append((region_mask(image.size, [d.box], keep=[b for b in boxes if b != tuple(d.box)]),
-                            plain_background(background)))
+        clear += [d for d in dets if kind_of(d, t)][t.count:]  # surplus copies: the last ones found go
+    boxes = [tuple(d.box) for d in dets]
+    regions = [(region_mask(image.size, [d.box], keep=[b for b in boxes if b != tuple(d.box)]),
+                plain_background(background)) for d in clear]
+    boxes = [tuple(d.box) for d in dets if d not in clear]
+    for t in things:
+        same = [d for d in dets if kind_of(d, t)]
         for _ in range(t.count - len(same)):
-            new = cell_box(_free_cell(boxes, w, h), _side_px(t.size, w, h), w, h)
+            cell = _free_cell(boxes, w, h)
+            new = cell_box(cell, _side_px(t.size, w, h), w, h)
+            # the prompt names the cell: unplaced, the model draws the object where it likes, outside the region
+            copy = sc.Thing(t.shape, t.color, t.size, cell)
             regions.append((region_mask(image.size, [new], keep=boxes),
-                            sc.scene_text(sc.Scene((sc.Thing(t.shape, t.color, t.size),),
-                                                   None if background == world.DEFAULT_BACKGROUND else background))))
+                            sc.scene_text(sc.Scene((copy,), None if background == world.DEFAULT_BACKGROUND
+                                                   else background))))
             boxes.append(tuple(round(x) for x in new))
     return regions
 
@@ -318,7 +324,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     w, h = image.size
     kind = rep.kind
     if rep.kind == "count":  # drawn in or cleared out, copy by copy: planned here, on the image, then inpainted
-        rep = Repair("inpaint", rep.reason, regions=_count_regions(image, rep.things, rep.fill))
+        regions = _count_regions(image, rep.things, expected_of(description).things, rep.fill)
+        rep = Repair("inpaint", rep.reason, regions=regions)
         if not rep.regions:
             raise ValueError("the count is already right on this image; nothing to draw in or clear")
     if rep.kind == "move":

@@ -165,6 +165,14 @@ def _assign(copies: list[sc.Thing], dets: list[world.Detection], side: int) -> l
     return out
 
 
+def detections(image: Image.Image) -> tuple[str, list[world.Detection]]:
+    """`world.detect`, with every component larger than any world object called a "blob": nothing in the world is
+    larger than SIZE_RANGES allows, so such a component is merged or malformed, not a shape."""
+    bg, dets = world.detect(image)
+    side = min(image.size)
+    return bg, [d if d.side * world.PANEL / side <= MAX_WORLD_SIDE else replace(d, shape="blob") for d in dets]
+
+
 class DetectorVerifier:
     """Exact verdicts for shapes-world images from the analytic detector (`world.detect`): colour, shape, size,
     position, count and background of every named object, and no extra objects."""
@@ -174,10 +182,8 @@ class DetectorVerifier:
 
     def check(self, image: Image.Image, description: str, output: int = 1) -> Verdict:
         exp = expected_of(description)
-        bg, dets = world.detect(image)
+        bg, dets = detections(image)
         side = min(image.size)
-        # Nothing in the world is larger than SIZE_RANGES allows: a component that is, is a blob, not a shape.
-        dets = [d if d.side * world.PANEL / side <= MAX_WORLD_SIDE else replace(d, shape="blob") for d in dets]
         copies = [t for t in exp.things for _ in range(t.count)]
         match = _assign(copies, dets, side)
         claims = claims_of(description)
