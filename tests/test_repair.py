@@ -83,7 +83,7 @@ def test_a_misplaced_object_is_moved_as_drawn_clear_of_the_others(pipe):
     v = verdict(img, desc)
     (rep,) = [r for r in ladder(v, desc, img.size, group=False, shapes_world=True) if r.kind == "move"]
     ((box, (dx, dy)),) = rep.moves
-    assert rep.fill == "a plain white background"
+    assert rep.background == "white"
     req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
     out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3, steps=2)
     assert rec.details["repair"] == "move" and rec.details["moves"] == [{"box": list(box), "offset": [dx, dy]}]
@@ -321,7 +321,7 @@ def test_a_count_repair_also_clears_objects_the_description_does_not_name():
     desc = "three yellow squares"
     rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
     assert rep.kind == "count"
-    regions = _count_regions(img, rep.things, sc.parse_scene(desc).things, rep.fill)
+    regions = _count_regions(img, rep.things, sc.parse_scene(desc).things, rep.background)
     assert [p for _, p in regions][0] == "a plain white background" and regions[1][1].startswith("a yellow square")
     assert len(regions) == 2
     circle = next(d for d in world.detect(img)[1] if d.shape == "circle")

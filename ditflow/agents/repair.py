@@ -246,7 +246,7 @@ class Repair:
     stress: bool = False
     target: dict[str, str] = field(default_factory=dict)  # guide: attribute → label
     moves: list[tuple[tuple, tuple[int, int]]] = field(default_factory=list)  # move: (box seen, (dx, dy)), in turn
-    fill: str = ""  # move: the prompt for the place a moved object leaves; count: the background's name
+    background: str = world.DEFAULT_BACKGROUND  # move, count: what a moved or cleared object leaves behind
     things: list = field(default_factory=list)  # count: the described things whose count is wrong
 
 
@@ -270,15 +270,12 @@ def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, 
     reason = "; ".join(f"{c.text}: saw {c.seen}" for c in failed)
     steps: list[Repair] = []
     moves = position_moves(v, description, size) if shapes_world else None
+    bg = expected_of(description).background or background or world.DEFAULT_BACKGROUND
     if moves:
-        from ditflow.toolkit.edit import plain_background
-
-        bg = expected_of(description).background or background or world.DEFAULT_BACKGROUND
-        steps.append(Repair("move", reason, moves=moves, fill=plain_background(bg)))
+        steps.append(Repair("move", reason, moves=moves, background=bg))
     counts = count_things(v, description) if shapes_world else None
     if counts:
-        steps.append(Repair("count", reason, things=counts,
-                            fill=expected_of(description).background or background or world.DEFAULT_BACKGROUND))
+        steps.append(Repair("count", reason, things=counts, background=bg))
     regions = local_regions(v, description, size, background)
     if regions:
         steps.append(Repair("inpaint", reason, regions=regions))
@@ -324,12 +321,12 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     w, h = image.size
     kind = rep.kind
     if rep.kind == "count":  # drawn in or cleared out, copy by copy: planned here, on the image, then inpainted
-        regions = _count_regions(image, rep.things, expected_of(description).things, rep.fill)
+        regions = _count_regions(image, rep.things, expected_of(description).things, rep.background)
         rep = Repair("inpaint", rep.reason, regions=regions)
         if not rep.regions:
             raise ValueError("the count is already right on this image; nothing to draw in or clear")
     if rep.kind == "move":
-        from ditflow.toolkit.edit import edit
+        from ditflow.toolkit.edit import edit, plain_background
 
         if not rep.moves:
             raise ValueError("a move repair needs at least one object to move")
@@ -338,7 +335,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
             lift = world.object_mask(image, box)
             if not lift.any():
                 raise ValueError(f"nothing but background in {box}, so there is no object to move")
-            spec = EditSpec(prompt=rep.fill, mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
+            spec = EditSpec(prompt=plain_background(rep.background), mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
             images, rec = edit(pipe, image, spec, mask=Image.fromarray(lift.astype(np.uint8) * 255, "L"),
                                progress=progress)
             images = [image := images[0].convert("RGB")]

@@ -170,11 +170,15 @@ def move_offset(box: tuple[float, float, float, float], pos: str, w: int, h: int
     return round(best[0] - bx), round(best[1] - by)
 
 
+def move_hole(lift: np.ndarray) -> np.ndarray:
+    """The place a move of `lift` (H×W bool) leaves and refills: the silhouette and its anti-aliased rim."""
+    return ndimage.binary_dilation(lift, iterations=max(1, round(MOVE_HOLE_MARGIN * min(lift.shape))))
+
+
 def moved_region(lift: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     """Every pixel a move of `lift` (H×W bool) by `offset` changes: the refilled place it leaves and where it lands."""
     h, w = lift.shape
-    g = max(1, round(MOVE_HOLE_MARGIN * min(w, h)))
-    region = ndimage.binary_dilation(lift, iterations=g)
+    region = move_hole(lift)
     ys, xs = np.nonzero(lift)
     ty, tx = ys + offset[1], xs + offset[0]
     inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
@@ -314,8 +318,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
     elif spec.mode == "move":
         lift = np.asarray(_sized(lift_mask(image, spec, mask), (w, h))) > 0
         offset = (round(spec.offset[0] * w / image.width), round(spec.offset[1] * h / image.height))
-        hole = _mask_image(ndimage.binary_dilation(lift, iterations=max(1, round(MOVE_HOLE_MARGIN * min(w, h)))))
-        behind = _inpaint(pipe, src, hole, spec, kw, steps, progress)
+        behind = _inpaint(pipe, src, _mask_image(move_hole(lift)), spec, kw, steps, progress)
         result = _paste(behind, src, lift, offset)
         details.update(offset=list(offset), mask_fraction=round(float(lift.mean()), 4))
     else:
