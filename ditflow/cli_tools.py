@@ -26,22 +26,22 @@ def _out_path(text: str) -> Path:
     return out
 
 
-def _box(text: str | None) -> tuple[int, int, int, int] | None:
+def _ints(text: str | None, n: int, flag: str, form: str) -> tuple[int, ...] | None:
+    """`n` comma-separated (possibly negative) integers, or a one-line error naming `flag` and its `form`."""
     if text is None:
         return None
     parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise UserError(f"--box {text!r}: write it as x0,y0,x1,y1 in pixels")
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    if len(parts) != n or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise UserError(f"{flag} {text!r}: write it as {form}")
+    return tuple(int(p) for p in parts)
+
+
+def _box(text: str | None) -> tuple[int, int, int, int] | None:
+    return _ints(text, 4, "--box", "x0,y0,x1,y1 in pixels")  # type: ignore[return-value]
 
 
 def _offset(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise UserError(f"--offset {text!r}: write it as dx,dy in pixels (e.g. 40,0 moves right by 40)")
-    return int(parts[0]), int(parts[1])
+    return _ints(text, 2, "--offset", "dx,dy in pixels (e.g. 40,0 moves right by 40)")  # type: ignore[return-value]
 
 
 def edit_cli(argv: list[str]) -> int:
