@@ -223,7 +223,7 @@ class RepairAttempt(BaseModel):
     output: int
     attempt: int = Field(ge=1)  # 1..budget
     base: int = Field(0, ge=0)  # the attempt it repaired (0: the original), the best candidate at the time
-    repair: str  # move | inpaint | regroup | guide | regenerate
+    repair: str  # move | count | inpaint | regroup | guide | regenerate
     reason: str = ""  # the failed claims it aimed at
     file: str = ""  # the candidate image, relative to the turn folder
     verdict: Verdict | None = None
