@@ -54,7 +54,9 @@ def test_wrong_colour_of_one_object_is_inpainted_over_that_object_only():
     wrong = next(c for c in v.claims if c.status == "fail")
     right = next(c for c in v.claims if c.text == "a green square")
     assert covered(mask, wrong.box) == 1.0 and covered(mask, right.box) == 0.0
-    assert kinds(img, "a red circle on the left and a green square on the right") == ["inpaint", "regenerate"]
+    desc = "a red circle on the left and a green square on the right"
+    assert kinds(img, desc) == ["inpaint", "inpaint", "regenerate"]  # a new seed before a redraw of two objects
+    assert kinds(img, desc, shapes_world=False) == ["inpaint", "regenerate"]
 
 
 def test_a_lone_object_of_the_wrong_colour_escalates_to_classifier_guidance():
@@ -326,3 +328,39 @@ def test_a_count_repair_also_clears_objects_the_description_does_not_name():
     assert len(regions) == 2
     circle = next(d for d in world.detect(img)[1] if d.shape == "circle")
     assert covered(regions[0][0], circle.box) == 1.0
+
+
+def test_a_count_repair_swaps_copies_of_the_wrong_size_for_copies_of_the_right_one():
+    from ditflow.agents.repair import _count_regions
+
+    img = scene(ObjectSpec("orange", "square", "small", "left"), ObjectSpec("orange", "square", "large", "right"))
+    desc = "three small orange squares"
+    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
+    assert rep.kind == "count"
+    regions = _count_regions(img, rep.things, sc.parse_scene(desc).things, rep.background)
+    large = next(d for d in world.detect(img)[1] if d.size == "large")
+    assert [p for _, p in regions][0] == "a plain white background" and covered(regions[0][0], large.box) == 1.0
+    assert [sc.parse_scene(p).things[0].size for _, p in regions[1:]] == ["small", "small"]  # two drawn in
+    assert kinds(img, "three small red squares") == ["regenerate"]  # the colour is wrong too: not a count to patch
+
+
+def test_an_unplaced_object_of_the_wrong_look_is_redrawn_in_a_named_free_cell():
+    from ditflow.toolkit.edit import cell_box
+
+    img = scene(ObjectSpec("blue", "circle", "small", "top-right"), ObjectSpec("green", "square", "small", "left"))
+    desc = "a red circle and a green square"
+    v = verdict(img, desc)
+    ((mask, prompt),) = local_regions(v, desc, img.size)
+    (thing,) = sc.parse_scene(prompt).things
+    assert (thing.shape, thing.color) == ("circle", "red") and thing.position in ("top-right", "bottom-right")
+    old = next(c.box for c in v.claims if c.status == "fail")
+    square = next(c.box for c in v.claims if c.text == "a green square")
+    new = tuple(round(x) for x in cell_box(thing.position, 14, *img.size))
+    assert covered(mask, old) == 1.0 and covered(mask, new) == 1.0 and covered(mask, square) == 0.0
+    assert kinds(img, desc) == ["inpaint", "inpaint", "regenerate"]  # several objects: a second inpaint first
+    # two missing unplaced objects go to two different cells
+    empty = scene(ObjectSpec("green", "square", "small", "center"))
+    regions = local_regions(verdict(empty, "a red circle, a blue diamond and a green square"),
+                            "a red circle, a blue diamond and a green square", empty.size)
+    cells = [sc.parse_scene(p).things[0].position for _, p in regions]
+    assert len(cells) == 2 and cells[0] != cells[1] and "center" not in cells

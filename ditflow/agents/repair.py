@@ -6,12 +6,14 @@ improve on the best candidate and starting again from the cheapest rung when one
 - on a shapes-world model, objects that are right but in the wrong cell (their only failed claims are positions) →
   a move: the object's own pixels are lifted and set down in the named cell, and the place they leave is refilled
   with the background;
-- on a shapes-world model, a wrong count of objects that are otherwise right → the missing copies inpainted in,
-  one per free cell, each prompted with one copy; the extra ones inpainted out with the background;
+- on a shapes-world model, a wrong count of objects that are otherwise right (or some of the wrong size) → the
+  missing copies inpainted in, one per free cell, each prompted with one copy; the extra ones (and those of the
+  wrong size) inpainted out with the background;
 - local failures the verifier can place (wrong colour or shape of one object, wrong size, wrong position, a missing
   or an extra object) → masked inpaints, one per object in turn (a move masks both the old place and the new cell;
-  a missing object masks its cell; the other objects are kept out), each prompted with only its object, or with a
-  plain background where extra objects were;
+  a missing object masks its cell; the other objects are kept out), each prompted with only its object placed in its
+  region's cell, or with a plain background where extra objects were; on a shapes-world model a scene of several
+  objects gets this rung twice before a redraw, which it almost never gets right;
 - an output drawn in an in-context group → regenerate the group with the outputs that passed as references;
 - colour/shape of a lone object on a shapes-world model → EluCD classifier guidance on those attributes;
 - anything else (counts, background, several objects, a verifier that gives no regions) → regenerate with a new
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +82,18 @@ def _claims_by_thing(v: Verdict, description: str) -> list[tuple[sc.Thing | None
     return groups + [(None, v.claims[k:])]
 
 
-def _boxes_to_redraw(c, taken: list[tuple], w: int, h: int) -> list[tuple] | None:
+def _boxes_to_redraw(c, cell: str | None, w: int, h: int) -> list[tuple] | None:
     """The boxes one failed claim needs redrawn (none when another claim of the same object covers it), or None
-    when the failure is not local."""
+    when the failure is not local. `cell` is where the claim's object is drawn anew when its object claim failed
+    (the named one, or a free one for an unplaced object)."""
     from ditflow.toolkit.edit import cell_box  # lazily: the toolkit loads torch
 
     if c.attribute not in LOCAL_ATTRIBUTES:
         return None
-    if c.attribute == "object" and c.want != NOTHING and c.seen == NOTHING:  # missing: draw it in its cell
+    if c.attribute == "object" and c.want != NOTHING and cell is not None:  # missing or wrong: drawn in its cell
         things = sc.parse_scene(c.want or "").things
-        t = things[0] if things else sc.Thing("circle")
-        return [cell_box(t.position or _free_cell(taken, w, h), _side_px(t.size, w, h), w, h)]
+        side = _side_px(things[0].size if things else None, w, h)
+        return ([c.box] if c.box is not None and c.seen != NOTHING else []) + [cell_box(cell, side, w, h)]
     if c.attribute in ("size", "position") and c.seen == NOTHING:  # of a missing object: drawn in above
         return []
     if c.box is None:
@@ -104,13 +107,26 @@ def _boxes_to_redraw(c, taken: list[tuple], w: int, h: int) -> list[tuple] | Non
     return boxes
 
 
+def _redraw_cell(thing: sc.Thing | None, claims: list, taken: list[tuple], w: int, h: int) -> str | None:
+    """The cell a described object is drawn anew in, when its object claim failed (missing, or of the wrong shape
+    or colour): its named cell, or for an unplaced one the free cell farthest from every object that stays. A
+    wrong object is redrawn clear of the others rather than where it was: there it often touched or merged with
+    a neighbour, and a region cut around the neighbour leaves the model too little room."""
+    if thing is None or thing.count != 1:
+        return None
+    if not any(c.attribute == "object" and c.status == "fail" and c.want != NOTHING for c in claims):
+        return None
+    return thing.position or _free_cell(taken, w, h)
+
+
 def local_regions(v: Verdict, description: str, size: tuple[int, int],
                   background: str | None = None) -> list[tuple[Image.Image, str]] | None:
     """(mask, prompt) per object to redraw, in turn, so that every failed claim is fixed; None when some failure is
-    not local. Each prompt names only the object its region must show (or a plain background, where extra objects
-    were), and the other objects are kept out of each region. The builtin model binds attributes poorly when a
-    prompt names several objects (two-object prompts are almost never right) but draws one object right most of
-    the time, so one inpaint per object beats one inpaint of all of them."""
+    not local. Each prompt names only the object its region must show, placed in its region's cell (or a plain
+    background, where extra objects were), and the other objects are kept out of each region. The builtin model
+    binds attributes poorly when a prompt names several objects (two-object prompts are almost never right) but
+    draws one object right most of the time, so one inpaint per object beats one inpaint of all of them; and
+    unplaced, it draws the object where it likes, often outside the region."""
     from ditflow.toolkit.edit import plain_background, region_mask
 
     w, h = size
@@ -121,14 +137,15 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
     structured = groups is not None
     if not structured:  # claims without structure: one region for all, prompted with the whole description
         groups = [(None, v.claims)]
-    taken = [c.box for c in v.claims if c.box is not None and c.status == "pass"]
+    taken = [tuple(c.box) for c in v.claims if c.box is not None and c.status == "pass"]
     plans = []
     for thing, claims in groups:
+        cell = _redraw_cell(thing, claims, taken, w, h) if structured else None
         boxes = []
         for c in claims:
             if c.status != "fail":
                 continue
-            got = _boxes_to_redraw(c, taken, w, h)
+            got = _boxes_to_redraw(c, cell, w, h)
             if got is None:
                 return None
             boxes += got
@@ -137,7 +154,10 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
         if not structured:
             prompt = description
         elif thing is not None:
+            if thing.position is None and thing.count == 1:
+                thing = replace(thing, position=cell or world.cell_of(boxes[0], w, h))
             prompt = sc.scene_text(sc.Scene((thing,), exp.background))
+            taken.append(tuple(round(x) for x in boxes[-1]))  # the next object is placed clear of this one
         else:  # the extra objects
             prompt = plain_background(exp.background or background or world.DEFAULT_BACKGROUND)
         plans.append((boxes, prompt))
@@ -187,8 +207,9 @@ def position_moves(v: Verdict, description: str,
 
 
 def count_things(v: Verdict, description: str) -> list[sc.Thing] | None:
-    """The described things whose count failed, when wrong counts are all that failed; None otherwise. How many
-    to add or take away is read off the image when the repair runs (`run_repair`)."""
+    """The described things whose count failed, when wrong counts (and copies of the wrong size) are all that
+    failed; None otherwise. How many to add or take away is read off the image when the repair runs
+    (`run_repair`)."""
     groups = _claims_by_thing(v, description)
     if groups is None:
         return None
@@ -196,7 +217,7 @@ def count_things(v: Verdict, description: str) -> list[sc.Thing] | None:
     for thing, claims in groups:
         failed = [c for c in claims if c.status == "fail"]
         if thing is not None and failed:
-            if thing.count == 1 or any(c.attribute != "count" or c.seen == NOTHING for c in failed):
+            if thing.count == 1 or any(c.attribute not in ("count", "size") or c.seen == NOTHING for c in failed):
                 return None  # (none of the right kind drawn at all: a redraw, not a patch)
             things.append(thing)
     # "nothing else" may fail as well: surplus copies and stray objects are cleared by the same repair
@@ -206,15 +227,17 @@ def count_things(v: Verdict, description: str) -> list[sc.Thing] | None:
 def _count_regions(image: Image.Image, things: list[sc.Thing], described: tuple[sc.Thing, ...],
                    background: str) -> list[tuple[Image.Image, str]]:
     """(mask, prompt) per object to clear (its box, prompted with the background: surplus copies, and objects
-    that are none of the `described` things) or per copy to draw in (in the free cell farthest from every object,
-    prompted with one copy), for each miscounted thing in `things` to come out right."""
+    that are none of the `described` things, copies of the wrong size included) or per copy to draw in (in the
+    free cell farthest from every object, prompted with one copy), for each miscounted thing in `things` to come
+    out right."""
     from ditflow.toolkit.edit import cell_box, plain_background, region_mask
 
     w, h = image.size
     _, dets = detections(image)  # as the verifier sees them
 
     def kind_of(d, t: sc.Thing) -> bool:
-        return d.shape == t.shape and t.color in (None, d.color)
+        size = "small" if d.side * world.PANEL / min(w, h) < world.SMALL_LARGE_SPLIT else "large"
+        return d.shape == t.shape and t.color in (None, d.color) and t.size in (None, size)
 
     clear = [d for d in dets if not any(kind_of(d, t) for t in described)]
     for t in things:
@@ -279,6 +302,10 @@ def ladder(v: Verdict, description: str, size: tuple[int, int], *, group: bool, 
     regions = local_regions(v, description, size, background)
     if regions:
         steps.append(Repair("inpaint", reason, regions=regions))
+        if shapes_world and len(expected_of(description).things) > 1:
+            # a second inpaint (a new seed) before a redraw: the builtin model draws one object right most of
+            # the time, but a scene of several almost never (two objects: 5% in bench shapes)
+            steps.append(Repair("inpaint", reason, regions=regions))
     if group:
         steps.append(Repair("regroup", reason))
     target = guide_target(v, description) if shapes_world else {}

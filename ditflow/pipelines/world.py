@@ -462,6 +462,12 @@ def object_mask(panel: Image.Image, box: tuple[int, int, int, int]) -> np.ndarra
     return out
 
 
+def cell_of(box: tuple[float, float, float, float], w: int, h: int) -> str:
+    """The 3×3 position name of the cell that holds the centre of `box` (x0, y0, x1, y1) in a w×h panel."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return POSITIONS[min(2, max(0, int(cy * 3 / h)))][min(2, max(0, int(cx * 3 / w)))]
+
+
 def detect(panel: Image.Image | np.ndarray) -> tuple[str, list[Detection]]:
     """Background name and the objects of one panel (any size; positions are thirds of it)."""
     a = np.asarray(panel.convert("RGB") if isinstance(panel, Image.Image) else panel)
@@ -479,9 +485,8 @@ def detect(panel: Image.Image | np.ndarray) -> tuple[str, list[Detection]]:
         color = _nearest(np.median(pix, 0), COLORS)
         y0, x0 = sl[0].start, sl[1].start
         y1, x1 = sl[0].stop, sl[1].stop
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        pos = POSITIONS[min(2, int(cy * 3 / h))][min(2, int(cx * 3 / w))]
-        found.append(Detection(color, classify_shape(comp), max(x1 - x0, y1 - y0), pos, (x0, y0, x1, y1), area))
+        found.append(Detection(color, classify_shape(comp), max(x1 - x0, y1 - y0), cell_of((x0, y0, x1, y1), w, h),
+                               (x0, y0, x1, y1), area))
     return bg_name, found
 
 
