@@ -52,7 +52,7 @@ def test_learning_rate_warms_up_holds_and_cools_down_over_the_last_minutes():
     assert train.lr_at(r, 50, 120 * 60, 100, cooldown=20) == pytest.approx(1e-4)  # floor: 10%
 
 
-def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
+def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text, monkeypatch):
     """A few seconds of each stage, exported, reloaded with from_pretrained, sampled at 64×64 and 64×128."""
     from diffusers import FluxPipeline
 
@@ -100,6 +100,18 @@ def test_training_resumes_and_exports_a_loadable_flux_pipeline(tmp_path, text):
     train.main(run_dir=run2, minutes=30, max_steps=4, vae_minutes=0.05, batch=4, init=out)  # trains on, resumes
     state = torch.load(run2 / "transformers.ckpt", weights_only=True)
     assert state["step"] == 4 and state["warm_from"] == 3
+
+    # --t-range: the models that train see only those timesteps (a T-Stitch early-step expert); the frozen keep
+    seen_t, loss = [], train.flow_matching_loss
+    monkeypatch.setattr(train, "flow_matching_loss", lambda *a: seen_t.append(a[-2].clone()) or loss(*a))
+    out3 = train.main(run_dir=run2, minutes=30, max_steps=6, vae_minutes=0.05, batch=4, init=out,
+                      freeze=("large",), t_range=(0.5, 1.0))
+    t = torch.cat(seen_t)
+    assert len(seen_t) == 4 and t.min() >= 0.5 and t.max() <= 1.0  # two steps × the small model and its twin
+    models = json.loads((out3 / "ditflow.json").read_text())["models"]
+    assert models["small"]["t_range"] == [0.5, 1.0] and models["large"]["t_range"] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="LO < HI"):
+        train.main(run_dir=run2, minutes=30, max_steps=6, vae_minutes=0.05, batch=4, t_range=(0.8, 0.2))
 
 
 def test_missing_or_corrupt_model_folder_names_the_problem(tmp_path, text):

@@ -52,6 +52,9 @@ class ModelRecipe:
     cep_gamma: float = 0.0  # CEP: condition-embedding noise of scale γ/√d (0 = off)
     cep_kind: str = "gaussian"  # gaussian | uniform
     export_as: str | None = None  # subfolder in the builtin assets, or None for ablation-only models
+    # the timesteps it trains on: (0, 1) is every noise level; (0.5, 1) makes a T-Stitch early-step expert, whose
+    # whole capacity goes to the noisy steps it is handed (the layout), none to the detail steps it never runs
+    t_range: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass
@@ -378,11 +381,13 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
         lr = lr_at(recipe, step - warm_from, time.time() - t0, minutes, cooldown)
         for tr in active:
             r = tr.recipe
+            lo, hi = r.t_range
             # The math SDPA backend: at ≤144 tokens the CPU flash kernel's backward took 31% of a step; math
             # attention (bf16 matmuls on AMX) made the whole step ~10% faster.
             with autocast, sdpa_kernel(SDPBackend.MATH):
                 loss = flow_matching_loss(tr.model, x0, cep(seq.float(), r.cep_gamma, r.cep_kind),
-                                          cep(pooled.float(), r.cep_gamma, r.cep_kind), img_ids, txt_ids, t, noise)
+                                          cep(pooled.float(), r.cep_gamma, r.cep_kind), img_ids, txt_ids,
+                                          lo + (hi - lo) * t, noise)
             tr.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
@@ -453,10 +458,12 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
          threads: int | None = None, install: bool = False, bf16: bool | None = None, freeze: tuple[str, ...] = (),
          max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None,
-         cep_gamma: float | None = None) -> Path:
+         cep_gamma: float | None = None, t_range: tuple[float, float] | None = None) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume. `cep_gamma` overrides CEP's γ for the
-    shipped models (the no-CEP ablation twin keeps 0)."""
+    shipped models (the no-CEP ablation twin keeps 0). `t_range` (lo, hi) limits the trained (not frozen) models
+    to those timesteps: with `--freeze large small-nocep --t-range 0.5 1` the small model becomes a T-Stitch
+    early-step expert."""
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
@@ -483,6 +490,13 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
         for r in recipe.models.values():
             if r.export_as:
                 r.cep_gamma = cep_gamma
+    if t_range is not None:
+        lo, hi = t_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"--t-range {lo} {hi}: give 0 ≤ LO < HI ≤ 1")
+        for n, r in recipe.models.items():
+            if n not in freeze:
+                r.t_range = (float(lo), float(hi))
     unknown = set(freeze) - set(recipe.models)
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
@@ -509,6 +523,9 @@ def cli(argv: list[str] | None = None) -> int:
                     help="bf16 autocast (default: on where the CPU has AMX or AVX512-BF16, off elsewhere)")
     ap.add_argument("--cep-gamma", type=float, metavar="G",
                     help="CEP noise scale γ for the shipped models (default 1.0; 0 turns CEP off)")
+    ap.add_argument("--t-range", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="train the models that are not frozen on timesteps LO..HI only (e.g. 0.5 1 with "
+                         "--freeze large small-nocep: a T-Stitch early-step expert)")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     ap.add_argument("--init", metavar="DIR",
                     help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
