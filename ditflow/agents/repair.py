@@ -171,13 +171,15 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
 
 def local_mask(v: Verdict, description: str, size: tuple[int, int]) -> Image.Image | None:
     """Everything `local_regions` redraws, as one mask."""
+    from ditflow.toolkit.edit import mask_image
+
     regions = local_regions(v, description, size)
     if regions is None:
         return None
     union = np.zeros((size[1], size[0]), bool)
     for m, _ in regions:
         union |= np.asarray(m) > 0
-    return Image.fromarray(union.astype(np.uint8) * 255, "L")
+    return mask_image(union)
 
 
 def position_moves(v: Verdict, description: str,
@@ -353,7 +355,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         if not rep.regions:
             raise ValueError("the count is already right on this image; nothing to draw in or clear")
     if rep.kind == "move":
-        from ditflow.toolkit.edit import edit, plain_background
+        from ditflow.toolkit.edit import edit, mask_image, plain_background
 
         if not rep.moves:
             raise ValueError("a move repair needs at least one object to move")
@@ -363,8 +365,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
             if not lift.any():
                 raise ValueError(f"nothing but background in {box}, so there is no object to move")
             spec = EditSpec(prompt=plain_background(rep.background), mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
-            images, rec = edit(pipe, image, spec, mask=Image.fromarray(lift.astype(np.uint8) * 255, "L"),
-                               progress=progress)
+            images, rec = edit(pipe, image, spec, mask=mask_image(lift), progress=progress)
             images = [image := images[0].convert("RGB")]
             seconds += rec.seconds
             records.append({"box": list(box), "offset": list(offset)})

@@ -61,7 +61,7 @@ def region_mask(size: tuple[int, int], boxes: list[tuple[float, float, float, fl
         m[max(0, int(y0) - g): min(h, int(np.ceil(y1)) + g), max(0, int(x0) - g): min(w, int(np.ceil(x1)) + g)] = True
     for x0, y0, x1, y1 in keep:
         m[max(0, y0 - 1): y1 + 1, max(0, x0 - 1): x1 + 1] = False
-    return Image.fromarray(m.astype(np.uint8) * 255, "L")
+    return mask_image(m)
 
 
 def plain_background(background: str) -> str:
@@ -186,7 +186,8 @@ def moved_region(lift: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     return region
 
 
-def _mask_image(a: np.ndarray) -> Image.Image:
+def mask_image(a: np.ndarray) -> Image.Image:
+    """An H×W bool array as the L-mode mask (255 = change) that edits and diffusers take."""
     return Image.fromarray(a.astype(np.uint8) * 255, "L")
 
 
@@ -225,7 +226,7 @@ def shapes_edit(image: Image.Image, instruction: str, seed: int = 0, steps: int 
         objects = [(d.color, d.shape, m.group("pos") if d == target else d.position) for d in found]
         expected = world.PanelSpec(tuple(world.ObjectSpec(c, s, None, p) for c, s, p in objects), bg, True)
         spec = EditSpec(prompt=plain_background(bg), mode="move", strength=1.0, offset=offset, seed=seed, steps=steps)
-        return ShapesEdit(spec, _mask_image(lift), expected, kind, _mask_image(moved_region(lift, offset)))
+        return ShapesEdit(spec, mask_image(lift), expected, kind, mask_image(moved_region(lift, offset)))
     objects, boxes = [], [target.box]
     edited: tuple[str, str, str] | None = None  # what the region must show; None: background only
     for d in found:
@@ -246,7 +247,7 @@ def lift_mask(image: Image.Image, spec: EditSpec, mask: Image.Image | None) -> I
     """What a move carries: a mask image or a box as given, or the silhouette of a detector target (not the grown
     region an inpaint of it redraws)."""
     if mask is None and spec.box is None and spec.target:
-        return _mask_image(world.object_mask(image, find_target(image, spec.target).box))
+        return mask_image(world.object_mask(image, find_target(image, spec.target).box))
     return mask_of(image, spec, mask)
 
 
@@ -318,7 +319,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
     elif spec.mode == "move":
         lift = np.asarray(_sized(lift_mask(image, spec, mask), (w, h))) > 0
         offset = (round(spec.offset[0] * w / image.width), round(spec.offset[1] * h / image.height))
-        behind = _inpaint(pipe, src, _mask_image(move_hole(lift)), spec, kw, steps, progress)
+        behind = _inpaint(pipe, src, mask_image(move_hole(lift)), spec, kw, steps, progress)
         result = _paste(behind, src, lift, offset)
         details.update(offset=list(offset), mask_fraction=round(float(lift.mean()), 4))
     else:
