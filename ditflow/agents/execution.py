@@ -2,7 +2,8 @@
 
 A failing step is re-planned once with a simpler tool (a group becomes one `generate` per output, an edit is
 redrawn from its self-contained description, a guided generation runs unguided, a named restoration falls back to
-`auto`), and the change is noted. If the simpler step fails too, the turn stops and reports which step failed and
+`auto`), and the change is noted. A `generate` of more objects than the model draws right in one prompt is drawn
+object by object (`compose.py`), and in one prompt if that fails. If the simpler step fails too, the turn stops and reports which step failed and
 why. Only tool errors (ValueError, RuntimeError, OSError) are caught; anything else is a bug and propagates.
 Tools are imported when first used: the agents know the toolkit's contract, not its internals.
 """
@@ -63,10 +64,20 @@ def run_step(pipe, step: Step, req: ParsedRequest, inputs: list[Image.Image], ma
     """One step on the toolkit: images for `step.outputs` in order, and the tool records."""
     p = step.params
     if step.tool == "generate":
+        from ditflow.agents.compose import compose, needs_composing
         from ditflow.toolkit.generate import generate
 
+        failed = []
+        if needs_composing(pipe, step.prompt):  # more objects than this model draws right in one prompt
+            try:
+                image, records = compose(pipe, step.prompt, seed, progress)
+                return [image], records
+            except TOOL_ERRORS as e:  # drawn in one prompt instead, and the record says why
+                log.warning("composing %r failed (%s); drawing it in one prompt", step.prompt, e)
+                failed = [ToolRecord(tool="compose", spec={"prompt": step.prompt, "seed": seed},
+                                     error=f"{type(e).__name__}: {e}")]
         images, rec = generate(pipe, GenerateSpec(prompt=step.prompt, seed=seed), progress=progress)
-        return images, [rec]
+        return images, failed + [rec]
     if step.tool == "group":
         from ditflow.toolkit.generate import generate_group
 

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
+from ditflow.agents.compose import free_cell, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.pipelines import world
@@ -54,20 +55,6 @@ LOCAL_ATTRIBUTES = {"object", "size", "position"}
 
 
 # ----------------------------------------------------------------------------- regions
-def _free_cell(taken: list[tuple], w: int, h: int) -> str:
-    """The grid cell farthest from every object seen, for an object whose position is not named."""
-    def gap(pos: str) -> float:
-        r, c = world.POSITION_CELL[pos]
-        cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
-        return min((abs(cx - (b[0] + b[2]) / 2) + abs(cy - (b[1] + b[3]) / 2) for b in taken), default=0.0)
-
-    return max((p for row in world.POSITIONS for p in row), key=gap)
-
-
-def _side_px(size: str | None, w: int, h: int) -> float:
-    return world.mean_side(size) * min(w, h) / world.PANEL  # the world's sizes are for 64 px panels
-
-
 def _claims_by_thing(v: Verdict, description: str) -> list[tuple[sc.Thing | None, list]] | None:
     """The verdict's claims grouped by the described thing they are about (claims_of lists each thing's object
     claim, then its size and position claims); the rest (nothing else, background, unknown phrases) under None.
@@ -92,7 +79,7 @@ def _boxes_to_redraw(c, cell: str | None, w: int, h: int) -> list[tuple] | None:
         return None
     if c.attribute == "object" and c.want != NOTHING and cell is not None:  # missing or wrong: drawn in its cell
         things = sc.parse_scene(c.want or "").things
-        side = _side_px(things[0].size if things else None, w, h)
+        side = side_px(things[0].size if things else None, w, h)
         return ([c.box] if c.box is not None and c.seen != NOTHING else []) + [cell_box(cell, side, w, h)]
     if c.attribute in ("size", "position") and c.seen == NOTHING:  # of a missing object: drawn in above
         return []
@@ -102,7 +89,7 @@ def _boxes_to_redraw(c, cell: str | None, w: int, h: int) -> list[tuple] | None:
     if c.attribute == "position" and c.want in world.POSITION_CELL:  # move: the new cell too
         boxes.append(cell_box(c.want, max(c.box[2] - c.box[0], c.box[3] - c.box[1]), w, h))
     elif c.attribute == "size" and c.want in ("small", "large"):  # grow or shrink about the same centre
-        cx, cy, half = (c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, _side_px(c.want, w, h) / 2
+        cx, cy, half = (c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2, side_px(c.want, w, h) / 2
         boxes.append((cx - half, cy - half, cx + half, cy + half))
     return boxes
 
@@ -116,7 +103,7 @@ def _redraw_cell(thing: sc.Thing | None, claims: list, taken: list[tuple], w: in
         return None
     if not any(c.attribute == "object" and c.status == "fail" and c.want != NOTHING for c in claims):
         return None
-    return thing.position or _free_cell(taken, w, h)
+    return thing.position or free_cell(taken, w, h)
 
 
 def local_regions(v: Verdict, description: str, size: tuple[int, int],
@@ -251,8 +238,8 @@ def _count_regions(image: Image.Image, things: list[sc.Thing], described: tuple[
     for t in things:
         same = [d for d in dets if kind_of(d, t)]
         for _ in range(t.count - len(same)):
-            cell = _free_cell(boxes, w, h)
-            new = cell_box(cell, _side_px(t.size, w, h), w, h)
+            cell = free_cell(boxes, w, h)
+            new = cell_box(cell, side_px(t.size, w, h), w, h)
             # the prompt names the cell: unplaced, the model draws the object where it likes, outside the region
             copy = sc.Thing(t.shape, t.color, t.size, cell)
             regions.append((region_mask(image.size, [new], keep=boxes),

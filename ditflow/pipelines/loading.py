@@ -41,6 +41,9 @@ class PipelineInfo:
     default_cfg: float = 3.5
     guidance_embeds: bool = True
     text_encoding: str | None = None  # builtin-style folders: how MiniLM encodes (ditflow.pipelines.minilm)
+    # objects one prompt draws right; scenes with more are drawn object by object (agents/compose.py). None: no
+    # limit (FLUX.1). The builtin model binds attributes to one object per prompt.
+    objects_per_prompt: int | None = None
 
 
 def minilm_dir() -> Path:
@@ -98,7 +101,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         native_area=meta.get("native_area", 64 * 64),
                         panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
                         default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
-                        text_encoding=meta.get("text_encoding", UNMASKED_CLS))
+                        text_encoding=meta.get("text_encoding", UNMASKED_CLS),
+                        objects_per_prompt=meta.get("objects_per_prompt", 1))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,

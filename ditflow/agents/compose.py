@@ -1,0 +1,101 @@
+"""Composed generation: a scene of more objects than the model draws right in one prompt is drawn one object at a
+time, the first with the background, each further one inpainted into a cell of its own.
+
+GenArtist (arXiv 2407.05600) decomposes a complex prompt into a generation and object additions by editing tools.
+We do it when the model says it needs it: `PipelineInfo.objects_per_prompt` (the builtin model: 1; None for
+FLUX.1, which binds attributes across many objects). On the builtin model a two-object caption drawn in one
+prompt is right 5% of the time (`bench shapes`), while one object is drawn right most of the time, and an inpaint
+prompted with one placed object fills its region well (`docs/benchmarks.md`, Verification).
+
+The plan still says `generate`: what to draw. How to draw it on this model is the executor's business, and the
+tool record lists every call. Cells come from the description (a named position) or are the free cell farthest
+from the objects already placed; each inpaint keeps the objects detected so far out of its region.
+"""
+from __future__ import annotations
+
+import time
+
+from PIL import Image
+
+from ditflow.agents import scene as sc
+from ditflow.pipelines import world
+from ditflow.pipelines.loading import info_of
+from ditflow.schemas import ToolRecord
+
+
+def free_cell(taken: list[tuple], w: int, h: int) -> str:
+    """The grid cell farthest from every box in `taken` (the top-left one when nothing is taken)."""
+    def gap(pos: str) -> float:
+        r, c = world.POSITION_CELL[pos]
+        cx, cy = (c + 0.5) * w / 3, (r + 0.5) * h / 3
+        return min((abs(cx - (b[0] + b[2]) / 2) + abs(cy - (b[1] + b[3]) / 2) for b in taken), default=0.0)
+
+    return max((p for row in world.POSITIONS for p in row), key=gap)
+
+
+def side_px(size: str | None, w: int, h: int) -> float:
+    """The mean side of an object of `size` in a w×h panel (the world's sizes are for 64 px panels)."""
+    return world.mean_side(size) * min(w, h) / world.PANEL
+
+
+def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple]], str | None] | None:
+    """Each object copy of the description, placed in a cell with the box it is drawn in, and the background;
+    None when the description is not a scene of world objects (an unknown phrase, or more copies than cells)."""
+    from ditflow.agents.verify import expected_of
+    from ditflow.toolkit.edit import cell_box
+
+    exp = expected_of(description)
+    copies = [t for t in exp.things for _ in range(t.count)]
+    if not copies or exp.unknown or len(copies) > len(world.POSITION_CELL):
+        return None
+    placed: list[tuple[sc.Thing, tuple]] = []
+    for t in sorted(copies, key=lambda t: t.position is None):  # named cells first, so free ones avoid them
+        cell = t.position or free_cell([b for _, b in placed], w, h)
+        placed.append((sc.Thing(t.shape, t.color, t.size, cell), cell_box(cell, side_px(t.size, w, h), w, h)))
+    return placed, exp.background
+
+
+def needs_composing(pipe, description: str) -> bool:
+    """Whether this model should draw `description` object by object."""
+    limit = info_of(pipe).objects_per_prompt
+    if limit is None:
+        return False
+    from ditflow.agents.verify import expected_of
+
+    exp = expected_of(description)
+    return not exp.unknown and sum(t.count for t in exp.things) > limit
+
+
+def compose(pipe, description: str, seed: int, progress=None, steps: int | None = None,
+            size: tuple[int, int] | None = None) -> tuple[Image.Image, list[ToolRecord]]:
+    """Draw `description` one object at a time: the first object with the background in one generation, then
+    each further copy inpainted into its cell, prompted with that copy alone. Returns the image and every tool
+    record, the last one a `compose` record of the layout."""
+    from ditflow.agents.verify import detections
+    from ditflow.schemas import EditSpec, GenerateSpec
+    from ditflow.toolkit.edit import edit, region_mask
+    from ditflow.toolkit.generate import generate
+
+    t0 = time.perf_counter()
+    info = info_of(pipe)
+    w, h = size or (info.panel, info.panel)
+    got = layout(description, w, h)
+    if got is None:
+        raise ValueError(f"cannot compose {description!r}: it is not a scene of shapes-world objects")
+    placed, background = got
+    text = lambda t: sc.scene_text(sc.Scene((t,), background))  # noqa: E731
+    first = GenerateSpec(prompt=text(placed[0][0]), seed=seed, steps=steps, height=h, width=w)
+    images, rec = generate(pipe, first, progress=progress)
+    image, records = images[0].convert("RGB"), [rec]
+    for k, (thing, box) in enumerate(placed[1:], start=1):
+        _, seen = detections(image)  # whatever is drawn so far stays as it is
+        mask = region_mask(image.size, [box], keep=[tuple(d.box) for d in seen])
+        spec = EditSpec(prompt=text(thing), mode="inpaint", strength=1.0, seed=seed + k, steps=steps)
+        images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
+        image = images[0].convert("RGB")
+        records.append(rec)
+    records.append(ToolRecord(tool="compose", spec={"prompt": description, "seed": seed, "steps": steps},
+                              seconds=time.perf_counter() - t0,
+                              details={"layout": [{"prompt": text(t), "box": [round(x) for x in b]}
+                                                  for t, b in placed], "model": info.name}))
+    return image, records
