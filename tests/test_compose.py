@@ -78,3 +78,16 @@ def test_a_generate_step_composes_on_the_builtin_model_and_not_on_a_model_withou
     assert len(images) == 1 and [r.tool for r in records] == ["generate", "edit", "compose"]
     images, records = run_step(tiny_flux_pipeline(), step, req, [], {}, 3, None)
     assert len(images) == 1 and [r.tool for r in records] == ["generate"]
+
+
+def test_a_regenerate_repair_redraws_as_the_first_pass_did(builtin):
+    from PIL import Image
+
+    from ditflow.agents.repair import Repair, run_repair
+
+    desc = "two green triangles"
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
+    blank = Image.new("RGB", (64, 64), "white")
+    out, rec = run_repair(builtin, Repair("regenerate", "saw one"), blank, desc, None, req, [], {}, 1, seed=3, steps=4)
+    assert rec.tool == "compose" and rec.details["repair"] == "regenerate" and len(rec.details["layout"]) == 2
+    assert out.size == (64, 64)

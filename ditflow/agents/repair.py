@@ -17,7 +17,8 @@ improve on the best candidate and starting again from the cheapest rung when one
 - an output drawn in an in-context group → regenerate the group with the outputs that passed as references;
 - colour/shape of a lone object on a shapes-world model → EluCD classifier guidance on those attributes;
 - anything else (counts, background, several objects, a verifier that gives no regions) → regenerate with a new
-  seed; a wrong position is regenerated with the prompt stressed (CFG × `STRESS_CFG`).
+  seed, as the first pass drew it (object by object on a model that binds one object per prompt, `compose.py`);
+  a wrong position is regenerated with the prompt stressed (CFG × `STRESS_CFG`).
 Each attempt is saved under `repairs/` and recorded with its verdict; if none passes, the best-scoring candidate
 (the original included) becomes the output. Only "fail" claims trigger repairs: "unverified" and "not checkable"
 ones cannot be fixed by redrawing.
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.compose import free_cell, side_px
+from ditflow.agents.compose import compose, free_cell, needs_composing, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.pipelines import world
@@ -386,6 +387,10 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         step = origin.model_copy(update={"outputs": [output]})
         images, recs = run_step(pipe, step, req, inputs, made, seed, progress)
         rec = recs[-1]
+    elif needs_composing(pipe, description):  # a redraw the way the first pass drew it: object by object
+        size = (w, h) if _mult16(w) and _mult16(h) else None
+        image_, records = compose(pipe, description, seed, progress, steps=steps, size=size)
+        images, rec = [image_], records[-1]
     else:
         from ditflow.pipelines.loading import info_of
         from ditflow.toolkit.generate import generate
