@@ -364,3 +364,14 @@ def test_an_unplaced_object_of_the_wrong_look_is_redrawn_in_a_named_free_cell():
                             "a red circle, a blue diamond and a green square", empty.size)
     cells = [sc.parse_scene(p).things[0].position for _, p in regions]
     assert len(cells) == 2 and cells[0] != cells[1] and "center" not in cells
+
+
+def test_a_verifier_of_its_own_claims_gets_a_missing_object_drawn_in_its_cell():
+    img = scene(ObjectSpec("red", "circle", "small", "left"))
+    own = Verdict(output=1, verifier="vlm", claims=[
+        Claim(text="a blue square on the right", attribute="object", status="fail", want="a blue square on the right",
+              seen="nothing"),
+        Claim(text="a red circle", attribute="object", status="pass", box=(2, 25, 16, 39))])
+    ((mask, prompt),) = local_regions(own, "a red circle and a blue square on the right", img.size)
+    assert prompt == "a red circle and a blue square on the right"
+    assert covered(mask, (45, 27, 51, 37)) == 1.0  # the right cell

@@ -133,7 +133,11 @@ def local_regions(v: Verdict, description: str, size: tuple[int, int],
         for c in claims:
             if c.status != "fail":
                 continue
-            got = _boxes_to_redraw(c, cell, w, h)
+            at = cell
+            if not structured and c.attribute == "object" and c.want != NOTHING and c.seen == NOTHING:
+                named = sc.parse_scene(c.want or "").things  # a missing object of a verifier's own claim
+                at = (named[0].position if named else None) or free_cell(taken, w, h)
+            got = _boxes_to_redraw(c, at, w, h)
             if got is None:
                 return None
             boxes += got
