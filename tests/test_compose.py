@@ -34,6 +34,8 @@ def test_layout_places_named_objects_first_and_spreads_the_others():
     assert [t.shape for t in things[1:]] == ["square", "square"]
     assert all(world.cell_of(box, 64, 64) == t.position for t, box in placed)  # each box sits in its cell
     assert layout("a red circle wearing a hat", 64, 64) is None  # not a world scene
+    placed, _ = layout("two red circles on the left", 64, 64)
+    assert len({t.position for t, _ in placed}) == 2  # one cell each
 
 
 def test_only_a_model_that_binds_one_object_composes_and_only_scenes_of_several(builtin):

@@ -50,7 +50,9 @@ def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple
         return None
     placed: list[tuple[sc.Thing, tuple]] = []
     for t in sorted(copies, key=lambda t: t.position is None):  # named cells first, so free ones avoid them
-        cell = t.position or free_cell([b for _, b in placed], w, h)
+        used = {p.position for p, _ in placed}
+        # copies of a placed count ("two circles on the left") share a named cell: the second takes a free one
+        cell = t.position if t.position and t.position not in used else free_cell([b for _, b in placed], w, h)
         placed.append((sc.Thing(t.shape, t.color, t.size, cell), cell_box(cell, side_px(t.size, w, h), w, h)))
     return placed, exp.background
 
