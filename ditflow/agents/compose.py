@@ -38,11 +38,18 @@ def side_px(size: str | None, w: int, h: int) -> float:
     return world.mean_side(size) * min(w, h) / world.PANEL
 
 
+def place(thing: sc.Thing, cell: str, w: int, h: int) -> tuple[sc.Thing, tuple]:
+    """One copy of `thing` named in `cell` (a prompt that names the cell keeps the model drawing inside the region;
+    unplaced, it draws where it likes) and the box it is drawn in."""
+    from ditflow.toolkit.edit import cell_box
+
+    return sc.Thing(thing.shape, thing.color, thing.size, cell), cell_box(cell, side_px(thing.size, w, h), w, h)
+
+
 def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple]], str | None] | None:
     """Each object copy of the description, placed in a cell with the box it is drawn in, and the background;
     None when the description is not a scene of world objects (an unknown phrase, or more copies than cells)."""
     from ditflow.agents.verify import expected_of
-    from ditflow.toolkit.edit import cell_box
 
     exp = expected_of(description)
     copies = [t for t in exp.things for _ in range(t.count)]
@@ -53,7 +60,7 @@ def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple
         used = {p.position for p, _ in placed}
         # copies of a placed count ("two circles on the left") share a named cell: the second takes a free one
         cell = t.position if t.position and t.position not in used else free_cell([b for _, b in placed], w, h)
-        placed.append((sc.Thing(t.shape, t.color, t.size, cell), cell_box(cell, side_px(t.size, w, h), w, h)))
+        placed.append(place(t, cell, w, h))
     return placed, exp.background
 
 

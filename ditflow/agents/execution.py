@@ -2,10 +2,10 @@
 
 A failing step is re-planned once with a simpler tool (a group becomes one `generate` per output, an edit is
 redrawn from its self-contained description, a guided generation runs unguided, a named restoration falls back to
-`auto`), and the change is noted. A `generate` of more objects than the model draws right in one prompt is drawn
-object by object (`compose.py`), and in one prompt if that fails. If the simpler step fails too, the turn stops and reports which step failed and
-why. Only tool errors (ValueError, RuntimeError, OSError) are caught; anything else is a bug and propagates.
-Tools are imported when first used: the agents know the toolkit's contract, not its internals.
+`auto`), and the change is noted. If the simpler step fails too, the turn stops and reports which step failed and
+why. A `generate` of more objects than the model draws right in one prompt is drawn object by object
+(`compose.py`), and in one prompt if that fails. Only tool errors (ValueError, RuntimeError, OSError) are
+caught; anything else is a bug and propagates. Tools are imported when first used: the agents know the toolkit's contract, not its internals.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.compose import compose, free_cell, needs_composing, side_px
+from ditflow.agents.compose import compose, free_cell, needs_composing, place, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.pipelines import world
@@ -224,7 +224,7 @@ def _count_regions(image: Image.Image, things: list[sc.Thing], described: tuple[
     that are none of the `described` things, copies of the wrong size included) or per copy to draw in (in the
     free cell farthest from every object, prompted with one copy), for each miscounted thing in `things` to come
     out right."""
-    from ditflow.toolkit.edit import cell_box, plain_background, region_mask
+    from ditflow.toolkit.edit import plain_background, region_mask
 
     w, h = image.size
     _, dets = detections(image)  # as the verifier sees them
@@ -243,10 +243,7 @@ def _count_regions(image: Image.Image, things: list[sc.Thing], described: tuple[
     for t in things:
         same = [d for d in dets if kind_of(d, t)]
         for _ in range(t.count - len(same)):
-            cell = free_cell(boxes, w, h)
-            new = cell_box(cell, side_px(t.size, w, h), w, h)
-            # the prompt names the cell: unplaced, the model draws the object where it likes, outside the region
-            copy = sc.Thing(t.shape, t.color, t.size, cell)
+            copy, new = place(t, free_cell(boxes, w, h), w, h)
             regions.append((region_mask(image.size, [new], keep=boxes),
                             sc.scene_text(sc.Scene((copy,), None if background == world.DEFAULT_BACKGROUND
                                                    else background))))
