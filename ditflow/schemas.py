@@ -15,6 +15,7 @@ MAX_OUTPUTS = 16  # outputs per turn
 MAX_INPUTS = 8
 MAX_PANELS = 9  # panels per canvas (configurable per call up to this hard cap)
 MAX_PROMPT_CHARS = 2000
+MAX_CANDIDATES = 16  # images per tool call, drawn in one batch for a caller to pick from
 DEFAULT_REPAIRS, MAX_REPAIRS = 2, 8  # repair attempts per failed output: the default budget and its cap
 # A canvas caption holds a layout tag, the overview and one tagged clause per panel, each up to MAX_PROMPT_CHARS.
 MAX_CANVAS_PROMPT_CHARS = (MAX_PANELS + 1) * (MAX_PROMPT_CHARS + 32)
@@ -141,6 +142,14 @@ class GenerateSpec(ToolSpec):
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16)
     width: int | None = Field(None, ge=16, le=4096, multiple_of=16)
     classifier_guidance: float = Field(0.0, ge=0.0, le=100.0)
+    # candidates drawn in one batched call (diffusers' num_images_per_prompt), for a caller that picks among them
+    num_images: int = Field(1, ge=1, le=MAX_CANDIDATES)
+
+    @model_validator(mode="after")
+    def _one_image_when_guided(self) -> GenerateSpec:
+        if self.classifier_guidance > 0 and self.num_images > 1:
+            raise ValueError("classifier guidance draws one image at a time; set num_images to 1")
+        return self
 
 
 class GroupSpec(ToolSpec):
@@ -160,11 +169,14 @@ class EditSpec(ToolSpec):
     target: str | None = Field(None, description='detector mask for builtin scenes, e.g. "the red circle"')
     # mode "move": the masked pixels travel by (dx, dy) px; the prompt says what fills the place they leave
     offset: tuple[int, int] | None = None
+    num_images: int = Field(1, ge=1, le=MAX_CANDIDATES)  # inpaint and sdedit: candidates from one batched call
 
     @model_validator(mode="after")
     def _offset_goes_with_move(self) -> EditSpec:
         if (self.mode == "move") != (self.offset is not None):
             raise ValueError("a move needs an offset (dx, dy) in px, and only a move takes one")
+        if self.num_images > 1 and self.mode not in ("inpaint", "sdedit"):
+            raise ValueError(f"a {self.mode} edit makes one image; num_images > 1 needs mode inpaint or sdedit")
         return self
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from ditflow.agents import scene as sc
 from ditflow.agents.graph import AgentRuntime, run_turn
-from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regions, repair_steps, rung,
-                                   run_repair)
+from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regions, picker, repair_candidates,
+                                   repair_steps, rung, run_repair)
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.pipelines import world
@@ -177,6 +177,47 @@ def test_inpaint_repair_changes_only_the_masked_region(pipe):
     assert rec.spec["steps"] == 3
     assert [r["prompt"] for r in rec.details["regions"]] == ["a red circle on the left", "a blue square on the right"]
     assert (np.asarray(out)[keep] == np.asarray(img)[keep]).all() and keep.any() and not keep.all()
+
+
+def test_repairs_draw_candidates_in_one_batch_and_keep_the_one_the_verifier_prefers(pipe):
+    img = scene(ObjectSpec("blue", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
+    img = img.resize((32, 32), Image.NEAREST)
+    desc = "a red circle on the left and a blue square on the right"
+    rep = ladder(verdict(img, desc), desc, img.size, group=False, shapes_world=True)[0]
+    req = ParsedRequest(task="generate", num_inputs=0, num_outputs=1, outputs=[{"index": 1, "description": desc}])
+    seen = []
+
+    def last(images, description):  # a picker that records what it was offered and takes the last one
+        seen.append((len(images), description))
+        return images[-1]
+
+    out, rec = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3, steps=2, candidates=3, pick=last)
+    assert seen == [(3, desc)] * len(rep.regions) and rec.spec["num_images"] == 3
+    again, _ = run_repair(pipe, rep, img, desc, None, req, [], {}, 1, seed=3, steps=2)  # one candidate: no pick
+    assert len(seen) == len(rep.regions) and out.tobytes() != again.tobytes()
+    seen.clear()
+    _, rec = run_repair(pipe, Repair("regenerate", "count"), img, "two red circles", None, req, [], {}, 1, seed=3,
+                        steps=2, candidates=2, pick=last)
+    assert seen == [(2, "two red circles")] and rec.tool == "generate"
+
+
+def test_the_picker_prefers_a_passing_candidate_then_the_higher_score_and_survives_a_broken_verifier():
+    desc = "a red circle on the left and a blue square on the right"
+    right = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("blue", "square", "small", "right"))
+    half = scene(ObjectSpec("red", "circle", "small", "left"), ObjectSpec("green", "square", "small", "right"))
+    wrong = scene(ObjectSpec("green", "square", "small", "center"))
+    pick = picker(DetectorVerifier(), 1)
+    assert pick([wrong, half, right], desc) is right and pick([wrong, half], desc) is half
+    assert pick([half, half.copy()], desc) is half  # a tie goes to the first
+
+    class Broken(DetectorVerifier):
+        def check(self, image, description, output=1):
+            raise RuntimeError("verifier down")
+
+    assert picker(Broken(), 1)([wrong, half], desc) is wrong  # all unverified: the first
+    assert repair_candidates(AgentRuntime(), shapes_world=True) == 3  # the detector checks for free
+    assert repair_candidates(AgentRuntime(), shapes_world=False) == 1  # a VLM check costs an LLM call
+    assert repair_candidates(AgentRuntime(repair_candidates=5), shapes_world=False) == 5
 
 
 def test_guide_and_regroup_repairs_run_on_a_real_pipeline(pipe):

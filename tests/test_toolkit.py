@@ -115,6 +115,27 @@ def test_inpaint_keeps_everything_outside_the_mask(pipe):
     assert shapes_edit(img, "make it look like a watercolour") is None
 
 
+def test_candidates_come_from_one_batched_call_and_differ(pipe):
+    scene = world.sample(random.Random(5), "two")
+    img = scene.image
+    m = Image.new("L", img.size, 0)
+    m.paste(255, (8, 8, 40, 40))
+    spec = EditSpec(prompt="a red circle", mode="inpaint", strength=1.0, steps=2, seed=3, num_images=3)
+    outs, rec = edit(pipe, img, spec, m)
+    keep = np.asarray(m) == 0
+    assert len(outs) == 3 and rec.spec["num_images"] == 3
+    assert all(np.array_equal(np.asarray(o)[keep], np.asarray(img)[keep]) for o in outs)
+    assert len({o.tobytes() for o in outs}) == 3  # each its own noise
+    one, _ = edit(pipe, img, spec.model_copy(update={"num_images": 1}), m)  # the same seed's first draw
+    assert np.abs(np.asarray(one[0], float) - np.asarray(outs[0], float)).max() <= 2
+    gen, _ = generate(pipe, GenerateSpec(prompt="a red circle", steps=STEPS, num_images=2))
+    assert len(gen) == 2
+    with pytest.raises(ValueError, match="num_images > 1 needs mode inpaint or sdedit"):
+        EditSpec(prompt="x", mode="move", offset=(1, 0), num_images=2)
+    with pytest.raises(ValueError, match="classifier guidance draws one image"):
+        GenerateSpec(prompt="x", classifier_guidance=2.0, num_images=2)
+
+
 def test_shapes_edits_prompt_the_region_and_keep_the_neighbours_out():
     scene = world.sample(random.Random(5), "two")
     (bg, (a, b)), img = world.detect(scene.image), scene.image

@@ -14,6 +14,7 @@ from the objects already placed; each inpaint keeps the objects detected so far 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from PIL import Image
 
@@ -21,6 +22,8 @@ from ditflow.agents import scene as sc
 from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import ToolRecord
+
+Pick = Callable[[list[Image.Image], str], Image.Image]  # (candidates, what they must show) → the best one
 
 
 def free_cell(taken: list[tuple], w: int, h: int) -> str:
@@ -76,10 +79,12 @@ def needs_composing(pipe, description: str) -> bool:
 
 
 def compose(pipe, description: str, seed: int, progress=None, steps: int | None = None,
-            size: tuple[int, int] | None = None) -> tuple[Image.Image, list[ToolRecord]]:
+            size: tuple[int, int] | None = None, candidates: int = 1,
+            pick: Pick | None = None) -> tuple[Image.Image, list[ToolRecord]]:
     """Draw `description` one object at a time: the first object with the background in one generation, then
-    each further copy inpainted into its cell, prompted with that copy alone. Returns the image and every tool
-    record, the last one a `compose` record of the layout."""
+    each further copy inpainted into its cell, prompted with that copy alone. With `candidates` > 1 each draw
+    makes that many in one batch, and `pick` chooses among them against the scene drawn so far. Returns the image
+    and every tool record, the last one a `compose` record of the layout."""
     from ditflow.agents.verify import detections
     from ditflow.schemas import EditSpec, GenerateSpec
     from ditflow.toolkit.edit import edit, region_mask
@@ -92,19 +97,23 @@ def compose(pipe, description: str, seed: int, progress=None, steps: int | None 
     if got is None:
         raise ValueError(f"cannot compose {description!r}: it is not a scene of shapes-world objects")
     placed, background = got
-    text = lambda t: sc.scene_text(sc.Scene((t,), background))  # noqa: E731
-    first = GenerateSpec(prompt=text(placed[0][0]), seed=seed, steps=steps, height=h, width=w)
+    text = lambda *things: sc.scene_text(sc.Scene(things, background))  # noqa: E731
+    choose = lambda images, k: (pick(images, text(*(t for t, _ in placed[:k + 1]))) if pick and len(images) > 1
+                                else images[0]).convert("RGB")  # noqa: E731
+    first = GenerateSpec(prompt=text(placed[0][0]), seed=seed, steps=steps, height=h, width=w, num_images=candidates)
     images, rec = generate(pipe, first, progress=progress)
-    image, records = images[0].convert("RGB"), [rec]
+    image, records = choose(images, 0), [rec]
     for k, (thing, box) in enumerate(placed[1:], start=1):
         _, seen = detections(image)  # whatever is drawn so far stays as it is
         mask = region_mask(image.size, [box], keep=[tuple(d.box) for d in seen])
-        spec = EditSpec(prompt=text(thing), mode="inpaint", strength=1.0, seed=seed + k, steps=steps)
+        spec = EditSpec(prompt=text(thing), mode="inpaint", strength=1.0, seed=seed + k, steps=steps,
+                        num_images=candidates)
         images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
-        image = images[0].convert("RGB")
+        image = choose(images, k)
         records.append(rec)
     records.append(ToolRecord(tool="compose", spec={"prompt": description, "seed": seed, "steps": steps},
                               seconds=time.perf_counter() - t0,
                               details={"layout": [{"prompt": text(t), "box": [round(x) for x in b]}
-                                                  for t, b in placed], "model": info.name}))
+                                                  for t, b in placed], "candidates": candidates,
+                                       "model": info.name}))
     return image, records

@@ -47,6 +47,8 @@ class AgentRuntime:
         verifier: a `agents.verify.Verifier`; None picks the default for the pipeline and LLM.
         max_repairs: repair attempts per failed output (the budget; 0 only verifies).
         repair_step_share: a repair's denoising steps, as a share of the pipeline's default (`agents.repair`).
+        repair_candidates: images each inpaint or redraw of a repair makes in one batch, the verifier keeping the
+            best (None: 3 where the shapes-world detector verifies, else 1).
     """
 
     pipeline: Any = None
@@ -57,6 +59,7 @@ class AgentRuntime:
     verifier: Any = None
     max_repairs: int = DEFAULT_REPAIRS
     repair_step_share: float = REPAIR_STEP_SHARE
+    repair_candidates: int | None = None
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:

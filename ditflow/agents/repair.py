@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.compose import compose, free_cell, needs_composing, place, side_px
+from ditflow.agents.compose import Pick, compose, free_cell, needs_composing, place, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.pipelines import world
@@ -50,6 +50,9 @@ STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by t
 # verification's cost is almost all repair time. On the builtin model half the steps took the on/off wall time
 # from 1.88× to 1.47× for two fewer fixed outputs of 30 (docs/benchmarks.md, Verification).
 REPAIR_STEP_SHARE = 0.5
+# Candidates a repair draws per inpaint or redraw in one batch, the verifier keeping the best, where checking is
+# free (the shapes-world detector: milliseconds) and drawing cheap (a batch of 3 costs the builtin model 2× one).
+SHAPES_REPAIR_CANDIDATES = 3
 REPAIR_DIR = "repairs"
 TOOL_ERRORS = (ValueError, RuntimeError, OSError)
 LOCAL_ATTRIBUTES = {"object", "size", "position"}
@@ -330,13 +333,16 @@ def repair_steps(pipe, share: float = REPAIR_STEP_SHARE) -> int:
 
 def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: Step | None, req: ParsedRequest,
                inputs: list[Image.Image], made: dict[int, Image.Image], output: int, seed: int,
-               progress=None, steps: int | None = None) -> tuple[Image.Image, ToolRecord]:
+               progress=None, steps: int | None = None, candidates: int = 1,
+               pick: Pick | None = None) -> tuple[Image.Image, ToolRecord]:
     """One candidate for `output`, made by the toolkit as `rep` says (tool errors propagate to the caller).
     `steps` sets the denoising steps of inpaints, guided and plain regenerations (None: the pipeline's default);
-    a regroup or a redone edit step runs as its step says."""
+    a regroup or a redone edit step runs as its step says. Inpaints and regenerations draw `candidates` images
+    in one batch, and `pick` keeps the best against `description` (each region of an inpaint in turn)."""
     from ditflow.agents.execution import run_step
 
     w, h = image.size
+    choose = lambda images: pick(images, description) if pick and len(images) > 1 else images[0]  # noqa: E731
     kind = rep.kind
     if rep.kind == "count":  # drawn in or cleared out, copy by copy: planned here, on the image, then inpainted
         regions = _count_regions(image, rep.things, expected_of(description).things, rep.background)
@@ -366,9 +372,9 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
             raise ValueError("an inpaint repair needs at least one region")
         records, seconds = [], 0.0
         for mask, prompt in rep.regions:  # one object at a time, each on the result of the last
-            spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed, steps=steps)
+            spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed, steps=steps, num_images=candidates)
             images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
-            images = [image := images[0].convert("RGB")]
+            images = [image := choose(images).convert("RGB")]
             seconds += rec.seconds
             records.append({"prompt": prompt, "mask_fraction": rec.details.get("mask_fraction")})
         rec.seconds, rec.details = seconds, {**rec.details, "regions": records}
@@ -390,7 +396,8 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         rec = recs[-1]
     elif needs_composing(pipe, description):  # a redraw the way the first pass drew it: object by object
         size = (w, h) if _mult16(w) and _mult16(h) else None
-        image_, records = compose(pipe, description, seed, progress, steps=steps, size=size)
+        image_, records = compose(pipe, description, seed, progress, steps=steps, size=size, candidates=candidates,
+                                  pick=pick)
         images, rec = [image_], records[-1]
     else:
         from ditflow.pipelines.loading import info_of
@@ -398,13 +405,31 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
 
         cfg = min(30.0, info_of(pipe).default_cfg * STRESS_CFG) if rep.stress else None
         spec = GenerateSpec(prompt=description, seed=seed, steps=steps, height=_mult16(h), width=_mult16(w),
-                            guidance_scale=cfg)
+                            guidance_scale=cfg, num_images=candidates)
         images, rec = generate(pipe, spec, progress=progress)
+        images = [choose(images)]
     out = images[0].convert("RGB")
     if out.size != image.size:
         out = out.resize(image.size, Image.BICUBIC)
     rec.details = {**rec.details, "repair": kind}
     return out, rec
+
+
+def picker(verifier, output: int) -> Pick:
+    """Chooses among candidates by the verifier: a passing one if any, else the highest score; ties go to the
+    first. A verifier that errors scores a candidate 0, so it never crashes the repair."""
+    def pick(images: list[Image.Image], description: str) -> Image.Image:
+        def key(k: int):
+            v = check_guarded(verifier, images[k], description, output)
+            return v.passed, v.score, -k
+
+        return images[max(range(len(images)), key=key)]
+
+    return pick
+
+
+def repair_candidates(rt, shapes_world: bool) -> int:
+    return rt.repair_candidates or (SHAPES_REPAIR_CANDIDATES if shapes_world else 1)
 
 
 def _mult16(px: int) -> int | None:
@@ -505,8 +530,10 @@ def repair_node(state: dict, runtime) -> dict:
     cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
     budget = rt.max_repairs
     pipe = rt.get_pipeline()
-    shapes_world = isinstance(_verifier(rt), DetectorVerifier)  # its vocabulary is the attribute classifier's
+    verifier = _verifier(rt)
+    shapes_world = isinstance(verifier, DetectorVerifier)  # its vocabulary is the attribute classifier's
     steps_each = repair_steps(pipe, rt.repair_step_share)
+    candidates = repair_candidates(rt, shapes_world)
     todo = list(state.get("to_repair") or [])
     passed = {i: load_image(out_dir / best(lst)["file"]) for i, lst in cands.items()
               if best(lst)["verdict"] and Verdict.model_validate(best(lst)["verdict"]).passed}
@@ -539,7 +566,7 @@ def repair_node(state: dict, runtime) -> dict:
         try:
             made = {**passed, i: image}
             cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress,
-                                   steps=steps_each)
+                                   steps=steps_each, candidates=candidates, pick=picker(verifier, i))
             name = f"{REPAIR_DIR}/{i:04d}-{attempt}.png"
             save_image_atomic(cand, out_dir / name)
             entry.update(file=name, tool_call=rec.model_dump(mode="json"))

@@ -22,6 +22,7 @@ from PIL import Image
 from ditflow.agents.repair import REPAIR_STEP_SHARE
 from ditflow.agents.verify import expected_of
 from ditflow.pipelines import world
+from ditflow.schemas import MAX_CANDIDATES
 
 GOALS = {"satisfied_on": 0.97, "time_ratio": 1.6}
 
@@ -72,7 +73,7 @@ def spec_of(description: str) -> world.PanelSpec | None:
 
 
 def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, out_dir: Path,
-            step_share: float = REPAIR_STEP_SHARE) -> Tally:
+            step_share: float = REPAIR_STEP_SHARE, candidates: int | None = None) -> Tally:
     from langgraph.checkpoint.memory import InMemorySaver
 
     from ditflow.agents.graph import AgentRuntime, run_turn
@@ -81,7 +82,7 @@ def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, ou
     tally = Tally()
     for k, item in enumerate(items):
         rt = AgentRuntime(pipeline=pipe, seed=seed + k, verify=verify, max_repairs=budget,
-                          repair_step_share=step_share)
+                          repair_step_share=step_share, repair_candidates=candidates)
         folder = out_dir / f"{item.id}-{'on' if verify else 'off'}"
         t0 = time.perf_counter()
         try:
@@ -141,7 +142,8 @@ def load(model: str):
 
 
 def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int, budget: int, seed: int,
-        sets: tuple[str, ...] = ("shapes", "instructions"), step_share: float = REPAIR_STEP_SHARE) -> dict:
+        sets: tuple[str, ...] = ("shapes", "instructions"), step_share: float = REPAIR_STEP_SHARE,
+        candidates: int | None = None) -> dict:
     results: dict = {}
     if "exactness" in sets:
         results["exactness"] = detector_exactness(n_per_kind, seed)
@@ -154,8 +156,9 @@ def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int
     for name in sets:
         for mode in modes:  # side by side in one run, same seeds, so the wall-time ratio compares like with like
             results[(name, mode)] = run_set(pipe, items[name], verify=mode == "on", budget=budget, seed=seed,
-                                            out_dir=out_dir / name, step_share=step_share)
-    return {"model": model, "budget": budget, "step_share": step_share, "results": results, "out_dir": str(out_dir)}
+                                            out_dir=out_dir / name, step_share=step_share, candidates=candidates)
+    return {"model": model, "budget": budget, "step_share": step_share, "candidates": candidates, "results": results,
+            "out_dir": str(out_dir)}
 
 
 def report(r: dict) -> str:
@@ -169,7 +172,7 @@ def report(r: dict) -> str:
             return "\n".join(lines)
     r = {**r, "results": res}
     lines += [f"model={r['model']} budget={r['budget']} repair steps={r['step_share']:g}× default, "
-              f"images under {r['out_dir']}",
+              f"candidates per repair draw={r.get('candidates') or 'default'}, images under {r['out_dir']}",
              f"{'set':<14}{'verify':>7}{'outputs':>9}{'checkable':>10}{'satisfied':>10}{'repairs/out':>12}"
              f"{'max rep':>8}{'wall s':>9}"]
     for (name, mode), t in r["results"].items():
@@ -203,7 +206,11 @@ def cli(argv: list[str]) -> int:
                     help="a repair's denoising steps as a share of the model's default")
     ap.add_argument("--sets", default="exactness,shapes,instructions",
                     help="exactness: the detector verifier alone on rendered scenes (no model)")
+    ap.add_argument("--repair-candidates", type=int, default=None,
+                    help="images per repair draw, the verifier keeping the best (default: 3 on the shapes world, else 1)")
     args, _ = ap.parse_known_args(argv)
+    if args.repair_candidates is not None and not 1 <= args.repair_candidates <= MAX_CANDIDATES:
+        raise ValueError(f"--repair-candidates must be in 1..{MAX_CANDIDATES}, got {args.repair_candidates}")
     if args.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
     if not 0 < args.repair_step_share <= 1:
@@ -214,5 +221,6 @@ def cli(argv: list[str]) -> int:
     if bad:
         raise ValueError(f"unknown set(s) {bad}; use exactness, shapes and/or instructions")
     print(report(run(args.model, modes, n_per_kind=args.n, split=args.split, limit=args.limit, budget=args.budget,
-                     seed=args.seed, sets=sets, step_share=args.repair_step_share)))
+                     seed=args.seed, sets=sets, step_share=args.repair_step_share,
+                     candidates=args.repair_candidates)))
     return 0

@@ -259,8 +259,9 @@ def _sized(m: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def _inpaint(pipe, src: Image.Image, m: Image.Image, spec: EditSpec, kw: dict, steps: int,
-             progress: Progress | None) -> Image.Image:
-    """Redraw the white part of `m`; every pixel outside it stays exactly as it was."""
+             progress: Progress | None) -> list[Image.Image]:
+    """Redraw the white part of `m` (`spec.num_images` candidates); every pixel outside it stays exactly as it
+    was."""
     from ditflow.toolkit.generate import has_fill_channels
 
     if has_fill_channels(pipe):
@@ -270,8 +271,8 @@ def _inpaint(pipe, src: Image.Image, m: Image.Image, spec: EditSpec, kw: dict, s
     ip = derived(pipe, Inpaint)
     n_run = max(1, int(steps * spec.strength))
     out = ip(image=src, mask_image=m, strength=spec.strength, height=src.height, width=src.width,
-             callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
-    return Image.composite(out, src, m)
+             callback_on_step_end=step_callback(progress, n_run), **kw).images
+    return [Image.composite(o, src, m) for o in out]
 
 
 def _paste(base: Image.Image, src: Image.Image, lift: np.ndarray, offset: tuple[int, int]) -> Image.Image:
@@ -307,25 +308,24 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
         gspec = GroupSpec(overview="the same scene, edited", panel_prompts=[source, spec.prompt], n_refs=1,
                           max_panels=2, seed=spec.seed, steps=spec.steps, guidance_scale=spec.guidance_scale)
         out, rec = generate_group(pipe, gspec, [src], progress)
-        result = out[0].resize((w, h), Image.BICUBIC)
+        results = [out[0].resize((w, h), Image.BICUBIC)]
         details.update(source_caption=source, group=rec.details)
     elif spec.mode == "sdedit":
         from diffusers import FluxImg2ImgPipeline
 
         i2i = derived(pipe, FluxImg2ImgPipeline)
         n_run = max(1, int(steps * spec.strength))
-        result = i2i(image=src, strength=spec.strength, height=h, width=w,
-                     callback_on_step_end=step_callback(progress, n_run), **kw).images[0]
+        results = i2i(image=src, strength=spec.strength, height=h, width=w,
+                      callback_on_step_end=step_callback(progress, n_run), **kw).images
     elif spec.mode == "move":
         lift = np.asarray(_sized(lift_mask(image, spec, mask), (w, h))) > 0
         offset = (round(spec.offset[0] * w / image.width), round(spec.offset[1] * h / image.height))
-        behind = _inpaint(pipe, src, mask_image(move_hole(lift)), spec, kw, steps, progress)
-        result = _paste(behind, src, lift, offset)
+        behind = _inpaint(pipe, src, mask_image(move_hole(lift)), spec, kw, steps, progress)[0]
+        results = [_paste(behind, src, lift, offset)]
         details.update(offset=list(offset), mask_fraction=round(float(lift.mean()), 4))
     else:
         m = _sized(mask_of(image, spec, mask), (w, h))
-        result = _inpaint(pipe, src, m, spec, kw, steps, progress)
+        results = _inpaint(pipe, src, m, spec, kw, steps, progress)
         details["mask_fraction"] = round(float(np.asarray(m).mean() / 255), 4)
-    if result.size != image.size:
-        result = result.resize(image.size, Image.BICUBIC)
-    return [result], ToolRecord(tool="edit", spec=spec.model_dump(), seconds=time.perf_counter() - t0, details=details)
+    results = [r.resize(image.size, Image.BICUBIC) if r.size != image.size else r for r in results]
+    return results, ToolRecord(tool="edit", spec=spec.model_dump(), seconds=time.perf_counter() - t0, details=details)

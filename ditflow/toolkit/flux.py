@@ -42,6 +42,8 @@ def call_kwargs(pipe, spec: ToolSpec, prompt: str | None = None) -> dict:
 
     kw = model_kwargs(pipe, steps_of(pipe, spec), spec.guidance_scale)
     kw["generator"] = torch.Generator("cpu").manual_seed(spec.seed)
+    if getattr(spec, "num_images", 1) > 1:
+        kw["num_images_per_prompt"] = spec.num_images
     if prompt is not None:
         kw["prompt"] = prompt
     return kw

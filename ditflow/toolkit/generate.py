@@ -21,7 +21,8 @@ BLANK_CLAUSE = "blank"  # what a spare cell without a reference is called in the
 
 
 def generate(pipe, spec: GenerateSpec, progress: Progress | None = None) -> tuple[list[Image.Image], ToolRecord]:
-    """One image from a prompt. `spec.classifier_guidance > 0` steers towards the attributes the prompt names."""
+    """`spec.num_images` images from a prompt, in one batch. `spec.classifier_guidance > 0` steers towards the
+    attributes the prompt names."""
     if spec.classifier_guidance > 0:
         from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
         from ditflow.schemas import GuideSpec
