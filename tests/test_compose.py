@@ -44,8 +44,11 @@ def test_only_a_model_that_binds_one_object_composes_and_only_scenes_of_several(
     assert needs_composing(builtin, "a red circle and a blue square")
     assert needs_composing(builtin, "three yellow squares")
     assert not needs_composing(builtin, "a red circle on the left")
+    assert not needs_composing(builtin, "a red circle on the left on a white background")  # its own background
+    assert needs_composing(builtin, "a red circle on the left on a black background")  # painted in last
     assert not needs_composing(builtin, "a red circle and a dragon")  # outside the world: drawn as asked
     assert not needs_composing(tiny_flux_pipeline(), "a red circle and a blue square")  # no declared limit
+    assert not needs_composing(tiny_flux_pipeline(), "a red circle on black")
 
 
 def test_compose_draws_the_first_object_then_inpaints_the_next_and_keeps_what_was_drawn(builtin):
@@ -93,3 +96,21 @@ def test_a_regenerate_repair_redraws_as_the_first_pass_did(builtin):
     out, rec = run_repair(builtin, Repair("regenerate", "saw one"), blank, desc, None, req, [], {}, 1, seed=3, steps=4)
     assert rec.tool == "compose" and rec.details["repair"] == "regenerate" and len(rec.details["layout"]) == 2
     assert out.size == (64, 64)
+
+
+def test_a_scene_on_another_background_is_drawn_on_the_models_own_and_painted_in_around_the_objects(builtin):
+    desc = "a pair of orange triangles on a black background"
+    image, records = compose(builtin, desc, seed=2, steps=4)
+    assert [r.tool for r in records] == ["generate", "edit", "edit", "compose"]
+    assert "black" not in records[0].spec["prompt"] and "white" in records[0].spec["prompt"]
+    assert records[2].spec["prompt"] == "a plain black background" and records[-1].details["background_painted"]
+    before = compose(builtin, desc.replace("black", "white"), seed=2, steps=4)[0]  # the same draws, not painted
+    _, seen = detections(before)
+    keep = np.zeros((64, 64), bool)
+    for d in seen:
+        keep |= world.object_mask(before, d.box)
+    assert keep.any() and (np.asarray(image)[keep] == np.asarray(before)[keep]).all()  # the objects stay exactly
+    assert np.asarray(image)[~keep].mean() < 100  # and the rest is painted dark
+    lone, records = compose(builtin, "a cyan circle on gray", seed=1, steps=4)
+    assert records[0].spec["prompt"] == "a cyan circle on a white background"  # unplaced, as described
+    assert records[-1].details["layout"] == [{"prompt": "a cyan circle on a white background", "box": None}]

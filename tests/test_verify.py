@@ -190,3 +190,5 @@ def test_bench_runs_both_modes_on_a_real_pipeline_within_the_budget():
     assert off.seconds > 0 and on.seconds > 0 and not off.errors and not on.errors
     text = report(r)
     assert "repair steps=0.5× default" in text and "budget respected by every output: yes" in text
+    assert len(on.failed) == on.outputs - on.satisfied  # a random model fails: each failure is listed to look at
+    assert all(f"unsatisfied with verification on: {f}" in text for f in on.failed[:10])

@@ -1,5 +1,7 @@
 """Composed generation: a scene of more objects than the model draws right in one prompt is drawn one object at a
-time, the first with the background, each further one inpainted into a cell of its own.
+time, the first with the background, each further one inpainted into a cell of its own. A scene on a background
+the model draws objects poorly on has its objects drawn on the model's own background, and its background painted
+in around them last.
 
 GenArtist (arXiv 2407.05600) decomposes a complex prompt into a generation and object additions by editing tools.
 We do it when the model says it needs it: `PipelineInfo.objects_per_prompt` (the builtin model: 1; None for
@@ -10,12 +12,18 @@ prompted with one placed object fills its region well (`docs/benchmarks.md`, Ver
 The plan still says `generate`: what to draw. How to draw it on this model is the executor's business, and the
 tool record lists every call. Cells come from the description (a named position) or are the free cell farthest
 from the objects already placed; each inpaint keeps the objects detected so far out of its region.
+
+The builtin model draws objects on white far better than on black or gray (`PipelineInfo.object_background`):
+held-out scenes on black or gray were right 37.5% of the time drawn directly, 79% of them were right on white,
+and 75% after the background was painted in around the objects' exact silhouettes (eroding them by 1 px: 71%,
+dilating: 71%; n = 24).
 """
 from __future__ import annotations
 
 import time
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
@@ -50,14 +58,17 @@ def place(thing: sc.Thing, cell: str, w: int, h: int) -> tuple[sc.Thing, tuple]:
 
 
 def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple]], str | None] | None:
-    """Each object copy of the description, placed in a cell with the box it is drawn in, and the background;
-    None when the description is not a scene of world objects (an unknown phrase, or more copies than cells)."""
+    """Each object copy of the description, placed in a cell with the box it is drawn in (a lone copy: as
+    described, with no box), and the background; None when the description is not a scene of world objects (an
+    unknown phrase, or more copies than cells)."""
     from ditflow.agents.verify import expected_of
 
     exp = expected_of(description)
     copies = [t for t in exp.things for _ in range(t.count)]
     if not copies or exp.unknown or len(copies) > len(world.POSITION_CELL):
         return None
+    if len(copies) == 1:  # a lone object (composed for its background) is drawn where the description says, if it does
+        return [(copies[0], None)], exp.background
     placed: list[tuple[sc.Thing, tuple]] = []
     for t in sorted(copies, key=lambda t: t.position is None):  # named cells first, so free ones avoid them
         used = {p.position for p, _ in placed}
@@ -68,26 +79,34 @@ def layout(description: str, w: int, h: int) -> tuple[list[tuple[sc.Thing, tuple
 
 
 def needs_composing(pipe, description: str) -> bool:
-    """Whether this model should draw `description` object by object."""
-    limit = info_of(pipe).objects_per_prompt
-    if limit is None:
+    """Whether this model should draw `description` object by object, or on another background than its own."""
+    info = info_of(pipe)
+    if info.objects_per_prompt is None:
         return False
     from ditflow.agents.verify import expected_of
 
     exp = expected_of(description)
-    return not exp.unknown and sum(t.count for t in exp.things) > limit
+    if exp.unknown or not exp.things:
+        return False
+    return sum(t.count for t in exp.things) > info.objects_per_prompt or _repaints(info, exp.background)
+
+
+def _repaints(info, background: str | None) -> bool:
+    """Whether a scene on `background` gets its objects drawn on the model's own and this one painted in last."""
+    return background is not None and info.object_background not in (None, background)
 
 
 def compose(pipe, description: str, seed: int, progress=None, steps: int | None = None,
             size: tuple[int, int] | None = None, candidates: int = 1,
             pick: Pick | None = None) -> tuple[Image.Image, list[ToolRecord]]:
     """Draw `description` one object at a time: the first object with the background in one generation, then
-    each further copy inpainted into its cell, prompted with that copy alone. With `candidates` > 1 each draw
-    makes that many in one batch, and `pick` chooses among them against the scene drawn so far. Returns the image
-    and every tool record, the last one a `compose` record of the layout."""
+    each further copy inpainted into its cell, prompted with that copy alone. A background other than the one
+    the model draws objects on best (`PipelineInfo.object_background`) is painted in last, around the objects'
+    silhouettes. With `candidates` > 1 each draw makes that many in one batch, and `pick` chooses among them
+    against the scene drawn so far. Returns the image and every tool record, the last one a `compose` record."""
     from ditflow.agents.verify import detections
     from ditflow.schemas import EditSpec, GenerateSpec
-    from ditflow.toolkit.edit import edit, region_mask
+    from ditflow.toolkit.edit import edit, mask_image, plain_background, region_mask
     from ditflow.toolkit.generate import generate
 
     t0 = time.perf_counter()
@@ -97,7 +116,9 @@ def compose(pipe, description: str, seed: int, progress=None, steps: int | None 
     if got is None:
         raise ValueError(f"cannot compose {description!r}: it is not a scene of shapes-world objects")
     placed, background = got
-    text = lambda *things: sc.scene_text(sc.Scene(things, background))  # noqa: E731
+    repaint = _repaints(info, background)
+    drawn_on = info.object_background if repaint else background
+    text = lambda *things: sc.scene_text(sc.Scene(things, drawn_on))  # noqa: E731
     choose = lambda images, k: (pick(images, text(*(t for t, _ in placed[:k + 1]))) if pick and len(images) > 1
                                 else images[0]).convert("RGB")  # noqa: E731
     first = GenerateSpec(prompt=text(placed[0][0]), seed=seed, steps=steps, height=h, width=w, num_images=candidates)
@@ -111,9 +132,20 @@ def compose(pipe, description: str, seed: int, progress=None, steps: int | None 
         images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
         image = choose(images, k)
         records.append(rec)
+    if repaint:  # everything but the objects' own pixels becomes the background asked for
+        _, seen = detections(image)
+        keep = np.zeros((image.height, image.width), bool)
+        for d in seen:
+            keep |= world.object_mask(image, d.box)
+        spec = EditSpec(prompt=plain_background(background), mode="inpaint", strength=1.0, seed=seed + len(placed),
+                        steps=steps, num_images=candidates)
+        images, rec = edit(pipe, image, spec, mask=mask_image(~keep), progress=progress)
+        image = (pick(images, description) if pick and len(images) > 1 else images[0]).convert("RGB")
+        records.append(rec)
     records.append(ToolRecord(tool="compose", spec={"prompt": description, "seed": seed, "steps": steps},
                               seconds=time.perf_counter() - t0,
-                              details={"layout": [{"prompt": text(t), "box": [round(x) for x in b]}
+                              details={"layout": [{"prompt": text(t), "box": b and [round(x) for x in b]}
                                                   for t, b in placed], "candidates": candidates,
+                                       "background_painted": background if repaint else None,
                                        "model": info.name}))
     return image, records

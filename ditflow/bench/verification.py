@@ -43,6 +43,7 @@ class Tally:
     max_repairs: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "id#output: description (repairs tried)", to read the images
 
     @property
     def share(self) -> float:
@@ -103,7 +104,12 @@ def run_set(pipe, items: list[Item], *, verify: bool, budget: int, seed: int, ou
             if spec is None:
                 tally.not_checkable += 1
                 continue
-            tally.satisfied += world.score_panel(spec, Image.open(folder / name).convert("RGB")).satisfied
+            ok = world.score_panel(spec, Image.open(folder / name).convert("RGB")).satisfied
+            tally.satisfied += ok
+            if not ok:
+                tried = ", ".join(r.repair for r in rec.repairs if r.output == i)
+                tally.failed.append(f"{item.id}#{i}: {descs.get(i) or item.instruction}"
+                                    + (f" (repairs: {tried})" if tried else ""))
     return tally
 
 
@@ -186,6 +192,8 @@ def report(r: dict) -> str:
         for t in (on, off):
             for e in (t.errors if t else [])[:5]:
                 lines.append(f"  error: {e}")
+        for f in (on.failed if on else [])[:10]:
+            lines.append(f"  unsatisfied with verification on: {f}")
     ok = all(t.max_repairs <= r["budget"] for t in r["results"].values())
     lines.append(f"budget respected by every output: {'yes' if ok else 'NO'}")
     return "\n".join(lines)

@@ -44,6 +44,9 @@ class PipelineInfo:
     # objects one prompt draws right; scenes with more are drawn object by object (agents/compose.py). None: no
     # limit (FLUX.1). The builtin model binds attributes to one object per prompt.
     objects_per_prompt: int | None = None
+    # the background this model draws objects on best; a composed scene on another one gets its objects drawn on
+    # this one and its background painted in around them last (agents/compose.py). None: any (FLUX.1).
+    object_background: str | None = None
 
 
 def minilm_dir() -> Path:
@@ -102,7 +105,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         panel=meta.get("panel", 64), default_steps=meta.get("default_steps", 20),
                         default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
                         text_encoding=meta.get("text_encoding", UNMASKED_CLS),
-                        objects_per_prompt=meta.get("objects_per_prompt", 1))
+                        objects_per_prompt=meta.get("objects_per_prompt", 1),
+                        object_background=meta.get("object_background", "white"))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
