@@ -98,19 +98,20 @@ def test_a_regenerate_repair_redraws_as_the_first_pass_did(builtin):
     assert out.size == (64, 64)
 
 
-def test_a_scene_on_another_background_is_drawn_on_the_models_own_and_painted_in_around_the_objects(builtin):
+def test_a_scene_on_another_background_is_drawn_on_the_models_own_and_filled_in_around_the_objects(builtin):
     desc = "a pair of orange triangles on a black background"
     image, records = compose(builtin, desc, seed=2, steps=4)
-    assert [r.tool for r in records] == ["generate", "edit", "edit", "compose"]
+    assert [r.tool for r in records] == ["generate", "edit", "compose"]
     assert "black" not in records[0].spec["prompt"] and "white" in records[0].spec["prompt"]
-    assert records[2].spec["prompt"] == "a plain black background" and records[-1].details["background_painted"]
-    before = compose(builtin, desc.replace("black", "white"), seed=2, steps=4)[0]  # the same draws, not painted
+    assert records[-1].details["background_filled"] == "black"
+    before, white = compose(builtin, desc.replace("black", "white"), seed=2, steps=4)  # the same draws, not filled
+    assert white[-1].details["background_filled"] is None
     _, seen = detections(before)
     keep = np.zeros((64, 64), bool)
     for d in seen:
         keep |= world.object_mask(before, d.box)
     assert keep.any() and (np.asarray(image)[keep] == np.asarray(before)[keep]).all()  # the objects stay exactly
-    assert np.asarray(image)[~keep].mean() < 100  # and the rest is painted dark
+    assert (np.asarray(image)[~keep] == world.BACKGROUNDS["black"]).all()  # and the rest is the plain black
     lone, records = compose(builtin, "a cyan circle on gray", seed=1, steps=4)
     assert records[0].spec["prompt"] == "a cyan circle on a white background"  # unplaced, as described
     assert records[-1].details["layout"] == [{"prompt": "a cyan circle on a white background", "box": None}]
