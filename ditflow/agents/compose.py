@@ -36,6 +36,11 @@ from ditflow.schemas import ToolRecord
 Pick = Callable[[list[Image.Image], str], Image.Image]  # (candidates, what they must show) → the best one
 
 
+def best_of(images: list[Image.Image], description: str, pick: Pick | None) -> Image.Image:
+    """The candidate `pick` prefers against `description` (the first, when there is no choice to make)."""
+    return pick(images, description) if pick and len(images) > 1 else images[0]
+
+
 def free_cell(taken: list[tuple], w: int, h: int) -> str:
     """The grid cell farthest from every box in `taken` (the top-left one when nothing is taken)."""
     def gap(pos: str) -> float:
@@ -94,7 +99,7 @@ def needs_composing(pipe, description: str) -> bool:
 
 
 def _repaints(info, background: str | None) -> bool:
-    """Whether a scene on `background` gets its objects drawn on the model's own and this one painted in last."""
+    """Whether a scene on `background` gets its objects drawn on the model's own and this one filled in last."""
     return background in world.BACKGROUNDS and info.object_background not in (None, background)
 
 
@@ -121,8 +126,7 @@ def compose(pipe, description: str, seed: int, progress=None, steps: int | None 
     repaint = _repaints(info, background)
     drawn_on = info.object_background if repaint else background
     text = lambda *things: sc.scene_text(sc.Scene(things, drawn_on))  # noqa: E731
-    choose = lambda images, k: (pick(images, text(*(t for t, _ in placed[:k + 1]))) if pick and len(images) > 1
-                                else images[0]).convert("RGB")  # noqa: E731
+    choose = lambda images, k: best_of(images, text(*(t for t, _ in placed[:k + 1])), pick).convert("RGB")  # noqa: E731
     first = GenerateSpec(prompt=text(placed[0][0]), seed=seed, steps=steps, height=h, width=w, num_images=candidates)
     images, rec = generate(pipe, first, progress=progress)
     image, records = choose(images, 0), [rec]

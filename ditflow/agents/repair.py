@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.agents.compose import Pick, compose, free_cell, needs_composing, place, side_px
+from ditflow.agents.compose import Pick, best_of, compose, free_cell, needs_composing, place, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.pipelines import world
@@ -342,7 +342,6 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
     from ditflow.agents.execution import run_step
 
     w, h = image.size
-    choose = lambda images: pick(images, description) if pick and len(images) > 1 else images[0]  # noqa: E731
     kind = rep.kind
     if rep.kind == "count":  # drawn in or cleared out, copy by copy: planned here, on the image, then inpainted
         regions = _count_regions(image, rep.things, expected_of(description).things, rep.background)
@@ -374,7 +373,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         for mask, prompt in rep.regions:  # one object at a time, each on the result of the last
             spec = EditSpec(prompt=prompt, mode="inpaint", strength=1.0, seed=seed, steps=steps, num_images=candidates)
             images, rec = edit(pipe, image, spec, mask=mask, progress=progress)
-            images = [image := choose(images).convert("RGB")]
+            images = [image := best_of(images, description, pick).convert("RGB")]
             seconds += rec.seconds
             records.append({"prompt": prompt, "mask_fraction": rec.details.get("mask_fraction")})
         rec.seconds, rec.details = seconds, {**rec.details, "regions": records}
@@ -407,7 +406,7 @@ def run_repair(pipe, rep: Repair, image: Image.Image, description: str, origin: 
         spec = GenerateSpec(prompt=description, seed=seed, steps=steps, height=_mult16(h), width=_mult16(w),
                             guidance_scale=cfg, num_images=candidates)
         images, rec = generate(pipe, spec, progress=progress)
-        images = [choose(images)]
+        images = [best_of(images, description, pick)]
     out = images[0].convert("RGB")
     if out.size != image.size:
         out = out.resize(image.size, Image.BICUBIC)
