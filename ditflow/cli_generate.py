@@ -3,7 +3,7 @@
     ditflow generate "a red circle on the left" -o out.png --seed 1 --steps 20 --size 64x64
     ditflow generate --prompts-file prompts.txt -o outdir --seed 0          # outdir/0001.png, 0002.png, ...
     ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
-    ditflow generate "a blue circle" -o out.png --classifier-guidance 5
+    ditflow generate "a blue circle" -o out.png --classifier-guidance 2
 
 Everything is validated before the model loads, and every image is written atomically.
 """

@@ -255,6 +255,12 @@ def test_attribute_classifier_reads_every_attribute_guidance_aims_at():
     assert set(clf.heads()) == {"shape", "color", "position", "size"} and clf.labels["position"][0] == "top-left"
     acc = classifiers.evaluate(clf, "attributes", n=256, seed=777)
     assert min(acc[h] for h in clf.heads()) >= 0.95, acc
+    # the softplus copy that guidance differentiates must still be the same classifier (at β = 10 it was not:
+    # colour 59%)
+    from ditflow.toolkit.guidance import smooth_activations
+
+    smooth = classifiers.evaluate(smooth_activations(clf), "attributes", n=256, seed=777)
+    assert min(smooth[h] for h in clf.heads()) >= 0.95, smooth
 
 
 def test_guidance_leaves_a_sample_alone_once_the_classifier_is_sure(pipe):
@@ -278,3 +284,18 @@ def test_guidance_leaves_a_sample_alone_once_the_classifier_is_sure(pipe):
         out = hook(pipe, latents, x0, 0.5)
         step = float((out - latents).abs().max())  # ungated, a normalised step moves some latent by ≈0.1 or more
         assert (step > 1e-3) == moves, (margin, step)
+
+
+def test_bench_guide_pairs_the_runs_prompt_by_prompt(tmp_path):
+    # the guide section's lift is paired (same prompts, seeds and steps): lost and gained prompts account for it
+    import json
+
+    from ditflow.bench import toolkit as bench
+
+    out = tmp_path / "guide.json"
+    assert bench.cli(["--sections", "guide", "--n", "2", "--steps", "2", "--guide-scale", "30",
+                      "--json", str(out)]) == 0
+    g = json.loads(out.read_text())["guide"]
+    assert g["n"] == 2 and g["scale"] == 30
+    assert g["lift_points"] == pytest.approx(100 * (g["gained"] - g["lost"]) / g["n"])
+    assert g["lift_points"] == pytest.approx(100 * (g["guided"]["overall"] - g["unguided"]["overall"]))

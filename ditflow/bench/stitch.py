@@ -17,6 +17,7 @@ import time
 import torch
 
 from ditflow.pipelines.stitch import apply_stitch, remove_stitch
+from ditflow.pipelines.world import paired_change
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.4, 2.0  # ≥1.4× at ≤2 points of score lost
@@ -58,16 +59,6 @@ def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20,
         r["speedup"] = base["seconds"] / r["seconds"]
         r.update(paired_change(base["passed"], r["passed"]))
     return rows
-
-
-def paired_change(base: tuple[bool, ...], other: tuple[bool, ...]) -> dict:
-    """Score change in points with its 95% normal interval, from per-prompt differences of the same prompts."""
-    d = [int(b) - int(a) for a, b in zip(base, other, strict=True)]
-    n = len(d)
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    return dict(score_change_points=100 * mean, ci95_points=100 * 1.96 * (var / n) ** 0.5,
-                lost=d.count(-1), gained=d.count(1))
 
 
 def print_table(rows: list[dict]) -> None:

@@ -26,7 +26,7 @@ from ditflow.pipelines import world
 SECTIONS = ("restore", "classify", "guide", "edit", "group")
 HELDOUT_SEED = 31_337  # scenes never drawn by classifier or model training (they use small seeds)
 RESTORE_CASES = (("noise", 0.2), ("blur", 1.5), ("sr4", None), ("inpaint", 0.25))
-GUIDE_SCALE = 5.0
+GUIDE_SCALE = 2.0
 
 
 def _scenes(n: int, kind: str, seed: int) -> list[world.Sample]:
@@ -81,8 +81,11 @@ def bench_guide(pipe, n: int, steps: int | None, scale: float) -> dict:
             img, _ = guided_generate(pipe, g, classifier=clf)
             pairs[sc].append((spec, img[0]))
     rep = {sc: world.score_many(p) for sc, p in pairs.items()}
+    # paired, prompt by prompt: a push redraws samples either way, and the lost/gained split says which
+    change = world.paired_change(rep[0.0].passed, rep[scale].passed)
     return {"n": len(prompts), "scale": scale, "unguided": rep[0.0].as_dict(), "guided": rep[scale].as_dict(),
-            "lift_points": round(100 * (rep[scale].overall - rep[0.0].overall), 1)}
+            "lift_points": round(change["score_change_points"], 1), "ci95_points": round(change["ci95_points"], 1),
+            "lost": change["lost"], "gained": change["gained"]}
 
 
 def _outside_psnr(a: Image.Image, b: Image.Image, mask: Image.Image) -> float:

@@ -580,6 +580,17 @@ def score_many(pairs: list[tuple[CanvasSpec, Image.Image]]) -> Report:
                   len(pairs), mean(allk), tuple(passed))
 
 
+def paired_change(base: tuple[bool, ...], other: tuple[bool, ...]) -> dict:
+    """Score change from `base` to `other` in points, with its 95% normal interval, from per-prompt differences of the
+    same prompts and seeds (`Report.passed` of two runs), and the prompts lost and gained."""
+    d = [int(b) - int(a) for a, b in zip(base, other, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return dict(score_change_points=100 * mean, ci95_points=100 * 1.96 * (var / n) ** 0.5,
+                lost=d.count(-1), gained=d.count(1))
+
+
 def with_color(spec: ObjectSpec, color: str) -> ObjectSpec:
     return replace(spec, color=color)
 

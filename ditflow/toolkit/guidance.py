@@ -26,7 +26,11 @@ from ditflow.pipelines.loading import info_of
 from ditflow.schemas import GuideSpec, ToolRecord
 from ditflow.toolkit.flux import Progress, call_kwargs, check_size, decode, noise_like, step_callback, x0_hook
 
-SOFTPLUS_BETA = 10.0  # sharp enough to keep the classifier's accuracy, smooth enough for useful gradients
+# Sharp enough to keep the classifier's accuracy, smooth enough for useful gradients. Measured on the builtin
+# attribute classifier (clean held-out scenes, all four heads right): ReLU 98.0%, β = 100 98.0%, β = 30 97.3%,
+# β = 10 46.9% (colour 59%). Each softplus adds up to ln 2/β where a ReLU gives 0, and in a small CNN fed [0, 1]
+# pixels those offsets swamp the activations; at β = 10 guidance followed a broken classifier.
+SOFTPLUS_BETA = 100.0
 STEP_UNIT = 0.02  # latent RMS moved per step at scale 1, at the schedule's peak (gradients are RMS-normalised)
 
 
