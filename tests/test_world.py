@@ -97,14 +97,12 @@ def test_render_is_deterministic_given_the_rng():
 
 
 def test_paired_change_counts_prompts_and_widens_with_disagreement():
-    from ditflow.pipelines.world import paired_change
-
-    same = paired_change((True, False, True, False), (True, False, True, False))
+    same = world.paired_change((True, False, True, False), (True, False, True, False))
     assert same == dict(score_change_points=0.0, ci95_points=0.0, lost=0, gained=0)
-    moved = paired_change((True,) * 5 + (False,) * 5, (False,) * 2 + (True,) * 3 + (True,) + (False,) * 4)
+    moved = world.paired_change((True,) * 5 + (False,) * 5, (False,) * 2 + (True,) * 3 + (True,) + (False,) * 4)
     assert (moved["lost"], moved["gained"]) == (2, 1)
     assert moved["score_change_points"] == pytest.approx(-10.0)
     # per-prompt differences -1,-1,0,0,0,+1,0,0,0,0: sample sd 0.568, so 1.96 · 0.568 / √10 = 35.2 points
     assert moved["ci95_points"] == pytest.approx(35.2, abs=0.1)
     with pytest.raises(ValueError):
-        paired_change((True,), (True, False))
+        world.paired_change((True,), (True, False))
