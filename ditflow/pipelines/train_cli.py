@@ -1,4 +1,4 @@
-"""`ditflow train builtin | distill | classifiers`: each target is a module with `cli(argv)`."""
+"""`ditflow train builtin | distill | stitch | classifiers`: each target is a module with `cli(argv)`."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +7,7 @@ import sys
 TARGETS = {
     "builtin": ("ditflow.pipelines.train", "the VAE and both transformers of the builtin model (resumable)"),
     "distill": ("ditflow.pipelines.distill", "CLEAR distillation: full-attention teacher → local-attention student"),
+    "stitch": ("ditflow.pipelines.stitch_distill", "T-Stitch: the small model distilled on the large one's early steps"),
     "classifiers": ("ditflow.pipelines.classifiers", "the attribute and degradation classifiers"),
 }
 

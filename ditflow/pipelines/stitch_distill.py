@@ -1,0 +1,328 @@
+"""Trajectory distillation for T-Stitch: the small transformer learns the large one's early steps.
+
+T-Stitch (`stitch.py`) gives the small model the first fraction f of the steps and the large one the rest. The
+large model inherits whatever layout the small one put down in those noisy steps, so the handover keeps the large
+model's quality only if the small model moves the latents where the large one would have. The general small model
+learned flow matching from data. At high noise its target ε − x0 is mostly noise, and with a fifth of the capacity
+it lays things out worse than the large model: on the builtin pair, f = 0.4 loses about 11 points in `bench stitch`.
+
+Here a copy of the small model learns the large model's own velocities instead. The inputs are the states of the
+large model's sampling trajectories, at the steps the small model will take. The target is the large model's
+estimate of E[ε − x0 | x_t], with none of the data's noise. Both the conditional and the unconditional velocity are
+matched, so true CFG combines them as before; the CFG-combined velocity, which is what moves the latents, is matched
+too.
+
+The student ships as a third transformer of the builtin folder, `transformer_stitch`, which `--stitch` prefers.
+`builtin-small` stays the general small model.
+
+    ditflow train stitch --minutes 20 --out runs/stitch-distill
+    ditflow bench stitch --small "runs/stitch-distill#transformer_stitch" --fractions 0 0.4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+STUDENT = "transformer_stitch"  # subfolder of the builtin folder; `builtin-stitch` loads it
+
+
+@dataclass
+class StitchDistillConfig:
+    """Args:
+        model: a builtin-style folder (or `builtin`) holding the large `transformer` and the student's start.
+        start: the transformer subfolder the student starts from (the general small model).
+        fraction: the share of `steps` the student learns; it then serves every stitch fraction up to this.
+        steps: the sampling schedule the trajectories follow (the builtin default is 20).
+        n_prompts: training captions (never the held-out ones) whose trajectories the large model records.
+        batch: trajectories per recording call, and states per optimiser step.
+        lr: peak learning rate, falling linearly to 10% over the budget.
+        minutes, max_steps: the training budget, whichever ends first.
+        eval_n: held-out prompts for the handover gap (0 skips it).
+        out: a copy of `model` with the student in `transformer_stitch`.
+    """
+
+    model: str = "builtin"
+    start: str = "transformer_small"
+    fraction: float = 0.5
+    steps: int = 20
+    n_prompts: int = 768
+    batch: int = 16
+    lr: float = 1e-4
+    minutes: float = 20.0
+    max_steps: int = 1_000_000
+    eval_n: int = 32
+    seed: int = 0
+    out: str = "runs/stitch-distill"
+
+    def check(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1]; got {self.fraction}")
+        for name in ("steps", "n_prompts", "batch", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1; got {getattr(self, name)}")
+        if round(self.fraction * self.steps) < 1:
+            raise ValueError(f"fraction {self.fraction} of {self.steps} steps is no step at all")
+
+
+@dataclass
+class Trajectories:
+    """The large model's first k steps for the prompts of one canvas size (R = 2 with true CFG: cond, uncond)."""
+
+    size: tuple[int, int]
+    x: torch.Tensor  # (N, k, L, C): the latents each step starts from
+    t: torch.Tensor  # (k,): the transformer's timestep input
+    v: torch.Tensor  # (N, k, R, L, C): the large model's velocities
+    seq: torch.Tensor  # (N, R, T, D): text states (the unconditional ones are the empty prompt's)
+    pooled: torch.Tensor  # (N, R, D)
+    img_ids: torch.Tensor
+    txt_ids: torch.Tensor
+    guidance: float | None  # a guidance-distilled model's guidance input
+
+
+# ----------------------------------------------------------------------------- recording
+def training_prompts(n: int, seed: int) -> dict[tuple[int, int], list[str]]:
+    """Training captions of every kind and layout, grouped by canvas (height, width)."""
+    from ditflow.pipelines import world
+
+    rng = random.Random(seed)
+    out: dict[tuple[int, int], list[str]] = {}
+    got = 0
+    while got < n:
+        spec = world.sample_spec(rng)
+        text = world.caption(spec, rng)
+        if world.seen_in_training(text):
+            out.setdefault(tuple(spec.size), []).append(text)
+            got += 1
+    return out
+
+
+def first_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int], k: int, steps: int,
+                keep: bool = True) -> tuple[torch.Tensor, list[dict]]:
+    """Run the pipeline for its first k steps of `steps`; returns the latents after them and, with `keep`, the
+    inputs and outputs of every transformer call (cond and uncond alternate under true CFG)."""
+    from ditflow.pipelines.sampling import call_kwargs, generators
+
+    calls: list[dict] = []
+
+    def record(module, args, kwargs, output):
+        calls.append({**{n: kwargs.get(n) for n in ("hidden_states", "timestep", "encoder_hidden_states",
+                                                      "pooled_projections", "img_ids", "txt_ids", "guidance")},
+                      "v": output[0]})
+
+    def stop_after_k(p, i, t, kw):
+        if i + 1 >= k:
+            p._interrupt = True  # FluxPipeline skips the remaining steps (diffusers' documented interrupt)
+        return {}
+
+    handle = pipe.transformer.register_forward_hook(record, with_kwargs=True) if keep else None
+    try:
+        h, w = size
+        latents = pipe(prompts, height=h, width=w, generator=generators(seeds), output_type="latent",
+                       callback_on_step_end=stop_after_k, **call_kwargs(pipe, steps)).images
+    finally:
+        if handle is not None:
+            handle.remove()
+    return latents, calls
+
+
+@torch.no_grad()
+def record_trajectories(pipe, cfg: StitchDistillConfig, log=print) -> list[Trajectories]:
+    k = round(cfg.fraction * cfg.steps)
+    groups = []
+    for size, prompts in training_prompts(cfg.n_prompts, cfg.seed).items():
+        parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "seq": [], "pooled": []}
+        t0 = time.monotonic()
+        for start in range(0, len(prompts), cfg.batch):
+            chunk = prompts[start:start + cfg.batch]
+            _, calls = first_steps(pipe, chunk, size, [cfg.seed + 100_000 + start + j for j in range(len(chunk))],
+                                   k, cfg.steps)
+            r = len(calls) // k
+            if r not in (1, 2) or len(calls) != r * k:
+                raise RuntimeError(f"expected 1 or 2 transformer calls per step, got {len(calls)} for {k} steps")
+            per = [calls[i * r:(i + 1) * r] for i in range(k)]  # per step: [cond, (uncond)]
+            parts["x"].append(torch.stack([s[0]["hidden_states"] for s in per], 1))
+            parts["v"].append(torch.stack([torch.stack([c["v"] for c in s], 1) for s in per], 1))
+            # the empty negative prompt comes as a batch of one, which the transformer broadcasts
+            b = len(chunk)
+            parts["seq"].append(torch.stack([c["encoder_hidden_states"].expand(b, -1, -1) for c in per[0]], 1))
+            parts["pooled"].append(torch.stack([c["pooled_projections"].expand(b, -1) for c in per[0]], 1))
+        first = calls[0]
+        g = first["guidance"]
+        groups.append(Trajectories(size, torch.cat(parts["x"]), torch.stack([s[0]["timestep"][0] for s in per]),
+                                   torch.cat(parts["v"]), torch.cat(parts["seq"]), torch.cat(parts["pooled"]),
+                                   first["img_ids"], first["txt_ids"], None if g is None else float(g.flatten()[0])))
+        log(f"recorded {len(prompts)} trajectories at {size[0]}×{size[1]}, {k} steps each, "
+            f"in {time.monotonic() - t0:.0f} s")
+    return groups
+
+
+# ----------------------------------------------------------------------------- the loss
+def cfg_scale(pipe) -> float:
+    from ditflow.pipelines.sampling import call_kwargs
+
+    return float(call_kwargs(pipe).get("true_cfg_scale", 1.0))
+
+
+def predict(student, g: Trajectories, idx: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """The student's velocities for the chosen states, (B, R, L, C), cond and uncond in one batched call."""
+    b, r = len(idx), g.v.shape[2]
+    x = g.x[idx, ks]
+    kw = {}
+    if g.guidance is not None:
+        kw["guidance"] = torch.full((r * b,), g.guidance)
+    out = student(hidden_states=x.repeat(r, 1, 1), timestep=g.t[ks].repeat(r),
+                  encoder_hidden_states=g.seq[idx].transpose(0, 1).flatten(0, 1),
+                  pooled_projections=g.pooled[idx].transpose(0, 1).flatten(0, 1),
+                  img_ids=g.img_ids, txt_ids=g.txt_ids, return_dict=False, **kw)[0]
+    return out.unflatten(0, (r, b)).transpose(0, 1)
+
+
+def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, scale: float) -> tuple[torch.Tensor, dict]:
+    """MSE on every velocity, plus on the CFG-combined one when there is an unconditional one."""
+    each = F.mse_loss(pred, target)
+    if pred.shape[1] == 1:
+        return each, {"each": each.item()}
+    guided = lambda v: v[:, 1] + scale * (v[:, 0] - v[:, 1])  # noqa: E731 (diffusers' true-CFG combination)
+    combined = F.mse_loss(guided(pred), guided(target))
+    return each + combined, {"each": each.item(), "guided": combined.item()}
+
+
+def train_student(student, groups: list[Trajectories], scale: float, cfg: StitchDistillConfig, log=print) -> list:
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    weights = [g.x.shape[0] for g in groups]
+    rng = random.Random(cfg.seed)
+    history, start = [], time.monotonic()
+    student.train()
+    step = 0
+    while step < cfg.max_steps and time.monotonic() - start < 60 * cfg.minutes:
+        done = min(1.0, (time.monotonic() - start) / (60 * cfg.minutes))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (1 - 0.9 * done)
+        g = rng.choices(groups, weights)[0]
+        idx = torch.randint(0, g.x.shape[0], (cfg.batch,), generator=gen)
+        ks = torch.randint(0, g.x.shape[1], (cfg.batch,), generator=gen)
+        loss, parts = trajectory_loss(predict(student, g, idx, ks), g.v[idx, ks], scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        history.append({"step": step, **parts})
+        if step % 100 == 0:
+            log(json.dumps({"step": step, "min": round((time.monotonic() - start) / 60, 1),
+                            **{k: round(v, 5) for k, v in parts.items()}}))
+        step += 1
+    student.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- how far apart at the handover
+@torch.no_grad()
+def handover_gap(pipe, small, fraction: float, steps: int, n: int, seed: int = 0) -> float:
+    """Mean relative squared distance, at the handover, between the latents the stitched pipeline hands the large
+    model and those the large model reaches alone, over n held-out single-panel prompts (same seeds)."""
+    from ditflow.pipelines import world
+    from ditflow.pipelines.stitch import apply_stitch, remove_stitch
+
+    prompts = [t for t, s in world.heldout_prompts(n) if s.layout == (1, 1)][:n]
+    k = round(fraction * steps)
+    size = (world.PANEL, world.PANEL)
+    seeds = [seed + i for i in range(len(prompts))]
+    alone, _ = first_steps(pipe, prompts, size, seeds, k, steps, keep=False)
+    apply_stitch(pipe, small, fraction)
+    try:
+        stitched, _ = first_steps(pipe, prompts, size, seeds, k, steps, keep=False)
+    finally:
+        remove_stitch(pipe)
+    return float(((stitched - alone) ** 2).sum((1, 2)).div((alone ** 2).sum((1, 2))).mean())
+
+
+# ----------------------------------------------------------------------------- entry points
+def source_dir(model: str) -> Path:
+    from ditflow.pipelines.loading import BUILTIN_DIR
+
+    return BUILTIN_DIR if model in ("builtin", "builtin-large") else Path(model)
+
+
+def export(student, source: Path, out: Path, meta: dict) -> Path:
+    """`out` = a copy of the source folder plus the student in `transformer_stitch` (fp16, as the other
+    transformers), written beside and swapped in, so a kill leaves the previous folder whole."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STUDENT))
+    student.to(torch.float16).save_pretrained(tmp / STUDENT, safe_serialization=True)
+    student.to(torch.float32)
+    from ditflow.pipelines.loading import DITFLOW_META
+
+    info_path = tmp / DITFLOW_META
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["stitch_student"] = meta
+    info_path.write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def main(pipe=None, small=None, log=print, install: bool = False, **overrides) -> dict:
+    """Record, distil, export; returns the report (also `out/stitch_distill.json`)."""
+    from ditflow.pipelines.loading import BUILTIN_DIR, load_pipeline
+
+    known = {f.name for f in fields(StitchDistillConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; choose from {sorted(known)}")
+    cfg = StitchDistillConfig(**overrides)
+    cfg.check()
+    torch.manual_seed(cfg.seed)
+    source = source_dir(cfg.model)
+    pipe = pipe or load_pipeline(str(source), device="cpu")
+    pipe.transformer.eval().requires_grad_(False)
+    small = small or load_pipeline(f"{source}#{cfg.start}", device="cpu").transformer
+    student = small.__class__.from_config(small.config)
+    student.load_state_dict(small.state_dict())
+    groups = record_trajectories(pipe, cfg, log)
+    scale = cfg_scale(pipe)
+    report = {"config": asdict(cfg), "cfg_scale": scale,
+              "states": sum(g.x.shape[0] * g.x.shape[1] for g in groups)}
+    t0 = time.monotonic()
+    history = train_student(student, groups, scale, cfg, log)
+    report.update(optimizer_steps=len(history), train_minutes=round((time.monotonic() - t0) / 60, 1),
+                  first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
+    if cfg.eval_n:
+        for f in sorted({0.4, cfg.fraction}):
+            if f <= cfg.fraction:
+                report[f"handover_gap_f{f}"] = {
+                    "start": handover_gap(pipe, small, f, cfg.steps, cfg.eval_n, cfg.seed),
+                    "student": handover_gap(pipe, student, f, cfg.steps, cfg.eval_n, cfg.seed)}
+                log(f"handover gap at f = {f}: {report[f'handover_gap_f{f}']}")
+    out = export(student, source, Path(cfg.out), {k: v for k, v in report.items() if k != "first_loss"})
+    (out / "stitch_distill.json").write_text(json.dumps(report, indent=1, default=str))
+    if install:
+        shutil.copytree(out / STUDENT, BUILTIN_DIR / STUDENT, dirs_exist_ok=True)
+        log(f"installed {BUILTIN_DIR / STUDENT}")
+    return report
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ditflow train stitch", description=__doc__.splitlines()[0])
+    defaults = StitchDistillConfig()
+    for f in fields(StitchDistillConfig):
+        value = getattr(defaults, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
+    p.add_argument("--install", action="store_true", help=f"copy the student into the builtin folder as {STUDENT}")
+    args = vars(p.parse_args(argv))
+    main(install=args.pop("install"), **args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
