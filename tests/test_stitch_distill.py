@@ -41,6 +41,8 @@ def test_recorded_states_replay_to_the_large_models_velocities(recorded):
         # the second state is the Euler step from the first along the CFG-combined velocity (scale 3)
         v = g.v[:, 0, 1] + 3.0 * (g.v[:, 0, 0] - g.v[:, 0, 1])
         assert torch.allclose(g.x[:, 1], g.x[:, 0] + (g.t[1] - g.t[0]) * v, atol=1e-5)
+        with torch.no_grad():  # the teacher unrolled from its own noise lands on its recorded handover latents
+            assert sd.rollout_loss(pipe.transformer, g, idx, 3.0) < 1e-8
 
 
 def test_distilled_student_reaches_the_large_models_handover(recorded):
@@ -49,6 +51,7 @@ def test_distilled_student_reaches_the_large_models_handover(recorded):
     before = sd.handover_gap(pipe, small, CFG.fraction, CFG.steps, 6)
     history = sd.train_student(student, groups, sd.cfg_scale(pipe), CFG, log=quiet)
     assert history[-1]["each"] < 0.1 * history[0]["each"] and "guided" in history[-1]
+    assert "handover" not in history[-1]  # the rollout term is off by default
     after = sd.handover_gap(pipe, student, CFG.fraction, CFG.steps, 6)  # held-out prompts, unseen seeds
     assert after < 0.2 * before
 
@@ -70,7 +73,16 @@ def test_export_copies_the_folder_and_adds_the_student(tmp_path, recorded):
     assert next(small.parameters()).dtype == torch.float32  # the caller's model is left as it was
 
 
-@pytest.mark.parametrize("bad", [{"fraction": 0.0}, {"fraction": 1.5}, {"fraction": 0.01}, {"batch": 0}])
+def test_rollout_term_shrinks_the_gap_it_measures(recorded):
+    pipe, small, groups = recorded
+    student = copy.deepcopy(small)
+    cfg = dataclasses.replace(CFG, rollout=1.0, max_steps=60)
+    history = sd.train_student(student, groups, sd.cfg_scale(pipe), cfg, log=quiet)
+    assert history[-1]["handover"] < 0.2 * history[0]["handover"]
+
+
+@pytest.mark.parametrize("bad", [{"fraction": 0.0}, {"fraction": 1.5}, {"fraction": 0.01}, {"batch": 0},
+                                 {"rollout_batch": 0}])
 def test_config_refuses_impossible_settings(bad):
     with pytest.raises(ValueError):
         sd.StitchDistillConfig(**bad).check()

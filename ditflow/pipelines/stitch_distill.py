@@ -44,6 +44,10 @@ class StitchDistillConfig:
         n_prompts: training captions (never the held-out ones) whose trajectories the large model records.
         batch: trajectories per recording call, and states per optimiser step.
         lr: peak learning rate, falling linearly to 10% over the budget.
+        rollout: weight of the handover loss. The student is unrolled from the teacher's starting noise through
+            all the recorded steps with its own CFG-combined velocities, and the relative squared distance to the
+            teacher's handover latents is penalised (0 = per-step matching only).
+        rollout_batch: trajectories unrolled per optimiser step.
         minutes, max_steps: the training budget, whichever ends first.
         eval_n: held-out prompts for the handover gap (0 skips it).
         out: a copy of `model` with the student in `transformer_stitch`.
@@ -56,6 +60,8 @@ class StitchDistillConfig:
     n_prompts: int = 768
     batch: int = 16
     lr: float = 1e-4
+    rollout: float = 0.0
+    rollout_batch: int = 4
     minutes: float = 20.0
     max_steps: int = 1_000_000
     eval_n: int = 32
@@ -65,7 +71,7 @@ class StitchDistillConfig:
     def check(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1]; got {self.fraction}")
-        for name in ("steps", "n_prompts", "batch", "max_steps"):
+        for name in ("steps", "n_prompts", "batch", "max_steps", "rollout_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1; got {getattr(self, name)}")
         if round(self.fraction * self.steps) < 1:
@@ -78,8 +84,9 @@ class Trajectories:
 
     size: tuple[int, int]
     x: torch.Tensor  # (N, k, L, C): the latents each step starts from
-    t: torch.Tensor  # (k,): the transformer's timestep input
+    t: torch.Tensor  # (k + 1,): the transformer's timestep input at each step, then at the handover
     v: torch.Tensor  # (N, k, R, L, C): the large model's velocities
+    end: torch.Tensor  # (N, L, C): the latents it hands over after the k steps
     seq: torch.Tensor  # (N, R, T, D): text states (the unconditional ones are the empty prompt's)
     pooled: torch.Tensor  # (N, R, D)
     img_ids: torch.Tensor
@@ -107,7 +114,8 @@ def training_prompts(n: int, seed: int) -> dict[tuple[int, int], list[str]]:
 def first_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int], k: int, steps: int,
                 keep: bool = True) -> tuple[torch.Tensor, list[dict]]:
     """Run the pipeline for its first k steps of `steps`; returns the latents after them and, with `keep`, the
-    inputs and outputs of every transformer call (cond and uncond alternate under true CFG)."""
+    inputs and outputs of every transformer call (cond and uncond alternate under true CFG) and last the
+    timestep input the next step would get (the scheduler's σ at the handover)."""
     from ditflow.pipelines.sampling import call_kwargs, generators
 
     calls: list[dict] = []
@@ -120,6 +128,7 @@ def first_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int
     def stop_after_k(p, i, t, kw):
         if i + 1 >= k:
             p._interrupt = True  # FluxPipeline skips the remaining steps (diffusers' documented interrupt)
+            calls.append({"handover_t": p.scheduler.sigmas[k]})
         return {}
 
     handle = pipe.transformer.register_forward_hook(record, with_kwargs=True) if keep else None
@@ -138,26 +147,29 @@ def record_trajectories(pipe, cfg: StitchDistillConfig, log=print) -> list[Traje
     k = round(cfg.fraction * cfg.steps)
     groups = []
     for size, prompts in training_prompts(cfg.n_prompts, cfg.seed).items():
-        parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "seq": [], "pooled": []}
+        parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "end": [], "seq": [], "pooled": []}
         t0 = time.monotonic()
         for start in range(0, len(prompts), cfg.batch):
             chunk = prompts[start:start + cfg.batch]
-            _, calls = first_steps(pipe, chunk, size, [cfg.seed + 100_000 + start + j for j in range(len(chunk))],
-                                   k, cfg.steps)
+            end, calls = first_steps(pipe, chunk, size,
+                                     [cfg.seed + 100_000 + start + j for j in range(len(chunk))], k, cfg.steps)
+            handover_t = calls.pop()["handover_t"]
             r = len(calls) // k
             if r not in (1, 2) or len(calls) != r * k:
                 raise RuntimeError(f"expected 1 or 2 transformer calls per step, got {len(calls)} for {k} steps")
             per = [calls[i * r:(i + 1) * r] for i in range(k)]  # per step: [cond, (uncond)]
             parts["x"].append(torch.stack([s[0]["hidden_states"] for s in per], 1))
             parts["v"].append(torch.stack([torch.stack([c["v"] for c in s], 1) for s in per], 1))
+            parts["end"].append(end)
             # the empty negative prompt comes as a batch of one, which the transformer broadcasts
             b = len(chunk)
             parts["seq"].append(torch.stack([c["encoder_hidden_states"].expand(b, -1, -1) for c in per[0]], 1))
             parts["pooled"].append(torch.stack([c["pooled_projections"].expand(b, -1) for c in per[0]], 1))
         first = calls[0]
         g = first["guidance"]
-        groups.append(Trajectories(size, torch.cat(parts["x"]), torch.stack([s[0]["timestep"][0] for s in per]),
-                                   torch.cat(parts["v"]), torch.cat(parts["seq"]), torch.cat(parts["pooled"]),
+        t = torch.stack([s[0]["timestep"][0] for s in per] + [handover_t.to(per[0][0]["timestep"].dtype)])
+        groups.append(Trajectories(size, torch.cat(parts["x"]), t, torch.cat(parts["v"]), torch.cat(parts["end"]),
+                                   torch.cat(parts["seq"]), torch.cat(parts["pooled"]),
                                    first["img_ids"], first["txt_ids"], None if g is None else float(g.flatten()[0])))
         log(f"recorded {len(prompts)} trajectories at {size[0]}×{size[1]}, {k} steps each, "
             f"in {time.monotonic() - t0:.0f} s")
@@ -171,10 +183,11 @@ def cfg_scale(pipe) -> float:
     return float(call_kwargs(pipe).get("true_cfg_scale", 1.0))
 
 
-def predict(student, g: Trajectories, idx: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """The student's velocities for the chosen states, (B, R, L, C), cond and uncond in one batched call."""
+def predict(student, g: Trajectories, idx: torch.Tensor, ks: torch.Tensor, x: torch.Tensor | None = None):
+    """The student's velocities, (B, R, L, C), cond and uncond in one batched call, at the recorded states of
+    trajectories `idx` at steps `ks`, or at latents `x` (B, L, C) at those steps' timesteps."""
     b, r = len(idx), g.v.shape[2]
-    x = g.x[idx, ks]
+    x = g.x[idx, ks] if x is None else x
     kw = {}
     if g.guidance is not None:
         kw["guidance"] = torch.full((r * b,), g.guidance)
@@ -185,14 +198,29 @@ def predict(student, g: Trajectories, idx: torch.Tensor, ks: torch.Tensor) -> to
     return out.unflatten(0, (r, b)).transpose(0, 1)
 
 
+def guided(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The velocity that moves the latents: diffusers' true-CFG combination of (B, R, L, C) velocities."""
+    return v[:, 0] if v.shape[1] == 1 else v[:, 1] + scale * (v[:, 0] - v[:, 1])
+
+
 def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, scale: float) -> tuple[torch.Tensor, dict]:
     """MSE on every velocity, plus on the CFG-combined one when there is an unconditional one."""
     each = F.mse_loss(pred, target)
     if pred.shape[1] == 1:
         return each, {"each": each.item()}
-    guided = lambda v: v[:, 1] + scale * (v[:, 0] - v[:, 1])  # noqa: E731 (diffusers' true-CFG combination)
-    combined = F.mse_loss(guided(pred), guided(target))
+    combined = F.mse_loss(guided(pred, scale), guided(target, scale))
     return each + combined, {"each": each.item(), "guided": combined.item()}
+
+
+def rollout_loss(student, g: Trajectories, idx: torch.Tensor, scale: float) -> torch.Tensor:
+    """Relative squared distance at the handover between the student's own Euler trajectory, from the teacher's
+    starting noise, and the teacher's (FlowMatchEuler: x ← x + (σ_next − σ)·v)."""
+    x = g.x[idx, 0]
+    for j in range(g.x.shape[1]):
+        ks = torch.full((len(idx),), j)
+        x = x + (g.t[j + 1] - g.t[j]) * guided(predict(student, g, idx, ks, x), scale)
+    end = g.end[idx]
+    return (((x - end) ** 2).sum((1, 2)) / (end ** 2).sum((1, 2))).mean()
 
 
 def train_student(student, groups: list[Trajectories], scale: float, cfg: StitchDistillConfig, log=print) -> list:
@@ -211,6 +239,10 @@ def train_student(student, groups: list[Trajectories], scale: float, cfg: Stitch
         idx = torch.randint(0, g.x.shape[0], (cfg.batch,), generator=gen)
         ks = torch.randint(0, g.x.shape[1], (cfg.batch,), generator=gen)
         loss, parts = trajectory_loss(predict(student, g, idx, ks), g.v[idx, ks], scale)
+        if cfg.rollout > 0:
+            gap = rollout_loss(student, g, idx[:cfg.rollout_batch], scale)
+            loss = loss + cfg.rollout * gap
+            parts["handover"] = gap.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
