@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ditflow.kernels.local_attention import visible_pairs
 from ditflow.kernels.processors import install_local_attention
+from ditflow.pipelines.settings import add_flags, require_positive
 
 IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
 WEIGHTS_NAME = "local_attention_student.safetensors"
@@ -74,9 +75,7 @@ class DistillConfig:
             raise ValueError(f"height and width must be multiples of 16 px; got {self.height}×{self.width}")
         if not self.radius > 0:
             raise ValueError(f"radius must be > 0 tokens; got {self.radius}")
-        for name in ("n_samples", "teacher_steps", "steps", "batch", "attn_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1; got {getattr(self, name)}")
+        require_positive(self, ("n_samples", "teacher_steps", "steps", "batch", "attn_every"))
 
 
 # ----------------------------------------------------------------------------- data: the teacher's own samples
@@ -342,10 +341,6 @@ def main(pipe=None, log=print, **overrides) -> dict:
 
 def cli(argv: list[str] | None = None, command: str = "distill") -> int:
     p = argparse.ArgumentParser(prog="ditflow train distill", description=__doc__.splitlines()[0])
-    defaults = DistillConfig()
-    for f in fields(DistillConfig):
-        value = getattr(defaults, f.name)
-        kind = float if f.name == "minutes" else type(value)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=value)
+    add_flags(p, DistillConfig)
     main(**vars(p.parse_args(argv)))
     return 0

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ditflow.pipelines.settings import add_flags, require_positive
+
 STUDENT = "transformer_stitch"  # subfolder of the builtin folder; `builtin-stitch` loads it
 
 
@@ -71,9 +73,7 @@ class StitchDistillConfig:
     def check(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1]; got {self.fraction}")
-        for name in ("steps", "n_prompts", "batch", "max_steps", "rollout_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1; got {getattr(self, name)}")
+        require_positive(self, ("steps", "n_prompts", "batch", "max_steps", "rollout_batch"))
         if round(self.fraction * self.steps) < 1:
             raise ValueError(f"fraction {self.fraction} of {self.steps} steps is no step at all")
 
@@ -346,10 +346,7 @@ def main(pipe=None, small=None, log=print, install: bool = False, **overrides) -
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ditflow train stitch", description=__doc__.splitlines()[0])
-    defaults = StitchDistillConfig()
-    for f in fields(StitchDistillConfig):
-        value = getattr(defaults, f.name)
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=value)
+    add_flags(p, StitchDistillConfig)
     p.add_argument("--install", action="store_true", help=f"copy the student into the builtin folder as {STUDENT}")
     args = vars(p.parse_args(argv))
     main(install=args.pop("install"), **args)
