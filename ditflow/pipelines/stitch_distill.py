@@ -21,6 +21,7 @@ The student ships as a third transformer of the builtin folder, `transformer_sti
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import shutil
@@ -290,8 +291,7 @@ def export(student, source: Path, out: Path, meta: dict) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STUDENT))
-    student.to(torch.float16).save_pretrained(tmp / STUDENT, safe_serialization=True)
-    student.to(torch.float32)
+    copy.deepcopy(student).to(torch.float16).save_pretrained(tmp / STUDENT, safe_serialization=True)
     from ditflow.pipelines.loading import DITFLOW_META
 
     info_path = tmp / DITFLOW_META
@@ -319,8 +319,7 @@ def main(pipe=None, small=None, log=print, install: bool = False, **overrides) -
     pipe = pipe or load_pipeline(str(source), device="cpu")
     pipe.transformer.eval().requires_grad_(False)
     small = small or load_pipeline(f"{source}#{cfg.start}", device="cpu").transformer
-    student = small.__class__.from_config(small.config)
-    student.load_state_dict(small.state_dict())
+    student = copy.deepcopy(small)
     groups = record_trajectories(pipe, cfg, log)
     scale = cfg_scale(pipe)
     report = {"config": asdict(cfg), "cfg_scale": scale,
