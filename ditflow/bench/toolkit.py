@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 from ditflow.pipelines import world
+from ditflow.schemas import GuideSpec
 
 SECTIONS = ("restore", "classify", "guide", "edit", "group")
 HELDOUT_SEED = 31_337  # scenes never drawn by classifier or model training (they use small seeds)
 RESTORE_CASES = (("noise", 0.2), ("blur", 1.5), ("sr4", None), ("inpaint", 0.25))
-GUIDE_SCALE = 2.0
 
 
 def _scenes(n: int, kind: str, seed: int) -> list[world.Sample]:
@@ -69,7 +69,6 @@ def bench_classify(n: int) -> dict:
 
 def bench_guide(pipe, n: int, steps: int | None, scale: float) -> dict:
     from ditflow.pipelines import classifiers
-    from ditflow.schemas import GuideSpec
     from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
 
     clf = classifiers.load("attributes")
@@ -155,7 +154,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=32, help="scenes / prompts per section")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--sections", default=",".join(SECTIONS))
-    ap.add_argument("--guide-scale", type=float, default=GUIDE_SCALE)
+    ap.add_argument("--guide-scale", type=float, default=GuideSpec.model_fields["scale"].default,
+                    help="default: GuideSpec's, so the bench measures what users get")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

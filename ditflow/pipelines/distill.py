@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ditflow.kernels.local_attention import visible_pairs
 from ditflow.kernels.processors import install_local_attention
-from ditflow.pipelines.settings import add_flags, require_positive
+from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
 
 IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
 WEIGHTS_NAME = "local_attention_student.safetensors"
@@ -297,12 +297,7 @@ def load_teacher(model: str):
 
 def main(pipe=None, log=print, **overrides) -> dict:
     """Distill, save, evaluate. Returns the report (also written to `out/report.json`)."""
-    known = {f.name for f in fields(DistillConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown distill settings {unknown}; choose from {sorted(known)}")
-    cfg = DistillConfig(**overrides)
-    cfg.check()
+    cfg = from_overrides(DistillConfig, overrides, "distill")
     torch.manual_seed(cfg.seed)
     pipe = pipe or load_teacher(cfg.model)
     teacher = pipe.transformer.eval().requires_grad_(False)

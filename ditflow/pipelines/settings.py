@@ -1,4 +1,5 @@
-"""Dataclass settings of the training commands: one command-line flag per field, and the shared range check."""
+"""Dataclass settings of the training commands: one command-line flag per field, checked construction from
+keyword overrides, and the shared range check."""
 from __future__ import annotations
 
 import argparse
@@ -20,3 +21,14 @@ def require_positive(cfg, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be ≥ 1; got {getattr(cfg, name)}")
+
+
+def from_overrides(cls, overrides: dict, what: str):
+    """`cls(**overrides)`, refusing names that are not settings (naming the ones that are), then `check()`ed."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; choose from {sorted(known)}")
+    cfg = cls(**overrides)
+    cfg.check()
+    return cfg

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ditflow.pipelines.settings import add_flags, require_positive
+from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
 
 STUDENT = "transformer_stitch"  # subfolder of the builtin folder; `builtin-stitch` loads it
 
@@ -308,12 +308,7 @@ def main(pipe=None, small=None, log=print, install: bool = False, **overrides) -
     """Record, distil, export; returns the report (also `out/stitch_distill.json`)."""
     from ditflow.pipelines.loading import BUILTIN_DIR, load_pipeline
 
-    known = {f.name for f in fields(StitchDistillConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; choose from {sorted(known)}")
-    cfg = StitchDistillConfig(**overrides)
-    cfg.check()
+    cfg = from_overrides(StitchDistillConfig, overrides, "stitch")
     torch.manual_seed(cfg.seed)
     source = source_dir(cfg.model)
     pipe = pipe or load_pipeline(str(source), device="cpu")
