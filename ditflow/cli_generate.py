@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--classifier-guidance", type=float, default=0.0, metavar="SCALE",
                     help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin scenes)")
     ap.add_argument("--stitch", type=float, default=None, metavar="F",
-                    help="T-Stitch: the small model takes the first fraction F of the steps")
+                    help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
+    ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",
+                    help="where the --stitch steps sit: 0 = the first (T-Stitch), 1 = the last")
     add_model_args(ap)
     return ap
 
@@ -140,6 +142,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError(f"--max-panels {args.max_panels}: use 1 to {MAX_PANELS}")
     if args.stitch is not None and not 0.0 <= args.stitch <= 1.0:
         raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
+    if not 0.0 <= args.stitch_at <= 1.0:
+        raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]
@@ -157,7 +161,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
             except ImportError as e:
                 raise UserError(f"--stitch needs ditflow.pipelines.stitch, which is not available ({e})") from e
             small = load_model("builtin-small").transformer
-            apply_stitch(pipe, small, args.stitch)
+            apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
         if group is not None:
             images, _ = generate_group(pipe, group, [], progress)
             paths = [out / f"{i:04d}.png" for i in range(1, len(images) + 1)]

@@ -54,6 +54,33 @@ def test_first_fraction_of_steps_go_to_the_small_model(pair, fraction, small_ste
     assert not np.array_equal(out, _gen(pipe)) and stitched(pipe) is None
 
 
+@pytest.mark.parametrize("at,steps", [(0.0, [0, 1]), (0.5, [1, 2]), (1.0, [2, 3])])
+def test_at_places_the_small_models_steps(pair, at, steps):
+    # the steps the small model serves, read from the scheduler: first (T-Stitch), mid-way, or last
+    pipe, small = pair
+    seen = []
+    hook = small.register_forward_pre_hook(lambda m, a: seen.append(pipe.scheduler.step_index or 0))
+    stitch = apply_stitch(pipe, small, 0.5, at=at)
+    try:
+        _gen(pipe)
+    finally:
+        hook.remove()
+        remove_stitch(pipe)
+    assert seen == steps and stitch.calls == {"small": 2, "large": 2}
+
+
+def test_small_model_last_differs_from_first_and_all_small_is_placement_free(pair):
+    pipe, small = pair
+    outs = {}
+    for at in (0.0, 1.0):
+        for f in (0.5, 1.0):
+            apply_stitch(pipe, small, f, at=at)
+            outs[at, f] = _gen(pipe)
+            remove_stitch(pipe)
+    assert not np.array_equal(outs[0.0, 0.5], outs[1.0, 0.5])
+    assert np.array_equal(outs[0.0, 1.0], outs[1.0, 1.0])  # every step small: where they "sit" cannot matter
+
+
 def test_guidance_distilled_mismatch_both_ways():
     pipe = tiny_flux_pipeline(seed=1, guidance_embeds=True)  # FLUX.1-dev-like large model
     _, small = tiny_pair(seed=1)  # no guidance embedding
@@ -78,6 +105,9 @@ def test_incompatible_models_and_bad_fractions_raise(pair):
     for f in (-0.1, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             apply_stitch(pipe, small, f)
+    for at in (-0.5, 2.0):
+        with pytest.raises(ValueError, match="position"):
+            apply_stitch(pipe, small, 0.4, at=at)
     with pytest.raises(ValueError, match="different model"):
         apply_stitch(pipe, pipe.transformer, 0.4)
     assert stitched(pipe) is None

@@ -1,12 +1,13 @@
 """`ditflow bench stitch`: T-Stitch's speed/quality curve, every fraction measured in one run.
 
-For each fraction f the small model takes the first f of the steps. The bench generates the held-out
+For each fraction f the small model takes f of the steps: the first ones, or with `--at 1` the last ones. The bench generates the held-out
 `bench shapes` prompt set, scores it with the analytic scorer, and reports the wall time as a speedup over
 large-only (f = 0), together with the score change in points. The change is paired (same prompts, same seeds),
 so it comes with the prompts lost and gained and a 95% interval: a changed trajectory redraws the sample even
 when the small model is as good, so at 120 prompts the interval is several points wide.
 
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
+    ditflow bench stitch --fractions 0 0.4 --at 1           # the small model takes the last 40% instead
     ditflow bench stitch --tiny --n 2 --steps 4             # tiny random pair: timing only, scores meaningless
 """
 from __future__ import annotations
@@ -41,13 +42,13 @@ def tiny_pair(seed: int = 0):
 
 
 def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20, seed: int = 0,
-        kinds: tuple[str, ...] | None = None) -> list[dict]:
+        kinds: tuple[str, ...] | None = None, at: float = 0.0) -> list[dict]:
     from ditflow.bench.shapes import score_pipeline
 
     rows = []
     score_pipeline(pipe, 1, steps=2, seed=seed, kinds=("single",))  # warm-up: first-call allocations
     for f in fractions:
-        apply_stitch(pipe, small, f)
+        apply_stitch(pipe, small, f, at=at)
         t0 = time.perf_counter()
         report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
         rows.append(dict(fraction=f, seconds=time.perf_counter() - t0, score=report.overall,
@@ -74,7 +75,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIONS, n: int = 20, steps: int = 20,
-         seed: int = 0, tiny: bool = False, threads: int | None = None) -> list[dict]:
+         seed: int = 0, tiny: bool = False, threads: int | None = None, at: float = 0.0) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     if tiny:
@@ -85,8 +86,9 @@ def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIO
         pipe = load_pipeline(large)
         small_model = load_pipeline(small).transformer
     print(f"T-Stitch: large {'tiny' if tiny else large}, small {'tiny' if tiny else small}, {n} prompts per kind, "
-          f"{steps} steps, {torch.get_num_threads()} threads")
-    rows = run(pipe, small_model, fractions, n, steps, seed)
+          f"{steps} steps, {torch.get_num_threads()} threads, the small model's steps at {at:g} "
+          f"(0 = first, 1 = last)")
+    rows = run(pipe, small_model, fractions, n, steps, seed, at=at)
     print_table(rows)
     if tiny:
         print("(tiny random models: the timings exercise the harness; the scores and the goal line mean nothing)")
@@ -101,11 +103,15 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=20, help="held-out prompts per kind")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--at", type=float, default=0.0,
+                   help="where the small model's steps sit: 0 = the first (T-Stitch), 1 = the last")
     p.add_argument("--threads", type=int)
     p.add_argument("--tiny", action="store_true", help="tiny random pair (for checking the harness; no quality)")
     a = p.parse_args(argv)
     bad = [f for f in a.fractions if not 0 <= f <= 1]
     if bad:
         raise ValueError(f"fractions must lie in [0, 1]; got {bad}")
-    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads)
+    if not 0 <= a.at <= 1:
+        raise ValueError(f"--at must lie in [0, 1]; got {a.at}")
+    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at)
     return 0

@@ -1,4 +1,4 @@
-"""T-Stitch: a small transformer denoises the first fraction of the sampling steps, the large one the rest.
+"""T-Stitch: a small transformer denoises a share of the sampling steps (the first, by default), the large one the rest.
 
 Pan et al. 2024, "T-Stitch: Accelerating Sampling in Pre-trained Diffusion Models with Trajectory Stitching"
 (https://arxiv.org/abs/2402.14167): early, high-noise steps only lay out low frequencies, which a small model
@@ -8,6 +8,12 @@ The two models must share the latent space (VAE), the text conditioning and the 
     stitch = apply_stitch(pipe, small_transformer, 0.4)   # pipe.transformer stays the large model
     pipe("a red circle", num_inference_steps=20)          # steps 0-7 small, 8-19 large
     remove_stitch(pipe)
+
+Where the small model's steps sit is a choice (`at`): 0 puts them first, as the paper does; 1 puts them last,
+where the large model has already laid the scene out. On the builtin pair the last steps cost fewer points
+(docs/benchmarks.md, T-Stitch): that small model places objects worse than it sharpens them.
+
+    apply_stitch(pipe, small_transformer, 0.4, at=1.0)    # steps 0-11 large, 12-19 small
 
 The large transformer's `forward` is shadowed on the instance, so everything the pipeline reads from
 `pipe.transformer` (config, dtype, cache contexts, attention processors) is still the large model's, and any
@@ -30,12 +36,16 @@ class Stitch:
 
     small: torch.nn.Module
     fraction: float
+    at: float = 0.0  # where the small model's steps sit among all steps: 0 = first (T-Stitch), 1 = last
     guidance: float = DEFAULT_GUIDANCE
     calls: dict = field(default_factory=lambda: {"small": 0, "large": 0})
 
-    def small_steps(self, total: int) -> int:
-        """Steps (of `total`) that the small model takes: the first round(f · total)."""
-        return round(self.fraction * total)
+    def small_steps(self, total: int) -> range:
+        """The step indices (of `total`) that the small model takes: round(f · total) consecutive steps, starting
+        at the share `at` of the steps that remain (0: the first steps, 1: the last)."""
+        k = round(self.fraction * total)
+        start = round(self.at * (total - k))
+        return range(start, start + k)
 
 
 def check_compatible(large, small) -> None:
@@ -56,8 +66,9 @@ def _step(scheduler) -> tuple[int, int]:
     return int(index), total
 
 
-def apply_stitch(pipe, small_transformer, fraction: float, *, guidance: float = DEFAULT_GUIDANCE) -> Stitch:
-    """Route the first `fraction` of each sampling run's steps to `small_transformer`.
+def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
+                 guidance: float = DEFAULT_GUIDANCE) -> Stitch:
+    """Route a `fraction` of each sampling run's steps to `small_transformer`: the first ones by default.
 
     Args:
         pipe: a diffusers Flux-family pipeline; `pipe.transformer` is the large model and stays in place.
@@ -65,10 +76,14 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, guidance: float = 
             pooled_projection_dim and patch_size. Moved to the large model's device and dtype.
         fraction: share of the steps, counted over the full schedule, that the small model takes (0 = large
             only, 1 = small only).
+        at: where those steps sit: 0 = the first steps (T-Stitch), 1 = the last, 0.5 = mid-way.
         guidance: the guidance value given to a guidance-distilled small model when the large one takes none.
     """
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"stitch fraction must be in [0, 1] (the share of steps for the small model); got {fraction}")
+    if not 0.0 <= float(at) <= 1.0:
+        raise ValueError(f"stitch position must be in [0, 1] (0 = the small model takes the first steps, 1 = the "
+                         f"last); got {at}")
     large = pipe.transformer
     if small_transformer is large:
         raise ValueError("the small transformer is the pipeline's own transformer; pass a different model")
@@ -77,13 +92,13 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, guidance: float = 
     small = small_transformer
     if (small.device, small.dtype) != (large.device, large.dtype):
         small = small.to(device=large.device, dtype=large.dtype)
-    stitch = Stitch(small, float(fraction), float(guidance))
+    stitch = Stitch(small, float(fraction), float(at), float(guidance))
     large_forward = large.forward  # the bound class method
     small_takes_guidance = bool(small.config.get("guidance_embeds", False))
 
     def forward(*args, **kwargs):
         index, total = _step(pipe.scheduler)
-        if total == 0 or index >= stitch.small_steps(total):
+        if total == 0 or index not in stitch.small_steps(total):
             stitch.calls["large"] += 1
             return large_forward(*args, **kwargs)
         stitch.calls["small"] += 1
