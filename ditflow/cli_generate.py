@@ -144,6 +144,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
     if not 0.0 <= args.stitch_at <= 1.0:
         raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
+    if args.stitch_at and args.stitch is None:
+        raise UserError("--stitch-at places the small model's steps; give their share with --stitch F as well")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]

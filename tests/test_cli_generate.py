@@ -60,6 +60,7 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--size", "big", *m], "WIDTHxHEIGHT")
     _fails(capsys, ["generate", "o | a | b", "-o", str(out), "--panels", "3", *m], "gives 2 panel")
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.4", "--stitch-at", "2", *m], "--stitch-at 2")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-at", "1", *m], "with --stitch F")
     bad = tmp_path / "prompts.txt"
     bad.write_text("a red circle\n" + "y" * 3000 + "\n")
     _fails(capsys, ["generate", "--prompts-file", str(bad), "-o", str(tmp_path / "d"), *m], "line 2 of")

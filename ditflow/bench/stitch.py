@@ -1,10 +1,10 @@
 """`ditflow bench stitch`: T-Stitch's speed/quality curve, every fraction measured in one run.
 
-For each fraction f the small model takes f of the steps: the first ones, or with `--at 1` the last ones. The bench generates the held-out
-`bench shapes` prompt set, scores it with the analytic scorer, and reports the wall time as a speedup over
-large-only (f = 0), together with the score change in points. The change is paired (same prompts, same seeds),
-so it comes with the prompts lost and gained and a 95% interval: a changed trajectory redraws the sample even
-when the small model is as good, so at 120 prompts the interval is several points wide.
+For each fraction f the small model takes f of the steps: the first ones, or with `--at 1` the last ones. The
+bench generates the held-out `bench shapes` prompt set, scores it with the analytic scorer, and reports the wall
+time as a speedup over large-only (f = 0), together with the score change in points. The change is paired (same
+prompts, same seeds), so it comes with the prompts lost and gained and a 95% interval: a changed trajectory
+redraws the sample even when the small model is as good, so at 120 prompts the interval is several points wide.
 
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
     ditflow bench stitch --fractions 0 0.4 --at 1           # the small model takes the last 40% instead
