@@ -138,3 +138,18 @@ def test_training_batches_exclude_heldout_captions():
         images, captions = train.world_batch(rng, 16, layout)
         assert images.shape[-2:] == (layout[0] * 64, layout[1] * 64)
         assert all(world.seen_in_training(c) for c in captions)
+
+
+def test_export_leaves_the_callers_vae_in_full_precision(tmp_path):
+    """The export is fp16; the VAE that training goes on encoding with must not be rounded with it."""
+    from ditflow.pipelines.tiny import tiny_flux_pipeline
+
+    vae = tiny_flux_pipeline().vae
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(1e-4 * torch.randn_like(p))  # values that fp16 cannot hold exactly
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    out = train.export(tmp_path / "export", vae, {})
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+    saved = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in saved.values())

@@ -10,6 +10,7 @@ so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -427,8 +428,8 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    vae.to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
-    vae.to(torch.float32)
+    # A copy: rounding the caller's VAE to fp16 in place would change the latents the rest of the run encodes.
+    copy.deepcopy(vae).to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(tmp / "scheduler")
     for name, tr in trainees.items():
         sub = tr.recipe.export_as or f"ablation/{name}"
