@@ -4,6 +4,7 @@
     ditflow generate --prompts-file prompts.txt -o outdir --seed 0          # outdir/0001.png, 0002.png, ...
     ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
     ditflow generate "a blue circle" -o out.png --classifier-guidance 2
+    ditflow generate "a blue circle" -o out.png --stitch 0.4 --stitch-at 1   # builtin-small takes the last 8 steps
 
 Everything is validated before the model loads, and every image is written atomically.
 """
@@ -95,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
     ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",
                     help="where the --stitch steps sit: 0 = the first (T-Stitch), 1 = the last")
+    ap.add_argument("--stitch-model", default="builtin-small", metavar="ID_OR_PATH",
+                    help="the pipeline whose transformer takes the --stitch steps (default: builtin-small); any "
+                         "FLUX-family folder or hub id with the --model's latent space, or FOLDER#SUBFOLDER")
     add_model_args(ap)
     return ap
 
@@ -144,8 +148,9 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
     if not 0.0 <= args.stitch_at <= 1.0:
         raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
-    if args.stitch_at and args.stitch is None:
-        raise UserError("--stitch-at places the small model's steps; give their share with --stitch F as well")
+    for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model != "builtin-small")):
+        if given and args.stitch is None:
+            raise UserError(f"{flag} needs the small model's share of the steps: give --stitch F as well")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]
@@ -162,8 +167,11 @@ def cli(argv: list[str], command: str = "generate") -> int:
                 from ditflow.pipelines.stitch import apply_stitch
             except ImportError as e:
                 raise UserError(f"--stitch needs ditflow.pipelines.stitch, which is not available ({e})") from e
-            small = load_model("builtin-small").transformer
-            apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
+            small = load_model(args.stitch_model).transformer
+            try:
+                apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
+            except ValueError as e:  # the two models do not share a latent space or text conditioning
+                raise UserError(f"--stitch-model {args.stitch_model}: {e}") from e
         if group is not None:
             images, _ = generate_group(pipe, group, [], progress)
             paths = [out / f"{i:04d}.png" for i in range(1, len(images) + 1)]

@@ -38,6 +38,24 @@ def test_generate_one_image_is_seeded(model_dir, tmp_path):
     assert load_image(a).size == (32, 48) and sha256_file(a) == sha256_file(b)
 
 
+def test_stitch_model_takes_the_stitched_steps(model_dir, tmp_path):
+    """--stitch 1 hands every step to --stitch-model: the same weights give the plain image, others do not."""
+    other = tmp_path / "other"
+    pipe = tiny_flux_pipeline(seed=0)
+    pipe.transformer = tiny_flux_pipeline(seed=7).transformer  # same VAE and text encoder, another transformer
+    pipe.save_pretrained(other, safe_serialization=True)
+    outs = {}
+    for name, extra in (("plain", []), ("self", ["--stitch", "1", "--stitch-model", str(model_dir)]),
+                        ("other", ["--stitch", "1", "--stitch-model", str(other)]),
+                        ("half", ["--stitch", "0.5", "--stitch-at", "1", "--stitch-model", str(other)])):
+        outs[name] = tmp_path / f"{name}.png"
+        assert main(["generate", "a red circle", "-o", str(outs[name]), "--model", str(model_dir), "--size", "32x32",
+                     *FAST, *extra]) == 0
+    digest = {k: sha256_file(v) for k, v in outs.items()}
+    assert digest["self"] == digest["plain"]
+    assert len({digest["plain"], digest["other"], digest["half"]}) == 3
+
+
 def test_prompts_file_and_panels_write_numbered_images(model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square\na green triangle\n")
@@ -60,7 +78,11 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--size", "big", *m], "WIDTHxHEIGHT")
     _fails(capsys, ["generate", "o | a | b", "-o", str(out), "--panels", "3", *m], "gives 2 panel")
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.4", "--stitch-at", "2", *m], "--stitch-at 2")
-    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-at", "1", *m], "with --stitch F")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-at", "1", *m], "--stitch-at needs")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-model", str(model_dir), *m],
+           "--stitch-model needs")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.5", "--stitch-model", "builtin-small",
+                    *m, *FAST], "same latent space")  # the builtin's latents are not the tiny model's
     bad = tmp_path / "prompts.txt"
     bad.write_text("a red circle\n" + "y" * 3000 + "\n")
     _fails(capsys, ["generate", "--prompts-file", str(bad), "-o", str(tmp_path / "d"), *m], "line 2 of")
