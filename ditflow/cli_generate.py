@@ -4,7 +4,7 @@
     ditflow generate --prompts-file prompts.txt -o outdir --seed 0          # outdir/0001.png, 0002.png, ...
     ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
     ditflow generate "a blue circle" -o out.png --classifier-guidance 2
-    ditflow generate "a blue circle" -o out.png --stitch 0.4 --stitch-at 1   # builtin-small takes the last 8 steps
+    ditflow generate "a blue circle" -o out.png --stitch 0.4 --stitch-at 1   # builtin-small-late: the last 8 steps
 
 Everything is validated before the model loads, and every image is written atomically.
 """
@@ -96,11 +96,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
     ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",
                     help="where the --stitch steps sit: 0 = the first (T-Stitch), 1 = the last")
-    ap.add_argument("--stitch-model", default="builtin-small", metavar="ID_OR_PATH",
-                    help="the pipeline whose transformer takes the --stitch steps (default: builtin-small); any "
-                         "FLUX-family folder or hub id with the --model's latent space, or FOLDER#SUBFOLDER")
+    ap.add_argument("--stitch-model", default=None, metavar="ID_OR_PATH",
+                    help="the pipeline whose transformer takes the --stitch steps: any FLUX-family folder or hub id "
+                         "with the --model's latent space, or FOLDER#SUBFOLDER (default: builtin-small-late for "
+                         "the builtin's last steps, builtin-small otherwise)")
     add_model_args(ap)
     return ap
+
+
+def stitch_model(model: str, at: float, given: str | None) -> str:
+    """The small model for --stitch. On the builtin pair the last steps go to a small model fine-tuned on low
+    noise only, which loses half the points the general one does there (docs/benchmarks.md, T-Stitch)."""
+    if given is not None:
+        return given
+    return "builtin-small-late" if at == 1.0 and model in ("builtin", "builtin-large") else "builtin-small"
 
 
 def _prompts(args) -> list[str]:
@@ -148,7 +157,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
     if not 0.0 <= args.stitch_at <= 1.0:
         raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
-    for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model != "builtin-small")):
+    for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model is not None)):
         if given and args.stitch is None:
             raise UserError(f"{flag} needs the small model's share of the steps: give --stitch F as well")
     w, h = size or (None, None)
@@ -167,11 +176,12 @@ def cli(argv: list[str], command: str = "generate") -> int:
                 from ditflow.pipelines.stitch import apply_stitch
             except ImportError as e:
                 raise UserError(f"--stitch needs ditflow.pipelines.stitch, which is not available ({e})") from e
-            small = load_model(args.stitch_model).transformer
+            small_name = stitch_model(args.model, args.stitch_at, args.stitch_model)
+            small = load_model(small_name).transformer
             try:
                 apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
             except ValueError as e:  # the two models do not share a latent space or text conditioning
-                raise UserError(f"--stitch-model {args.stitch_model}: {e}") from e
+                raise UserError(f"--stitch-model {small_name}: {e}") from e
         if group is not None:
             images, _ = generate_group(pipe, group, [], progress)
             paths = [out / f"{i:04d}.png" for i in range(1, len(images) + 1)]

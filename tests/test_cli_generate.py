@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ditflow.cli import main
+from ditflow.cli_generate import stitch_model
 from ditflow.images import load_image, sha256_file
 from ditflow.pipelines import world
 from ditflow.pipelines.tiny import tiny_flux_pipeline
@@ -54,6 +55,13 @@ def test_stitch_model_takes_the_stitched_steps(model_dir, tmp_path):
     digest = {k: sha256_file(v) for k, v in outs.items()}
     assert digest["self"] == digest["plain"]
     assert len({digest["plain"], digest["other"], digest["half"]}) == 3
+
+
+def test_stitch_model_defaults_to_the_late_step_expert_only_for_the_builtins_last_steps():
+    assert stitch_model("builtin", 1.0, None) == "builtin-small-late"
+    assert stitch_model("builtin", 0.0, None) == stitch_model("builtin", 0.5, None) == "builtin-small"
+    assert stitch_model("/some/flux", 1.0, None) == "builtin-small"  # another model: the check names the mismatch
+    assert stitch_model("builtin", 1.0, "mine") == "mine"
 
 
 def test_prompts_file_and_panels_write_numbered_images(model_dir, tmp_path):

@@ -121,3 +121,22 @@ def test_bench_stitch_reports_a_paired_interval(capsys):
     n = len(rows[0]["passed"])
     assert n > 0 and all(len(r["passed"]) == n for r in rows)
     assert "prompts lost / gained" in capsys.readouterr().out
+
+
+def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():
+    """builtin-small-late is its own weights (not a copy of builtin-small), trained on low noise only, and
+    takes the builtin's last steps through the same call `generate --stitch F --stitch-at 1` makes."""
+    import json
+
+    from ditflow.pipelines.loading import BUILTIN_DIR, load_pipeline
+
+    meta = json.loads((BUILTIN_DIR / "ditflow.json").read_text())
+    lo, hi = meta["models"]["small-late"]["t_range"]
+    assert lo == 0.0 and hi < 0.5
+    pipe = load_pipeline("builtin", device="cpu")
+    late = load_pipeline("builtin-small-late", device="cpu").transformer
+    small = load_pipeline("builtin-small", device="cpu").transformer
+    assert any(not torch.equal(a, b) for a, b in zip(late.state_dict().values(), small.state_dict().values()))
+    stitch = apply_stitch(pipe, late, 0.4, at=1.0)
+    pipe("a red circle", height=64, width=64, num_inference_steps=5, output_type="np")
+    assert stitch.calls == {"small": 2, "large": 3}

@@ -16,7 +16,9 @@ import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_DIR = ASSETS / "builtin"
-BUILTIN_NAMES = {"builtin": "transformer", "builtin-large": "transformer", "builtin-small": "transformer_small"}
+BUILTIN_NAMES = {"builtin": "transformer", "builtin-large": "transformer", "builtin-small": "transformer_small",
+                 # the small model fine-tuned on σ ≤ 0.45 only: T-Stitch's last steps (--stitch F --stitch-at 1)
+                 "builtin-small-late": "transformer_small_late"}
 TEXT_LEN = 80  # padded MiniLM tokens per prompt; training and sampling must agree (Flux has no text mask)
 DITFLOW_META = "ditflow.json"  # our extra settings beside model_index.json
 # How MiniLM encodes (`ditflow.pipelines.minilm`), named here so reading a folder's metadata needs no transformers.

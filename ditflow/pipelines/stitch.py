@@ -11,7 +11,8 @@ The two models must share the latent space (VAE), the text conditioning and the 
 
 Where the small model's steps sit is a choice (`at`): 0 puts them first, as the paper does; 1 puts them last,
 where the large model has already laid the scene out. On the builtin pair the last steps cost fewer points
-(docs/benchmarks.md, T-Stitch): that small model places objects worse than it sharpens them.
+(docs/benchmarks.md, T-Stitch): that small model places objects worse than it sharpens them, and a copy
+fine-tuned on low noise alone (`builtin-small-late`) loses fewer still.
 
     apply_stitch(pipe, small_transformer, 0.4, at=1.0)    # steps 0-11 large, 12-19 small
 
