@@ -176,8 +176,10 @@ def cli(argv: list[str], command: str = "generate") -> int:
                 from ditflow.pipelines.stitch import apply_stitch
             except ImportError as e:
                 raise UserError(f"--stitch needs ditflow.pipelines.stitch, which is not available ({e})") from e
+            from ditflow.pipelines.loading import load_transformer
+
             small_name = stitch_model(args.model, args.stitch_at, args.stitch_model)
-            small = load_model(small_name).transformer
+            small = load_transformer(small_name)
             try:
                 apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
             except ValueError as e:  # the two models do not share a latent space or text conditioning

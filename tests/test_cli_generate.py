@@ -91,6 +91,8 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
            "--stitch-model needs")
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.5", "--stitch-model", "builtin-small",
                     *m, *FAST], "same latent space")  # the builtin's latents are not the tiny model's
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.5", "--stitch-model", f"{model_dir}#nope",
+                    *m, *FAST], "missing nope/config.json")  # only the transformer is loaded: its folder is named
     bad = tmp_path / "prompts.txt"
     bad.write_text("a red circle\n" + "y" * 3000 + "\n")
     _fails(capsys, ["generate", "--prompts-file", str(bad), "-o", str(tmp_path / "d"), *m], "line 2 of")

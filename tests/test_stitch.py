@@ -128,14 +128,14 @@ def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():
     takes the builtin's last steps through the same call `generate --stitch F --stitch-at 1` makes."""
     import json
 
-    from ditflow.pipelines.loading import BUILTIN_DIR, load_pipeline
+    from ditflow.pipelines.loading import BUILTIN_DIR, load_pipeline, load_transformer
 
     meta = json.loads((BUILTIN_DIR / "ditflow.json").read_text())
     lo, hi = meta["models"]["small-late"]["t_range"]
     assert lo == 0.0 and hi < 0.5
     pipe = load_pipeline("builtin", device="cpu")
-    late = load_pipeline("builtin-small-late", device="cpu").transformer
-    small = load_pipeline("builtin-small", device="cpu").transformer
+    late = load_transformer("builtin-small-late", device="cpu")
+    small = load_transformer("builtin-small", device="cpu")
     assert any(not torch.equal(a, b) for a, b in zip(late.state_dict().values(), small.state_dict().values()))
     stitch = apply_stitch(pipe, late, 0.4, at=1.0)
     pipe("a red circle", height=64, width=64, num_inference_steps=5, output_type="np")

@@ -81,10 +81,10 @@ def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIO
     if tiny:
         pipe, small_model = tiny_pair(seed)
     else:
-        from ditflow.pipelines.loading import load_pipeline
+        from ditflow.pipelines.loading import load_pipeline, load_transformer
 
         pipe = load_pipeline(large)
-        small_model = load_pipeline(small).transformer
+        small_model = load_transformer(small)
     print(f"T-Stitch: large {'tiny' if tiny else large}, small {'tiny' if tiny else small}, {n} prompts per kind, "
           f"{steps} steps, {torch.get_num_threads()} threads, the small model's steps at {at:g} "
           f"(0 = first, 1 = last)")

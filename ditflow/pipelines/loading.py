@@ -167,5 +167,33 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
     return pipe.to(device)
 
 
+def load_transformer(model: str | os.PathLike = "builtin-small", dtype: torch.dtype | None = None,
+                     device: str | None = None, allow_pickle: bool = False):
+    """Only the transformer of `model`, named as for `load_pipeline` ("FOLDER#SUBFOLDER" picks another one).
+
+    T-Stitch needs nothing else from its second model, and a whole pipeline would load another VAE and text
+    encoders: for a FLUX.1 pipeline, T5 alone is about 9 GB."""
+    from diffusers import FluxTransformer2DModel
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, sub = str(model).partition("#")
+    if model in BUILTIN_NAMES:
+        source, sub = BUILTIN_DIR, sub or model
+    else:
+        path = Path(model).expanduser()
+        source, sub = (path if path.exists() or model.startswith((".", "/", "~")) else model), sub or "transformer"
+    sub = BUILTIN_NAMES.get(sub, sub)  # a preset name such as builtin-small, or a subfolder
+    if isinstance(source, Path):
+        _check_folder(source, (f"{sub}/config.json",))
+    builtin_style = isinstance(source, Path) and (source / DITFLOW_META).exists()  # fp32, as load_builtin
+    dtype = dtype or (torch.bfloat16 if device == "cuda" and not builtin_style else torch.float32)
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(source, subfolder=sub, torch_dtype=dtype,
+                                                             use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelLoadError(f"could not load the transformer {sub!r} of {model!r}: {e}") from e
+    return transformer.to(device)
+
+
 def info_of(pipe) -> PipelineInfo:
     return getattr(pipe, "ditflow_info", None) or PipelineInfo(name=type(pipe).__name__)
