@@ -153,3 +153,26 @@ def test_export_leaves_the_callers_vae_in_full_precision(tmp_path):
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in vae.state_dict().items())
     saved = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float16 for v in saved.values())
+
+
+def test_install_keeps_the_models_the_run_did_not_train(tmp_path):
+    """`train builtin --install` once replaced ditflow.json whole, dropping the late-step expert's record."""
+    dest, export = tmp_path / "builtin", tmp_path / "export"
+    for folder, models in ((dest, {"large": {"export_as": "transformer", "step": "old"},
+                                   "small-late": {"export_as": "transformer_small_late", "t_range": [0, 0.45]},
+                                   "gone": {"export_as": "transformer_gone"}}),
+                           (export, {"large": {"export_as": "transformer", "step": "new"}})):
+        (folder / "transformer").mkdir(parents=True)
+        (folder / "transformer" / "config.json").write_text(json.dumps({"from": folder.name}))
+        (folder / train.DITFLOW_META).write_text(json.dumps({"models": models, "step": folder.name}))
+    (dest / "transformer_small_late").mkdir()
+    (dest / "transformer_small_late" / "config.json").write_text("{}")
+    (dest / train.DITFLOW_META).write_text(json.dumps({**json.loads((dest / train.DITFLOW_META).read_text()),
+                                                       "stitch_student": {"kept": True}}))
+    train.install_export(export, dest)
+    meta = json.loads((dest / train.DITFLOW_META).read_text())
+    assert meta["models"]["large"]["step"] == "new" and meta["step"] == "export"
+    assert meta["models"]["small-late"]["t_range"] == [0, 0.45]  # its weights are still there
+    assert "gone" not in meta["models"]  # no weights, no record
+    assert meta["stitch_student"] == {"kept": True}
+    assert json.loads((dest / "transformer" / "config.json").read_text()) == {"from": "export"}

@@ -506,8 +506,25 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     out = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
                              cooldown=cooldown, init=init)
     if install:
-        shutil.copytree(out, BUILTIN_DIR, dirs_exist_ok=True)
+        install_export(out, BUILTIN_DIR)
     return out
+
+
+def install_export(export_dir: Path, dest: Path) -> Path:
+    """Copy an export over a pipeline folder. The folder's models that the run did not train (the T-Stitch
+    late-step expert, a distilled student) keep their weights, and keep their records in `ditflow.json`, which
+    the export's own record would otherwise replace."""
+    old_meta = json.loads((dest / DITFLOW_META).read_text()) if (dest / DITFLOW_META).is_file() else {}
+    shutil.copytree(export_dir, dest, dirs_exist_ok=True)
+    meta = json.loads((dest / DITFLOW_META).read_text())
+    for name, record in old_meta.get("models", {}).items():
+        sub = record.get("export_as")
+        if name not in meta["models"] and sub and (dest / sub / "config.json").is_file():
+            meta["models"][name] = record
+    for key, value in old_meta.items():  # records another trainer wrote, e.g. `stitch_student`
+        meta.setdefault(key, value)
+    (dest / DITFLOW_META).write_text(json.dumps(meta, indent=2))
+    return dest
 
 
 def cli(argv: list[str] | None = None) -> int:
