@@ -71,7 +71,7 @@ def bench_classify(n: int) -> dict:
             "heldout_photos": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True)}
 
 
-def bench_guide(pipe, n: int, steps: int | None, scale: float) -> dict:
+def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None) -> dict:
     from ditflow.pipelines import classifiers
     from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
 
@@ -80,13 +80,14 @@ def bench_guide(pipe, n: int, steps: int | None, scale: float) -> dict:
     pairs = {0.0: [], scale: []}
     for i, (text, spec) in enumerate(prompts):
         for sc in pairs:
-            g = GuideSpec(prompt=text, target=targets_from_prompt(text), scale=sc, seed=i, steps=steps)
+            g = GuideSpec(prompt=text, target=targets_from_prompt(text), scale=sc, seed=i, steps=steps,
+                          guidance_scale=cfg)
             img, _ = guided_generate(pipe, g, classifier=clf)
             pairs[sc].append((spec, img[0]))
     rep = {sc: world.score_many(p) for sc, p in pairs.items()}
     # paired, prompt by prompt: a push redraws samples either way, and the lost/gained split says which
     change = world.paired_change(rep[0.0].passed, rep[scale].passed)
-    return {"n": len(prompts), "scale": scale, "unguided": rep[0.0].as_dict(), "guided": rep[scale].as_dict(),
+    return {"n": len(prompts), "scale": scale, "cfg": cfg, "unguided": rep[0.0].as_dict(), "guided": rep[scale].as_dict(),
             "lift_points": round(change["score_change_points"], 1), "ci95_points": round(change["ci95_points"], 1),
             "lost": change["lost"], "gained": change["gained"]}
 
@@ -160,6 +161,9 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--guide-scale", type=float, default=GuideSpec.model_fields["scale"].default,
                     help="default: GuideSpec's, so the bench measures what users get")
+    ap.add_argument("--guide-cfg", type=float, default=None,
+                    help="the guide section's CFG scale, for both runs (default: the model's; 1 = no CFG, "
+                         "the classifier alone conditions, as in classic classifier guidance)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -180,7 +184,7 @@ def cli(argv: list[str]) -> int:
         elif s == "classify":
             figures[s] = bench_classify(max(args.n, 256))
         elif s == "guide":
-            figures[s] = bench_guide(pipe, args.n, args.steps, args.guide_scale)
+            figures[s] = bench_guide(pipe, args.n, args.steps, args.guide_scale, args.guide_cfg)
         elif s == "edit":
             figures[s] = bench_edit(pipe, args.n, args.steps)
         else:

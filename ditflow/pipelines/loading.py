@@ -134,6 +134,19 @@ def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: t
     return pipe
 
 
+def _resolve(model: str | os.PathLike) -> tuple[Path | str, str]:
+    """Where `model` lives and which transformer subfolder it names ("" for the default).
+
+    A builtin preset name resolves to the shipped folder with that preset as the subfolder; a path that exists,
+    or that is spelled as one, to a `Path`; anything else stays a hub id. "FOLDER#SUBFOLDER" names another
+    transformer of a builtin-style folder, such as the T-Stitch expert."""
+    name, _, sub = str(model).partition("#")
+    if name in BUILTIN_NAMES:
+        return BUILTIN_DIR, sub or name
+    path = Path(name).expanduser()
+    return (path if path.exists() or name.startswith((".", "/", "~")) else name), sub
+
+
 def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | None = None, device: str | None = None,
                   allow_pickle: bool = False):
     """Any FLUX-family pipeline: `builtin`, `builtin-small`, a local diffusers folder, or a hub id.
@@ -143,27 +156,22 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
     from diffusers import DiffusionPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = str(model)
-    model, _, sub = model.partition("#")  # "FOLDER#SUBFOLDER": another transformer of a builtin-style folder
-    if model in BUILTIN_NAMES:
-        pipe = load_builtin(sub or model, dtype=dtype or torch.float32)
-    else:
-        path = Path(model).expanduser()
-        if path.exists() or model.startswith((".", "/", "~")):
-            _check_folder(path, ("model_index.json",))
-            _check_components(path)
-            if (path / DITFLOW_META).exists():
-                return load_builtin(sub or "builtin", path, dtype or torch.float32).to(device)
-        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-        try:
-            # allow_pickle: None = prefer safetensors, fall back to .bin (False would refuse safetensors parts)
-            pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, torch_dtype=dtype,
-                                                     use_safetensors=None if allow_pickle else True)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise ModelLoadError(f"could not load {model!r}: {e}") from e
-        pipe.set_progress_bar_config(disable=True)
-        cfg = pipe.transformer.config
-        pipe.ditflow_info = PipelineInfo(name=model, guidance_embeds=bool(cfg.get("guidance_embeds", False)))
+    source, sub = _resolve(model)
+    if isinstance(source, Path):
+        _check_folder(source, ("model_index.json",))
+        _check_components(source)
+        if (source / DITFLOW_META).exists():  # builtin-style: MiniLM is passed in, weights are fp32
+            return load_builtin(sub or "builtin", source, dtype or torch.float32).to(device)
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    try:
+        # allow_pickle: None = prefer safetensors, fall back to .bin (False would refuse safetensors parts)
+        pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype,
+                                                 use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelLoadError(f"could not load {str(model)!r}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    cfg = pipe.transformer.config
+    pipe.ditflow_info = PipelineInfo(name=str(model), guidance_embeds=bool(cfg.get("guidance_embeds", False)))
     return pipe.to(device)
 
 
@@ -176,13 +184,8 @@ def load_transformer(model: str | os.PathLike = "builtin-small", dtype: torch.dt
     from diffusers import FluxTransformer2DModel
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, sub = str(model).partition("#")
-    if model in BUILTIN_NAMES:
-        source, sub = BUILTIN_DIR, sub or model
-    else:
-        path = Path(model).expanduser()
-        source, sub = (path if path.exists() or model.startswith((".", "/", "~")) else model), sub or "transformer"
-    sub = BUILTIN_NAMES.get(sub, sub)  # a preset name such as builtin-small, or a subfolder
+    source, sub = _resolve(model)
+    sub = BUILTIN_NAMES.get(sub, sub) or "transformer"  # a preset name such as builtin-small, or a subfolder
     if isinstance(source, Path):
         _check_folder(source, (f"{sub}/config.json",))
     builtin_style = isinstance(source, Path) and (source / DITFLOW_META).exists()  # fp32, as load_builtin
@@ -191,7 +194,7 @@ def load_transformer(model: str | os.PathLike = "builtin-small", dtype: torch.dt
         transformer = FluxTransformer2DModel.from_pretrained(source, subfolder=sub, torch_dtype=dtype,
                                                              use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, EnvironmentError) as e:
-        raise ModelLoadError(f"could not load the transformer {sub!r} of {model!r}: {e}") from e
+        raise ModelLoadError(f"could not load the transformer {sub!r} of {str(model)!r}: {e}") from e
     return transformer.to(device)
 
 
