@@ -140,6 +140,23 @@ def test_training_batches_exclude_heldout_captions():
         assert all(world.seen_in_training(c) for c in captions)
 
 
+
+def test_world_stream_feeds_workers_distinct_reproducible_batches():
+    """The GPU path reads batches from DataLoader workers: each worker has its own stream, the same seed gives the
+    same batches, panel batches are smaller, and CFG dropout blanks about its share of the captions."""
+    first = [next(iter(train.WorldStream(seed=3, batch=32, cfg_dropout=0.25))) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(first[0][0], first[1][0])) and first[0][1] == first[1][1]
+    loader = torch.utils.data.DataLoader(train.WorldStream(seed=3, batch=32, cfg_dropout=0.25), batch_size=None,
+                                         num_workers=2)
+    batches = [b for _, b in zip(range(40), loader)]  # workers take turns: even batches worker 0, odd worker 1
+    assert batches[0][1] == first[0][1] and batches[1][1] != first[0][1]
+    for images, captions in batches:
+        rows, cols = images.shape[-2] // 64, images.shape[-1] // 64
+        assert len(captions) == (32 if (rows, cols) == (1, 1) else max(8, 32 // (rows * cols)))
+    blank = sum(c == "" for _, caps in batches for c in caps) / sum(len(caps) for _, caps in batches)
+    assert 0.15 < blank < 0.35
+    assert train.pick_device("cpu").type == "cpu"
+
 def test_export_leaves_the_callers_vae_in_full_precision(tmp_path):
     """The export is fp16; the VAE that training goes on encoding with must not be rounded with it."""
     from ditflow.pipelines.tiny import tiny_flux_pipeline

@@ -10,9 +10,11 @@ so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ditflow.pipelines import world
 from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, MASKED_MEAN, TEXT_LEN, encode_text, load_minilm
@@ -118,6 +121,43 @@ def pick_layout(rng: random.Random) -> tuple[int, int]:
     return rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
 
 
+class WorldStream(IterableDataset):
+    """Endless training batches (images, captions with CFG dropout applied), one layout per batch. Each
+    DataLoader worker draws its own stream (seeded by `seed` and its id), so a GPU is fed by several CPU cores;
+    on a CPU the trainer reads the stream in-process."""
+
+    def __init__(self, seed: int, batch: int, cfg_dropout: float):
+        self.seed, self.batch, self.cfg_dropout = seed, batch, cfg_dropout
+
+    def __iter__(self):
+        info = get_worker_info()
+        rng = random.Random(self.seed * 1_000_003 + (info.id if info else 0))
+        while True:
+            layout = pick_layout(rng)
+            n = self.batch if layout == (1, 1) else max(8, self.batch // (layout[0] * layout[1]))
+            images, captions = world_batch(rng, n, layout)
+            yield images, ["" if rng.random() < self.cfg_dropout else c for c in captions]
+
+
+def batches(seed: int, batch: int, cfg_dropout: float, device: torch.device):
+    """The trainer's batch iterator: worker processes on CUDA (rendering ~6k samples/s per core), in-process on
+    CPU, where the 2 cores are better spent on the model."""
+    stream = WorldStream(seed, batch, cfg_dropout)
+    if device.type == "cpu":
+        return iter(stream)
+    workers = max(1, min(6, (os.cpu_count() or 2) - 2))
+    return iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
+                           pin_memory=device.type == "cuda",
+                           persistent_workers=True))
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` or, by default, CUDA where there is one: the same run trains on a lent GPU unchanged."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def text_len_for(tok, captions: list[str], rng: random.Random) -> int:
     """Pad to TEXT_LEN half the time (what sampling uses) and to the batch's longest caption otherwise:
     short single-panel captions then cost ~1.5× less, and the model still sees the sampling-time padding."""
@@ -175,9 +215,9 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4, target_psnr: float = 34.0,
-              crop: int = 32, log=print, bf16: bool = True):
+              crop: int = 32, log=print, bf16: bool = True, device: torch.device = torch.device("cpu")):
     ckpt_path = run / "vae.ckpt"
-    vae = build_vae()
+    vae = build_vae().to(device)  # before the optimizer loads its moments: they follow the parameters' device
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     state = load_ckpt(ckpt_path) or {}
     step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
@@ -191,11 +231,11 @@ def train_vae(run: Path, minutes: float = 12, batch: int = 32, lr: float = 5e-4,
                               or state["elapsed"] >= minutes * 60):
         return vae
     rng = random.Random(1000 + step)
-    held = heldout_images()
+    held = heldout_images().to(device)
     t0, last_save = time.time() - elapsed, time.time()
     while True:
-        x = random_crops(world_batch(rng, batch, (1, 1))[0], crop, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x = random_crops(world_batch(rng, batch, (1, 1))[0], crop, rng).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             post = vae.encode(x).latent_dist
             # Decode the mean: a near-deterministic autoencoder converges far faster than sampling from an
             # untrained posterior, and the transformer trains on the mean latents too. A light penalty on the
@@ -238,7 +278,7 @@ def seed_vae_ckpt(path: Path, folder: Path) -> None:
 def set_latent_stats(vae, n: int = 512) -> None:
     """Flux normalises latents as (z - shift) * scale; fit both on world samples."""
     rng = random.Random(7)
-    zs = torch.cat([vae.encode(world_batch(rng, 64, pick_layout(rng))[0]).latent_dist.mode().flatten()
+    zs = torch.cat([vae.encode(world_batch(rng, 64, pick_layout(rng))[0].to(vae.device)).latent_dist.mode().flatten()
                     for _ in range(n // 64)])
     vae.register_to_config(shift_factor=float(zs.mean()), scaling_factor=float(1.0 / zs.std()))
 
@@ -275,11 +315,12 @@ def flow_matching_loss(model, x0, seq, pooled, img_ids, txt_ids, t, noise):
 class Trainee:
     """One transformer with its optimizer and EMA."""
 
-    def __init__(self, name: str, recipe: ModelRecipe, lr: float, ema_decay: float):
+    def __init__(self, name: str, recipe: ModelRecipe, lr: float, ema_decay: float,
+                 device: torch.device = torch.device("cpu")):
         from diffusers.training_utils import EMAModel
 
         self.name, self.recipe = name, recipe
-        self.model = build_transformer(recipe.preset)
+        self.model = build_transformer(recipe.preset).to(device)  # first: optimizer and EMA state follow it
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.ema = EMAModel(self.model.parameters(), decay=ema_decay)
 
@@ -290,6 +331,7 @@ class Trainee:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
         self.ema.load_state_dict(s["ema"])
+        self.ema.to(self.model.device)  # a checkpoint loads on the CPU
 
     def warm_start(self, folder: Path) -> None:
         """Start from exported (EMA) weights: fresh optimizer moments, EMA restarted at the loaded weights."""
@@ -297,7 +339,7 @@ class Trainee:
         from diffusers.training_utils import EMAModel
 
         src = FluxTransformer2DModel.from_pretrained(folder, dtype=torch.float32)
-        self.model.load_state_dict(src.state_dict())
+        self.model.load_state_dict(src.state_dict())  # copies onto the model's device
         self.ema = EMAModel(self.model.parameters(), decay=self.ema.decay)
 
     def ema_model(self):
@@ -327,7 +369,7 @@ def init_sources(init: Path, recipe: Recipe) -> dict[str, Path]:
 
 def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps: int | None = None,
                        log=print, freeze: tuple[str, ...] = (), cooldown: float = 0.0,
-                       init: Path | None = None) -> Path:
+                       init: Path | None = None, device: torch.device = torch.device("cpu")) -> Path:
     """Train the recipe's models in lockstep, then export them to `run/export` (also every 5 minutes on the way).
     Models named in `freeze` are loaded, kept and exported unchanged: an ablation twin that has had its equal
     budget need not cost the others a seventh of their steps.
@@ -336,6 +378,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     torch.manual_seed(recipe.seed)
     ckpt_path = run / "transformers.ckpt"
     tok, enc = load_minilm(TEXT_LEN)
+    enc.to(device)
     state = load_ckpt(ckpt_path) or {}
     names, sources = list(recipe.models), {}
     if not state and init is not None:
@@ -349,7 +392,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
                  "init": {"folder": str(init), "models": names}}
     elif state:
         names = [n for n in names if n in state.get("trainees", {})] or names
-    trainees = {n: Trainee(n, recipe.models[n], recipe.lr, recipe.ema_decay) for n in names}
+    trainees = {n: Trainee(n, recipe.models[n], recipe.lr, recipe.ema_decay, device) for n in names}
     step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
     warm_from = state.get("warm_from", 0)  # warm-up restarts with fresh optimizer moments
     for n, tr in trainees.items():
@@ -360,32 +403,34 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     if sources:
         log(json.dumps({"stage": "init", **state["init"], "step": step, "min": round(elapsed / 60, 1)}))
     rng = random.Random(recipe.seed * 7919 + step)  # resumes with fresh data, never replays the same stream
+    data = batches(recipe.seed * 7919 + step, recipe.batch, recipe.cfg_dropout, device)
     gen = torch.Generator().manual_seed(recipe.seed + step)
     vae.eval().requires_grad_(False)
     t0, last_save, seen = time.time() - elapsed, time.time(), 0
     losses = {n: [] for n in trainees}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16)
+    # The math SDPA backend on CPU: at ≤144 tokens the CPU flash kernel's backward took 31% of a step; math
+    # attention (bf16 matmuls on AMX) made the whole step ~10% faster. CUDA keeps its fused kernels.
+    attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if device.type == "cpu" else contextlib.nullcontext
     active = [tr for n, tr in trainees.items() if n not in freeze]
+    log(json.dumps({"stage": "transformers-setup", "device": str(device), "batch": recipe.batch,
+                    "training": [tr.name for tr in active]}))
     while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
-        layout = pick_layout(rng)
-        bsz = recipe.batch if layout == (1, 1) else max(8, recipe.batch // (layout[0] * layout[1]))
-        images, captions = world_batch(rng, bsz, layout)
-        captions = ["" if rng.random() < recipe.cfg_dropout else c for c in captions]  # CFG dropout
+        images, captions = next(data)  # CFG dropout applied
+        images, bsz = images.to(device, non_blocking=True), len(captions)
         with torch.no_grad(), autocast:
             lat = vae.encode(images).latent_dist.mode()
             seq, pooled = encode_text(tok, enc, captions, text_len_for(tok, captions, rng))
         lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
         x0, img_ids = pack(lat)
-        txt_ids = torch.zeros(seq.shape[1], 3)
-        t = torch.sigmoid(torch.randn(bsz, generator=gen))  # logit-normal timesteps (SD3)
-        noise = torch.randn(x0.shape, generator=gen)
+        txt_ids = torch.zeros(seq.shape[1], 3, device=device)
+        t = torch.sigmoid(torch.randn(bsz, generator=gen)).to(device)  # logit-normal timesteps (SD3)
+        noise = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same on any device
         lr = lr_at(recipe, step - warm_from, time.time() - t0, minutes, cooldown)
         for tr in active:
             r = tr.recipe
             lo, hi = r.t_range
-            # The math SDPA backend: at ≤144 tokens the CPU flash kernel's backward took 31% of a step; math
-            # attention (bf16 matmuls on AMX) made the whole step ~10% faster.
-            with autocast, sdpa_kernel(SDPBackend.MATH):
+            with autocast, attention():
                 loss = flow_matching_loss(tr.model, x0, cep(seq.float(), r.cep_gamma, r.cep_kind),
                                           cep(pooled.float(), r.cep_gamma, r.cep_kind), img_ids, txt_ids,
                                           lo + (hi - lo) * t, noise)
@@ -396,14 +441,15 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
                 g["lr"] = lr
             tr.opt.step()
             tr.ema.step(tr.model.parameters())
-            losses[tr.name].append(loss.item())
+            losses[tr.name].append(loss.detach())  # read at the log: .item() here would sync a GPU each step
         step += 1
         seen += bsz
         if step % 50 == 0:
             dt = time.time() - t0
             log(json.dumps({"stage": "transformers", "step": step, "min": round(dt / 60, 1),
                             "samples_per_s": round(seen / max(1e-9, dt - elapsed), 1), "lr": float(f"{lr:.3g}"),
-                            **{n: round(float(np.mean(v[-50:])), 4) for n, v in losses.items() if v}}))
+                            **{n: round(torch.stack(v[-50:]).mean().item(), 4) for n, v in losses.items() if v}}))
+            losses = {n: v[-50:] for n, v in losses.items()}
         if time.time() - last_save > 300:
             save_ckpt(ckpt_path, ckpt_state(step, time.time() - t0, warm_from, trainees))
             export(run / "export", vae, trainees, step=step, minutes=(time.time() - t0) / 60)
@@ -461,12 +507,13 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
 def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float = 12, batch: int = 32,
          threads: int | None = None, install: bool = False, bf16: bool | None = None, freeze: tuple[str, ...] = (),
          max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None,
-         cep_gamma: float | None = None, t_range: tuple[float, float] | None = None) -> Path:
+         cep_gamma: float | None = None, t_range: tuple[float, float] | None = None, device: str | None = None,
+         lr: float | None = None) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume. `cep_gamma` overrides CEP's γ for the
     shipped models (the no-CEP ablation twin keeps 0). `t_range` (lo, hi) limits the trained (not frozen) models
     to those timesteps: with `--freeze large small-nocep --t-range 0.5 1` the small model becomes a T-Stitch
-    early-step expert."""
+    early-step expert. `device`: default CUDA where there is one, else the CPU; `lr`: the recipe's peak rate."""
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
@@ -481,14 +528,19 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     init = Path(init) if init else None
     if init is not None and not (run / "vae.ckpt").exists():
         seed_vae_ckpt(run / "vae.ckpt", init / "vae")
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if bf16 is None:
-        bf16 = cpu_bf16_is_fast()
-        log(json.dumps({"stage": "setup", "bf16_autocast": bf16}))
-    vae = train_vae(run, minutes=vae_minutes, log=log, bf16=bf16)
+        # CUDA: fp32 with TF32 matmuls. On the lent H200 (torch 2.11+cu130) bf16 autocast stopped at the first
+        # step with CUBLAS_STATUS_EXECUTION_FAILED; TF32 trained at ~2,400 samples/s, ~70× the 2-core CPU.
+        bf16 = dev.type == "cpu" and cpu_bf16_is_fast()
+        log(json.dumps({"stage": "setup", "device": str(dev), "bf16_autocast": bf16}))
+    vae = train_vae(run, minutes=vae_minutes, log=log, bf16=bf16, device=dev)
     if not vae.config.get("shift_factor"):
         set_latent_stats(vae)
         log(json.dumps({"stage": "latent-stats", "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor}))
-    recipe = Recipe(batch=batch, bf16=bf16)
+    recipe = Recipe(batch=batch, bf16=bf16, **({"lr": lr} if lr else {}))
     if cep_gamma is not None:
         for r in recipe.models.values():
             if r.export_as:
@@ -504,7 +556,7 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     if unknown:
         raise ValueError(f"--freeze names no model of the recipe: {sorted(unknown)} (models: {sorted(recipe.models)})")
     out = train_transformers(run, vae, recipe, minutes, max_steps, log=log, freeze=tuple(freeze),
-                             cooldown=cooldown, init=init)
+                             cooldown=cooldown, init=init, device=dev)
     if install:
         install_export(out, BUILTIN_DIR)
     return out
@@ -532,7 +584,10 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=str(RUN_DIR))
     ap.add_argument("--minutes", type=float, default=120)
     ap.add_argument("--vae-minutes", type=float, default=12)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32, help="samples per single-panel batch (32 on a CPU; a GPU "
+                    "takes 256 or more)")
+    ap.add_argument("--lr", type=float, help=f"peak learning rate (default {Recipe.lr})")
+    ap.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA where there is one)")
     ap.add_argument("--max-steps", type=int, help="stop the transformers at this step (total, across resumes)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cooldown", type=float, default=0.0, metavar="MINUTES",
@@ -540,7 +595,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze", nargs="+", default=(), metavar="MODEL",
                     help="load, keep and export these models without training them (e.g. small-nocep)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                    help="bf16 autocast (default: on where the CPU has AMX or AVX512-BF16, off elsewhere)")
+                    help="bf16 autocast (default: on where the CPU has AMX or AVX512-BF16; off on other CPUs "
+                         "and on CUDA, which trains in fp32 with TF32 matmuls)")
     ap.add_argument("--cep-gamma", type=float, metavar="G",
                     help="CEP noise scale γ for the shipped models (default 1.0; 0 turns CEP off)")
     ap.add_argument("--t-range", type=float, nargs=2, metavar=("LO", "HI"),
