@@ -5,6 +5,7 @@
     ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
     ditflow generate "a blue circle" -o out.png --classifier-guidance 2
     ditflow generate "a blue circle" -o out.png --stitch 0.4 --stitch-at 1   # builtin-small-late: the last 8 steps
+    ditflow generate "a red square" -o out.png --size 128x128 --local-attention student   # CLEAR, distilled
 
 Everything is validated before the model loads, and every image is written atomically.
 """
@@ -100,8 +101,55 @@ def _parser() -> argparse.ArgumentParser:
                     help="the pipeline whose transformer takes the --stitch steps: any FLUX-family folder or hub id "
                          "with the --model's latent space, or FOLDER#SUBFOLDER (default: builtin-small-late for "
                          "the builtin's last steps, builtin-small otherwise)")
+    ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
+                    help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
+                         "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
     add_model_args(ap)
     return ap
+
+
+def local_attention_spec(text: str | None, model: str) -> float | Path | None:
+    """--local-attention as a radius or a student file, checked before the model loads."""
+    if text is None:
+        return None
+    try:
+        radius = float(text)
+    except ValueError:
+        radius = None
+    if radius is not None:
+        if not radius > 0:
+            raise UserError(f"--local-attention {text}: the window radius must be a positive number of tokens")
+        return radius
+    if text == "student":
+        from ditflow.pipelines.loading import STUDENT_FILE, _resolve
+
+        folder, _ = _resolve(model)
+        if not isinstance(folder, Path):
+            raise UserError(f"--local-attention student: {model} is not a local folder; give the student file")
+        path = folder / STUDENT_FILE
+        if not path.is_file():
+            raise UserError(f"--local-attention student: {folder} has no {STUDENT_FILE}; make one with "
+                            f"`ditflow train distill --model {model} --out DIR` and give DIR/{STUDENT_FILE}")
+        return path
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise UserError(f"--local-attention {text}: not a radius, 'student', or an existing student file")
+    return path
+
+
+def apply_local_attention(transformer, spec: float | Path) -> None:
+    from ditflow.kernels.processors import install_local_attention
+    from ditflow.pipelines.distill import load_student
+
+    if isinstance(spec, float):
+        install_local_attention(transformer, spec)
+        return
+    try:
+        load_student(transformer, spec)
+    except ValueError as e:  # not a student file, or distilled from another transformer
+        raise UserError(f"--local-attention {spec}: {e}") from e
+    except Exception as e:  # a corrupt or truncated safetensors file
+        raise UserError(f"--local-attention {spec}: cannot read it as a student file ({e})") from e
 
 
 def stitch_model(model: str, at: float, given: str | None) -> str:
@@ -160,6 +208,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
     for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model is not None)):
         if given and args.stitch is None:
             raise UserError(f"{flag} needs the small model's share of the steps: give --stitch F as well")
+    local = local_attention_spec(args.local_attention, args.model)
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]
@@ -171,6 +220,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
 
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
+        if local is not None:
+            apply_local_attention(pipe.transformer, local)
         if args.stitch is not None:
             try:
                 from ditflow.pipelines.stitch import apply_stitch

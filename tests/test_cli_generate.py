@@ -64,6 +64,53 @@ def test_stitch_model_defaults_to_the_late_step_expert_only_for_the_builtins_las
     assert stitch_model("builtin", 1.0, "mine") == "mine"
 
 
+def test_local_attention_takes_a_radius_or_a_distilled_student(model_dir, tmp_path, capsys):
+    """--local-attention R installs the window; a student file also loads its distilled projections, and
+    'student' finds the file in the model's own folder. A covering radius changes nothing; a small one does."""
+    import torch
+
+    from ditflow.pipelines.distill import WEIGHTS_NAME, make_student, save_student
+
+    teacher = tiny_flux_pipeline().transformer
+    student = make_student(teacher, radius=1.5)
+    with torch.no_grad():  # a "distilled" student: projections that differ from the teacher's
+        for p in student.parameters():
+            if p.requires_grad:
+                p.mul_(1.5)
+    shipped = tmp_path / "with_student"
+    shutil.copytree(model_dir, shipped)
+    save_student(student, shipped / WEIGHTS_NAME, {"radius": 1.5, "model": "tiny"})
+    outs = {}
+    for name, model, extra in (("plain", model_dir, []), ("covering", model_dir, ["--local-attention", "100"]),
+                               ("window", model_dir, ["--local-attention", "1.5"]),
+                               ("file", model_dir, ["--local-attention", str(shipped / WEIGHTS_NAME)]),
+                               ("student", shipped, ["--local-attention", "student"])):
+        outs[name] = tmp_path / f"{name}.png"
+        assert main(["generate", "a red circle", "-o", str(outs[name]), "--model", str(model), "--size", "64x64",
+                     *FAST, *extra]) == 0
+    digest = {k: sha256_file(v) for k, v in outs.items()}
+    assert digest["covering"] == digest["plain"]
+    assert digest["file"] == digest["student"]
+    assert len({digest["plain"], digest["window"], digest["file"]}) == 3
+    out = tmp_path / "x.png"
+    m = ["--model", str(model_dir), *FAST]
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--local-attention", "0", *m], "must be a positive")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--local-attention", "wide", *m], "not a radius")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--local-attention", "student", *m], "has no")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--local-attention", str(junk), *m], "student file")
+    other = tmp_path / "other.safetensors"  # distilled from a differently shaped transformer
+    save_student(student, other, {"radius": 2})
+    with torch.no_grad():
+        from safetensors.torch import load_file, save_file
+
+        state = {k: torch.zeros(3, 3) for k in load_file(str(other))}
+        save_file(state, str(other), metadata={"radius": "2"})
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--local-attention", str(other), *m], "does not fit")
+    assert not out.exists()
+
+
 def test_prompts_file_and_panels_write_numbered_images(model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square\na green triangle\n")

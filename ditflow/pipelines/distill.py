@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 from ditflow.kernels.local_attention import visible_pairs
 from ditflow.kernels.processors import install_local_attention
+from ditflow.pipelines.loading import STUDENT_FILE
 from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
 
 IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
-WEIGHTS_NAME = "local_attention_student.safetensors"
+WEIGHTS_NAME = STUDENT_FILE
 
 
 @dataclass

@@ -21,6 +21,7 @@ BUILTIN_NAMES = {"builtin": "transformer", "builtin-large": "transformer", "buil
                  "builtin-small-late": "transformer_small_late"}
 TEXT_LEN = 80  # padded MiniLM tokens per prompt; training and sampling must agree (Flux has no text mask)
 DITFLOW_META = "ditflow.json"  # our extra settings beside model_index.json
+STUDENT_FILE = "local_attention_student.safetensors"  # a CLEAR student (`ditflow train distill`) beside the model
 # How MiniLM encodes (`ditflow.pipelines.minilm`), named here so reading a folder's metadata needs no transformers.
 MASKED_MEAN = "masked-mean"  # MaskedMiniLM: what `ditflow train builtin` writes
 UNMASKED_CLS = "unmasked-cls"  # plain BertModel: exports made before ditflow.json had `text_encoding`
