@@ -222,14 +222,16 @@ def train_student(teacher, student, data: dict[str, torch.Tensor], cfg: DistillC
 
 
 # ----------------------------------------------------------------------------- weights file
-def save_student(student, path: Path, meta: dict) -> Path:
-    """Write the trained projections and the radius atomically; everything else stays the teacher's."""
+def save_student(student, path: Path, meta: dict, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the trained projections and the radius atomically; everything else stays the teacher's. fp16 by
+    default, as the exported transformers are: the builtin student is then ~4 MB."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(trainable_state(student), str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    state = {k: v.to(dtype) for k, v in trainable_state(student).items()}
+    save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
     return path
 
@@ -314,6 +316,7 @@ def main(pipe=None, log=print, **overrides) -> dict:
     history = train_student(teacher, student, data, cfg, vae_scale, log)
     path = save_student(student, out / WEIGHTS_NAME, {"radius": cfg.radius, "model": cfg.model,
                                                        "height": cfg.height, "width": cfg.width})
+    load_student(student, path)  # the evaluation scores what ships: the fp16-rounded projections
     report = {"config": asdict(cfg), "masked": masked, "steps_run": len(history),
               "first_loss": history[0]["loss"] if history else math.nan,
               "last_loss": history[-1]["loss"] if history else math.nan, "weights": str(path)}
