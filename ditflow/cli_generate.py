@@ -138,6 +138,8 @@ def local_attention_spec(text: str | None, model: str) -> float | Path | None:
 
 
 def apply_local_attention(transformer, spec: float | Path) -> None:
+    from safetensors import SafetensorError
+
     from ditflow.kernels.processors import install_local_attention
     from ditflow.pipelines.distill import load_student
 
@@ -148,7 +150,7 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
         load_student(transformer, spec)
     except ValueError as e:  # not a student file, or distilled from another transformer
         raise UserError(f"--local-attention {spec}: {e}") from e
-    except Exception as e:  # a corrupt or truncated safetensors file
+    except (SafetensorError, OSError) as e:  # a corrupt, truncated or unreadable file
         raise UserError(f"--local-attention {spec}: cannot read it as a student file ({e})") from e
 
 
