@@ -140,7 +140,6 @@ def test_training_batches_exclude_heldout_captions():
         assert all(world.seen_in_training(c) for c in captions)
 
 
-
 def test_world_stream_feeds_workers_distinct_reproducible_batches():
     """The GPU path reads batches from DataLoader workers: each worker has its own stream, the same seed gives the
     same batches, panel batches are smaller, and CFG dropout blanks about its share of the captions."""
@@ -156,6 +155,7 @@ def test_world_stream_feeds_workers_distinct_reproducible_batches():
     blank = sum(c == "" for _, caps in batches for c in caps) / sum(len(caps) for _, caps in batches)
     assert 0.15 < blank < 0.35
     assert train.pick_device("cpu").type == "cpu"
+
 
 def test_export_leaves_the_callers_vae_in_full_precision(tmp_path):
     """The export is fp16; the VAE that training goes on encoding with must not be rounded with it."""
