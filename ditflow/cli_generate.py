@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the pipeline whose transformer takes the --stitch steps: any FLUX-family folder or hub id "
                          "with the --model's latent space, or FOLDER#SUBFOLDER (default: builtin-small-late for "
                          "the builtin's last steps, builtin-small otherwise)")
+    ap.add_argument("--stitch-cfg", action=argparse.BooleanOptionalAction, default=None,
+                    help="true CFG in the --stitch steps (default on); --no-stitch-cfg runs the small model on the "
+                         "conditional pass alone, at half the cost, which low-noise last steps hardly miss")
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
@@ -207,7 +210,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError(f"--stitch {args.stitch}: the fraction of steps for the small model must be in [0, 1]")
     if not 0.0 <= args.stitch_at <= 1.0:
         raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
-    for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model is not None)):
+    for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model is not None),
+                        ("--stitch-cfg", args.stitch_cfg is not None)):
         if given and args.stitch is None:
             raise UserError(f"{flag} needs the small model's share of the steps: give --stitch F as well")
     local = local_attention_spec(args.local_attention, args.model)
@@ -234,7 +238,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
             small_name = stitch_model(args.model, args.stitch_at, args.stitch_model)
             small = load_transformer(small_name)
             try:
-                apply_stitch(pipe, small, args.stitch, at=args.stitch_at)
+                apply_stitch(pipe, small, args.stitch, at=args.stitch_at, cfg=args.stitch_cfg is not False)
             except ValueError as e:  # the two models do not share a latent space or text conditioning
                 raise UserError(f"--stitch-model {small_name}: {e}") from e
         if group is not None:

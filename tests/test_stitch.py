@@ -45,10 +45,10 @@ def test_first_fraction_of_steps_go_to_the_small_model(pair, fraction, small_ste
     stitch = apply_stitch(pipe, small, fraction)
     try:
         out = _gen(pipe)
-        assert stitch.calls == {"small": small_steps, "large": STEPS - small_steps}
+        assert stitch.calls == {"small": small_steps, "large": STEPS - small_steps, "reused": 0}
         stitch.calls.update(small=0, large=0)
         _gen(pipe, negative_prompt="", true_cfg_scale=2.0)  # true CFG: two calls per step, same split
-        assert stitch.calls == {"small": 2 * small_steps, "large": 2 * (STEPS - small_steps)}
+        assert stitch.calls == {"small": 2 * small_steps, "large": 2 * (STEPS - small_steps), "reused": 0}
     finally:
         remove_stitch(pipe)
     assert not np.array_equal(out, _gen(pipe)) and stitched(pipe) is None
@@ -66,7 +66,32 @@ def test_at_places_the_small_models_steps(pair, at, steps):
     finally:
         hook.remove()
         remove_stitch(pipe)
-    assert seen == steps and stitch.calls == {"small": 2, "large": 2}
+    assert seen == steps and stitch.calls == {"small": 2, "large": 2, "reused": 0}
+
+
+def test_unguided_small_steps_run_the_small_model_once_per_step(pair):
+    pipe, small = pair
+    cfg = dict(negative_prompt="", true_cfg_scale=3.0)
+    guided = _gen(pipe, **cfg)
+    stitch = apply_stitch(pipe, small, 0.5, at=1.0, cfg=False)
+    try:
+        unguided = _gen(pipe, **cfg)
+        assert stitch.calls == {"small": 2, "large": 4, "reused": 2}  # the large steps keep both passes
+        plain = _gen(pipe)  # no true CFG: one call per step, nothing to skip
+        apply_stitch(pipe, small, 0.5, at=1.0)
+        assert np.array_equal(plain, _gen(pipe))
+        assert not np.array_equal(unguided, _gen(pipe, **cfg))
+        apply_stitch(pipe, small, 1.0, cfg=False)
+        all_small_unguided = _gen(pipe, **cfg)
+    finally:
+        remove_stitch(pipe)
+    assert not np.array_equal(unguided, guided)
+    large = pipe.transformer
+    pipe.transformer = small
+    try:  # oracle: the small model alone, without CFG
+        assert np.array_equal(all_small_unguided, _gen(pipe))
+    finally:
+        pipe.transformer = large
 
 
 def test_small_model_last_differs_from_first_and_all_small_is_placement_free(pair):
@@ -116,11 +141,13 @@ def test_incompatible_models_and_bad_fractions_raise(pair):
 def test_bench_stitch_reports_a_paired_interval(capsys):
     from ditflow.bench.stitch import main
 
-    rows = main(fractions=(0.0, 1.0), n=1, steps=2, tiny=True)
-    assert [r["fraction"] for r in rows] == [0.0, 1.0] and rows[0]["score_change_points"] == 0.0
+    rows = main(fractions=(0.0, 1.0), n=1, steps=2, tiny=True, small_cfg=(True, False))
+    assert [(r["fraction"], r["small_cfg"]) for r in rows] == [(0.0, True), (1.0, True), (1.0, False)]
+    assert rows[0]["score_change_points"] == 0.0
     n = len(rows[0]["passed"])
     assert n > 0 and all(len(r["passed"]) == n for r in rows)
-    assert "prompts lost / gained" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prompts lost / gained" in out and "| 1.0, unguided |" in out and "| f | single |" in out
 
 
 def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():
@@ -139,4 +166,4 @@ def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():
     assert any(not torch.equal(a, b) for a, b in zip(late.state_dict().values(), small.state_dict().values()))
     stitch = apply_stitch(pipe, late, 0.4, at=1.0)
     pipe("a red circle", height=64, width=64, num_inference_steps=5, output_type="np")
-    assert stitch.calls == {"small": 2, "large": 3}
+    assert stitch.calls == {"small": 2, "large": 3, "reused": 0}

@@ -8,6 +8,7 @@ redraws the sample even when the small model is as good, so at 120 prompts the i
 
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
     ditflow bench stitch --fractions 0 0.4 --at 1           # the small model takes the last 40% instead
+    ditflow bench stitch --fractions 0 0.4 --at 1 --small-cfg on off   # and with its steps unguided, side by side
     ditflow bench stitch --tiny --n 2 --steps 4             # tiny random pair: timing only, scores meaningless
 """
 from __future__ import annotations
@@ -42,19 +43,21 @@ def tiny_pair(seed: int = 0):
 
 
 def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20, seed: int = 0,
-        kinds: tuple[str, ...] | None = None, at: float = 0.0) -> list[dict]:
+        kinds: tuple[str, ...] | None = None, at: float = 0.0, small_cfg: tuple[bool, ...] = (True,)) -> list[dict]:
+    """One row per fraction and, for f > 0, per `small_cfg` value (False: the small model's steps unguided)."""
     from ditflow.bench.shapes import score_pipeline
 
     rows = []
     score_pipeline(pipe, 1, steps=2, seed=seed, kinds=("single",))  # warm-up: first-call allocations
     for f in fractions:
-        apply_stitch(pipe, small, f, at=at)
-        t0 = time.perf_counter()
-        report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
-        rows.append(dict(fraction=f, seconds=time.perf_counter() - t0, score=report.overall,
-                         per_kind=report.per_kind, passed=report.passed))
-        remove_stitch(pipe)
-        print(f"  f={f:.1f}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
+        for cfg in (small_cfg if f > 0 else (True,)):
+            apply_stitch(pipe, small, f, at=at, cfg=cfg)
+            t0 = time.perf_counter()
+            report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
+            rows.append(dict(fraction=f, small_cfg=cfg, seconds=time.perf_counter() - t0, score=report.overall,
+                             per_kind=report.per_kind, passed=report.passed))
+            remove_stitch(pipe)
+            print(f"  {label(rows[-1])}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
     base = next((r for r in rows if r["fraction"] == 0.0), rows[0])
     for r in rows:
         r["speedup"] = base["seconds"] / r["seconds"]
@@ -62,20 +65,30 @@ def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20,
     return rows
 
 
+def label(row: dict) -> str:
+    return f"{row['fraction']:.1f}" + ("" if row["small_cfg"] else ", unguided")
+
+
 def print_table(rows: list[dict]) -> None:
     print("| f (small's share of steps) | wall time | speedup vs large-only | score | change (points, 95% CI) "
           "| prompts lost / gained |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['fraction']:.1f} | {r['seconds']:.1f} s | {r['speedup']:.2f}× | {r['score']:.1%} | "
+        print(f"| {label(r)} | {r['seconds']:.1f} s | {r['speedup']:.2f}× | {r['score']:.1%} | "
               f"{r['score_change_points']:+.1f} ± {r['ci95_points']:.1f} | {r['lost']} / {r['gained']} |")
+    kinds = list(rows[0]["per_kind"])
+    print("\n| f | " + " | ".join(kinds) + " |")  # where the points go
+    print("|---|" + "---|" * len(kinds))
+    for r in rows:
+        print(f"| {label(r)} | " + " | ".join(f"{r['per_kind'].get(k, float('nan')):.1%}" for k in kinds) + " |")
     ok = [r for r in rows if r["speedup"] >= GOAL_SPEEDUP and r["score_change_points"] >= -GOAL_MAX_LOSS]
-    met = ", ".join(f"{r['fraction']:.1f}" for r in ok)
+    met = ", ".join(label(r) for r in ok)
     print(f"goal (≥{GOAL_SPEEDUP}× at ≤{GOAL_MAX_LOSS:.0f} points lost): " + (f"met at f = {met}" if ok else "not met"))
 
 
 def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIONS, n: int = 20, steps: int = 20,
-         seed: int = 0, tiny: bool = False, threads: int | None = None, at: float = 0.0) -> list[dict]:
+         seed: int = 0, tiny: bool = False, threads: int | None = None, at: float = 0.0,
+         small_cfg: tuple[bool, ...] = (True,)) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     if tiny:
@@ -88,7 +101,7 @@ def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIO
     print(f"T-Stitch: large {'tiny' if tiny else large}, small {'tiny' if tiny else small}, {n} prompts per kind, "
           f"{steps} steps, {torch.get_num_threads()} threads, the small model's steps at {at:g} "
           f"(0 = first, 1 = last)")
-    rows = run(pipe, small_model, fractions, n, steps, seed, at=at)
+    rows = run(pipe, small_model, fractions, n, steps, seed, at=at, small_cfg=small_cfg)
     print_table(rows)
     if tiny:
         print("(tiny random models: the timings exercise the harness; the scores and the goal line mean nothing)")
@@ -105,6 +118,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--at", type=float, default=0.0,
                    help="where the small model's steps sit: 0 = the first (T-Stitch), 1 = the last")
+    p.add_argument("--small-cfg", nargs="+", choices=("on", "off"), default=["on"],
+                   help="true CFG in the small model's steps: on (both passes), off (the conditional pass alone, "
+                        "half the cost), or both side by side")
     p.add_argument("--threads", type=int)
     p.add_argument("--tiny", action="store_true", help="tiny random pair (for checking the harness; no quality)")
     a = p.parse_args(argv)
@@ -113,5 +129,6 @@ def cli(argv: list[str] | None = None) -> int:
         raise ValueError(f"fractions must lie in [0, 1]; got {bad}")
     if not 0 <= a.at <= 1:
         raise ValueError(f"--at must lie in [0, 1]; got {a.at}")
-    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at)
+    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at,
+         tuple(dict.fromkeys(v == "on" for v in a.small_cfg)))
     return 0
