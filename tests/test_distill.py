@@ -81,6 +81,28 @@ def test_main_writes_a_small_weights_file_that_loads_back(tmp_path):
     remove_local_attention(fresh)
 
 
+def test_teacher_samples_are_kept_for_the_next_run_with_the_same_teacher(tmp_path, monkeypatch):
+    cache = tmp_path / "samples.pt"
+    pipe = tiny_flux_pipeline(seed=2)
+    cfg = distill.DistillConfig(**SMALL, samples=str(cache))
+    first = distill.cached_teacher_samples(pipe, cfg, log=lambda m: None)
+    assert cache.is_file()
+    calls = []
+    real = distill.teacher_samples
+    monkeypatch.setattr(distill, "teacher_samples", lambda p, c: calls.append(c.n_samples) or real(p, c))
+    again = distill.cached_teacher_samples(pipe, cfg, log=lambda m: None)
+    assert calls == [] and all(torch.equal(first[k], again[k]) for k in first)
+    distill.cached_teacher_samples(pipe, distill.DistillConfig(**{**SMALL, "n_samples": 2}, samples=str(cache)),
+                                   log=lambda m: None)  # other settings: sampled again, and kept instead
+    other_teacher = tiny_flux_pipeline(seed=3)
+    distill.cached_teacher_samples(other_teacher, distill.DistillConfig(**{**SMALL, "n_samples": 2},
+                                                                        samples=str(cache)), log=lambda m: None)
+    assert calls == [2, 2]  # the same settings but other weights: stale, sampled again
+    cache.write_bytes(b"not a torch file")
+    distill.cached_teacher_samples(pipe, cfg, log=lambda m: None)
+    assert calls == [2, 2, 4] and torch.load(cache, weights_only=True)["key"]["n_samples"] == 4
+
+
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match="multiples of 16"):
         distill.main(pipe=None, **{**SMALL, "height": 60})
