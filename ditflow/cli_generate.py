@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                          "the builtin's last steps, builtin-small otherwise)")
     ap.add_argument("--stitch-cfg", action=argparse.BooleanOptionalAction, default=None,
                     help="true CFG in the --stitch steps (default on); --no-stitch-cfg runs the small model on the "
-                         "conditional pass alone, at half the cost, which low-noise last steps hardly miss")
+                         "conditional pass alone, at half its cost: faster, for a little quality (docs/benchmarks.md)")
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")

@@ -17,11 +17,12 @@ fine-tuned on low noise alone (`builtin-small-late`) loses fewer still.
     apply_stitch(pipe, small_transformer, 0.4, at=1.0)    # steps 0-11 large, 12-19 small
 
 With true classifier-free guidance the pipeline calls the transformer twice a step, conditional then
-unconditional. Late, low-noise steps hardly need the guidance (Kynkäänniemi et al. 2024, "Applying Guidance in a
+unconditional. Late, low-noise steps need the guidance least (Kynkäänniemi et al. 2024, "Applying Guidance in a
 Limited Interval Improves Sample and Distribution Quality in Diffusion Models", https://arxiv.org/abs/2404.07724):
 the scene is laid out, and what is left is sharpening it. `cfg=False` gives the small model's steps the
 conditional velocity alone. The unconditional call is answered with the conditional output, so the pipeline's
 `uncond + s·(cond − uncond)` is the conditional velocity, and the small model runs once per step instead of twice.
+On the builtin pair, at the last 8 of 20 steps, that bought 1.38× → 1.55–1.74× for 0–1.7 points.
 
     apply_stitch(pipe, small_transformer, 0.4, at=1.0, cfg=False)
 
