@@ -56,6 +56,31 @@ def test_distilled_student_reaches_the_large_models_handover(recorded):
     assert after < 0.2 * before
 
 
+def test_last_steps_are_recorded_from_the_whole_trajectory_and_distil(recorded):
+    from ditflow.pipelines.sampling import call_kwargs, generators
+
+    pipe, small, _ = recorded
+    late = dataclasses.replace(CFG, at=1.0)
+    groups = sd.record_trajectories(pipe, late, log=quiet)
+    size, prompts, seeds = (32, 32), ["a red circle", "a blue square"], [5, 6]
+    end, calls = sd.run_steps(pipe, prompts, size, seeds, range(2, 4), 4)
+    full = pipe(prompts, height=32, width=32, generator=generators(seeds), output_type="latent",
+                **call_kwargs(pipe, 4)).images
+    assert torch.equal(end, full) and calls[-1]["handover_t"] == 0  # the handover is the final latents
+    assert len(calls) == 1 + 2 * 2  # the last two steps, cond and uncond
+    for g in groups:
+        n, k = g.x.shape[:2]
+        assert k == 2 and g.t[-1] == 0 and torch.all(g.t[:-1] > g.t[1:])
+        idx, ks = torch.arange(n), torch.arange(n) % k
+        with torch.no_grad():
+            assert torch.allclose(sd.predict(pipe.transformer, g, idx, ks), g.v[idx, ks], atol=1e-5)
+            assert sd.rollout_loss(pipe.transformer, g, idx, 3.0) < 1e-8
+    student = copy.deepcopy(small)
+    before = sd.handover_gap(pipe, small, late.fraction, late.steps, 6, at=1.0)
+    sd.train_student(student, groups, sd.cfg_scale(pipe), late, log=quiet)
+    assert sd.handover_gap(pipe, student, late.fraction, late.steps, 6, at=1.0) < 0.2 * before
+
+
 def test_export_copies_the_folder_and_adds_the_student(tmp_path, recorded):
     from diffusers import FluxTransformer2DModel
 
@@ -84,7 +109,7 @@ def test_rollout_term_shrinks_the_gap_it_measures(recorded):
 
 
 @pytest.mark.parametrize("bad", [{"fraction": 0.0}, {"fraction": 1.5}, {"fraction": 0.01}, {"batch": 0},
-                                 {"rollout_batch": 0}])
+                                 {"rollout_batch": 0}, {"at": -0.1}, {"at": 1.5}])
 def test_config_refuses_impossible_settings(bad):
     with pytest.raises(ValueError):
         sd.StitchDistillConfig(**bad).check()

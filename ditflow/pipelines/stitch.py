@@ -54,11 +54,15 @@ class Stitch:
     last_small: tuple | None = field(default=None, repr=False)  # (step, latents, output) of the last small call
 
     def small_steps(self, total: int) -> range:
-        """The step indices (of `total`) that the small model takes: round(f · total) consecutive steps, starting
-        at the share `at` of the steps that remain (0: the first steps, 1: the last)."""
-        k = round(self.fraction * total)
-        start = round(self.at * (total - k))
-        return range(start, start + k)
+        return small_step_range(self.fraction, self.at, total)
+
+
+def small_step_range(fraction: float, at: float, total: int) -> range:
+    """The step indices (of `total`) a small model with share `fraction` takes: round(f · total) consecutive
+    steps, starting at the share `at` of the steps that remain (0: the first steps, 1: the last)."""
+    k = round(fraction * total)
+    start = round(at * (total - k))
+    return range(start, start + k)
 
 
 def check_compatible(large, small) -> None:

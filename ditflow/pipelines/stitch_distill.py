@@ -12,11 +12,17 @@ estimate of E[ε − x0 | x_t], with none of the data's noise. Both the conditio
 matched, so true CFG combines them as before; the CFG-combined velocity, which is what moves the latents, is matched
 too.
 
-The student ships as a third transformer of the builtin folder, `transformer_stitch`, which `--stitch` prefers.
-`builtin-small` stays the general small model.
+`at` places the student's steps as `apply_stitch` does: 0 (the default) learns the first steps, 1 the last
+ones, where the builtin pair loses fewest points. There the states come from the large model's whole trajectory,
+and the handover is the final latents.
+
+The student is written as a third transformer of a copy of the folder, `transformer_stitch`; `--stitch-model
+FOLDER#transformer_stitch` uses it. `builtin-small` stays the general small model.
 
     ditflow train stitch --minutes 20 --out runs/stitch-distill
     ditflow bench stitch --small "runs/stitch-distill#transformer_stitch" --fractions 0 0.4
+    ditflow train stitch --start transformer_small_late --fraction 0.4 --at 1 --out runs/stitch-late-distill
+    ditflow bench stitch --small "runs/stitch-late-distill#transformer_stitch" --fractions 0 0.4 --at 1
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
+from ditflow.pipelines.stitch import small_step_range
 
 STUDENT = "transformer_stitch"  # subfolder of the builtin folder; `builtin-stitch` loads it
 
@@ -42,7 +49,9 @@ class StitchDistillConfig:
     """Args:
         model: a builtin-style folder (or `builtin`) holding the large `transformer` and the student's start.
         start: the transformer subfolder the student starts from (the general small model).
-        fraction: the share of `steps` the student learns; it then serves every stitch fraction up to this.
+        fraction: the share of `steps` the student learns; with `at` 0 or 1 it then serves every stitch fraction
+            up to this.
+        at: where those steps sit, as `apply_stitch`'s `at`: 0 = the first (T-Stitch), 1 = the last.
         steps: the sampling schedule the trajectories follow (the builtin default is 20).
         n_prompts: training captions (never the held-out ones) whose trajectories the large model records.
         batch: trajectories per recording call, and states per optimiser step.
@@ -59,6 +68,7 @@ class StitchDistillConfig:
     model: str = "builtin"
     start: str = "transformer_small"
     fraction: float = 0.5
+    at: float = 0.0
     steps: int = 20
     n_prompts: int = 768
     batch: int = 16
@@ -74,6 +84,8 @@ class StitchDistillConfig:
     def check(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1]; got {self.fraction}")
+        if not 0.0 <= self.at <= 1.0:
+            raise ValueError(f"at must be in [0, 1] (0 = the first steps, 1 = the last); got {self.at}")
         require_positive(self, ("steps", "n_prompts", "batch", "max_steps", "rollout_batch"))
         if round(self.fraction * self.steps) < 1:
             raise ValueError(f"fraction {self.fraction} of {self.steps} steps is no step at all")
@@ -81,7 +93,8 @@ class StitchDistillConfig:
 
 @dataclass
 class Trajectories:
-    """The large model's first k steps for the prompts of one canvas size (R = 2 with true CFG: cond, uncond)."""
+    """The large model's k steps that the student learns, for the prompts of one canvas size (R = 2 with true CFG:
+    cond, uncond)."""
 
     size: tuple[int, int]
     x: torch.Tensor  # (N, k, L, C): the latents each step starts from
@@ -112,11 +125,11 @@ def training_prompts(n: int, seed: int) -> dict[tuple[int, int], list[str]]:
     return out
 
 
-def first_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int], k: int, steps: int,
-                keep: bool = True) -> tuple[torch.Tensor, list[dict]]:
-    """Run the pipeline for its first k steps of `steps`; returns the latents after them and, with `keep`, the
-    inputs and outputs of every transformer call (cond and uncond alternate under true CFG) and last the
-    timestep input the next step would get (the scheduler's σ at the handover)."""
+def run_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int], span: range, steps: int,
+              keep: bool = True) -> tuple[torch.Tensor, list[dict]]:
+    """Run the pipeline of `steps` steps up to the end of `span`; returns the latents then and, with `keep`, the
+    inputs and outputs of every transformer call in `span` (cond and uncond alternate under true CFG) and last
+    the timestep input the next step would get (the scheduler's σ at the handover; 0 after the last step)."""
     from ditflow.pipelines.sampling import call_kwargs, generators
 
     calls: list[dict] = []
@@ -126,34 +139,38 @@ def first_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int
                                                       "pooled_projections", "img_ids", "txt_ids", "guidance")},
                       "v": output[0]})
 
-    def stop_after_k(p, i, t, kw):
-        if i + 1 >= k:
+    def stop_after_span(p, i, t, kw):
+        if i + 1 >= span.stop:
             p._interrupt = True  # FluxPipeline skips the remaining steps (diffusers' documented interrupt)
-            calls.append({"handover_t": p.scheduler.sigmas[k]})
+            calls.append({"handover_t": p.scheduler.sigmas[span.stop]})
         return {}
 
     handle = pipe.transformer.register_forward_hook(record, with_kwargs=True) if keep else None
     try:
         h, w = size
         latents = pipe(prompts, height=h, width=w, generator=generators(seeds), output_type="latent",
-                       callback_on_step_end=stop_after_k, **call_kwargs(pipe, steps)).images
+                       callback_on_step_end=stop_after_span, **call_kwargs(pipe, steps)).images
     finally:
         if handle is not None:
             handle.remove()
+    if keep:
+        per_step = (len(calls) - 1) // span.stop  # 1, or 2 under true CFG
+        calls = calls[per_step * span.start:]
     return latents, calls
 
 
 @torch.no_grad()
 def record_trajectories(pipe, cfg: StitchDistillConfig, log=print) -> list[Trajectories]:
-    k = round(cfg.fraction * cfg.steps)
+    span = small_step_range(cfg.fraction, cfg.at, cfg.steps)
+    k = len(span)
     groups = []
     for size, prompts in training_prompts(cfg.n_prompts, cfg.seed).items():
         parts: dict[str, list[torch.Tensor]] = {"x": [], "v": [], "end": [], "seq": [], "pooled": []}
         t0 = time.monotonic()
         for start in range(0, len(prompts), cfg.batch):
             chunk = prompts[start:start + cfg.batch]
-            end, calls = first_steps(pipe, chunk, size,
-                                     [cfg.seed + 100_000 + start + j for j in range(len(chunk))], k, cfg.steps)
+            end, calls = run_steps(pipe, chunk, size,
+                                   [cfg.seed + 100_000 + start + j for j in range(len(chunk))], span, cfg.steps)
             handover_t = calls.pop()["handover_t"]
             r = len(calls) // k
             if r not in (1, 2) or len(calls) != r * k:
@@ -259,20 +276,21 @@ def train_student(student, groups: list[Trajectories], scale: float, cfg: Stitch
 
 # ----------------------------------------------------------------------------- how far apart at the handover
 @torch.no_grad()
-def handover_gap(pipe, small, fraction: float, steps: int, n: int, seed: int = 0) -> float:
-    """Mean relative squared distance, at the handover, between the latents the stitched pipeline hands the large
-    model and those the large model reaches alone, over n held-out single-panel prompts (same seeds)."""
+def handover_gap(pipe, small, fraction: float, steps: int, n: int, seed: int = 0, at: float = 0.0) -> float:
+    """Mean relative squared distance, at the end of the small model's steps, between the latents of the stitched
+    pipeline and those the large model reaches alone, over n held-out single-panel prompts (same seeds). With
+    `at` = 1 that is the final latents."""
     from ditflow.pipelines import world
     from ditflow.pipelines.stitch import apply_stitch, remove_stitch
 
     prompts = [t for t, s in world.heldout_prompts(n) if s.layout == (1, 1)][:n]
-    k = round(fraction * steps)
+    span = small_step_range(fraction, at, steps)
     size = (world.PANEL, world.PANEL)
     seeds = [seed + i for i in range(len(prompts))]
-    alone, _ = first_steps(pipe, prompts, size, seeds, k, steps, keep=False)
-    apply_stitch(pipe, small, fraction)
+    alone, _ = run_steps(pipe, prompts, size, seeds, span, steps, keep=False)
+    apply_stitch(pipe, small, fraction, at=at)
     try:
-        stitched, _ = first_steps(pipe, prompts, size, seeds, k, steps, keep=False)
+        stitched, _ = run_steps(pipe, prompts, size, seeds, span, steps, keep=False)
     finally:
         remove_stitch(pipe)
     return float(((stitched - alone) ** 2).sum((1, 2)).div((alone ** 2).sum((1, 2))).mean())
@@ -325,10 +343,10 @@ def main(pipe=None, small=None, log=print, install: bool = False, **overrides) -
                   first_loss=history[0] if history else None, last_loss=history[-1] if history else None)
     if cfg.eval_n:
         for f in sorted({0.4, cfg.fraction}):
-            if f <= cfg.fraction:
+            if f == cfg.fraction or (f < cfg.fraction and cfg.at in (0.0, 1.0)):  # steps the student learned
                 report[f"handover_gap_f{f}"] = {
-                    "start": handover_gap(pipe, small, f, cfg.steps, cfg.eval_n, cfg.seed),
-                    "student": handover_gap(pipe, student, f, cfg.steps, cfg.eval_n, cfg.seed)}
+                    "start": handover_gap(pipe, small, f, cfg.steps, cfg.eval_n, cfg.seed, cfg.at),
+                    "student": handover_gap(pipe, student, f, cfg.steps, cfg.eval_n, cfg.seed, cfg.at)}
                 log(f"handover gap at f = {f}: {report[f'handover_gap_f{f}']}")
     out = export(student, source, Path(cfg.out), {k: v for k, v in report.items() if k != "first_loss"})
     (out / "stitch_distill.json").write_text(json.dumps(report, indent=1, default=str))
