@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
 from ditflow.pipelines.stitch import small_step_range
 
-STUDENT = "transformer_stitch"  # subfolder of the builtin folder; `builtin-stitch` loads it
+STUDENT = "transformer_stitch"  # subfolder the student is written to; `--stitch-model FOLDER#transformer_stitch`
 
 
 @dataclass
@@ -133,13 +133,17 @@ def run_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int],
     from ditflow.pipelines.sampling import call_kwargs, generators
 
     calls: list[dict] = []
+    done = [0]  # steps finished, counted by the step-end callback
 
     def record(module, args, kwargs, output):
+        if done[0] < span.start:  # a step before the span: nothing to keep
+            return
         calls.append({**{n: kwargs.get(n) for n in ("hidden_states", "timestep", "encoder_hidden_states",
                                                       "pooled_projections", "img_ids", "txt_ids", "guidance")},
                       "v": output[0]})
 
     def stop_after_span(p, i, t, kw):
+        done[0] = i + 1
         if i + 1 >= span.stop:
             p._interrupt = True  # FluxPipeline skips the remaining steps (diffusers' documented interrupt)
             calls.append({"handover_t": p.scheduler.sigmas[span.stop]})
@@ -153,9 +157,6 @@ def run_steps(pipe, prompts: list[str], size: tuple[int, int], seeds: list[int],
     finally:
         if handle is not None:
             handle.remove()
-    if keep:
-        per_step = (len(calls) - 1) // span.stop  # 1, or 2 under true CFG
-        calls = calls[per_step * span.start:]
     return latents, calls
 
 
