@@ -290,7 +290,11 @@ def apply_edit(desc: str, clause: str) -> str:
     if not scene.things:  # a photo or anything outside the shapes world: say what changes, in words
         change = re.sub(rf"\b(?:{REF_NOUN}|#)\s*#?\d+\b|\b(?:in|of|on) (?:it|this|the (?:image|photo|picture))\b",
                         "", clause).strip(" ,.")
-        return f"{base}, edited: {change}" if change else base
+        if not change:
+            return base
+        # a description is a prompt: the words of a very long edit beyond the prompt limit cannot be drawn anyway
+        room = max(0, MAX_PROMPT_CHARS - len(base) - len(", edited: "))
+        return f"{base}, edited: {change[:room]}" if room else base
     bg_clause = "background" in clause or "backdrop" in clause
     new = scene
     spans = [(m.start, m.end) for m in ments]
