@@ -149,3 +149,37 @@ def test_score_judges_canvases_panels_and_attributes(monkeypatch):
         got = distill.score(None, cfg)
         assert set(got) == set(distill.SCORES) and all(got[k] == v for k, v in want.items())
     assert 0.5 < got["attributes"] < 1.0
+
+
+def test_a_run_continues_from_a_student_file(tmp_path):
+    """--init starts from the file's projections (with lr 0 they come back unchanged), counts the steps behind
+    them, draws other batches, and refuses a file made for another radius before any sampling."""
+    pipe = tiny_flux_pipeline(seed=2)
+    distill.main(pipe=pipe, out=str(tmp_path / "a"), log=lambda m: None, **SMALL)
+    first = tmp_path / "a" / distill.WEIGHTS_NAME
+    pipe = tiny_flux_pipeline(seed=2)
+    distill.main(pipe=pipe, out=str(tmp_path / "b"), log=lambda m: None,
+                 **{**SMALL, "steps": 1, "lr": 0.0, "init": str(first)})
+    meta_a, state_a = distill.read_student(first)
+    meta_b, state_b = distill.read_student(tmp_path / "b" / distill.WEIGHTS_NAME)
+    assert meta_a["steps"] == "3" and meta_b["steps"] == "4"
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    cfg = distill.DistillConfig(**SMALL)
+    assert distill.batch_seed(cfg) != distill.batch_seed(distill.DistillConfig(**SMALL, init=str(first)))
+    with pytest.raises(ValueError, match="radius 2, not 3"):
+        distill.main(pipe=None, **{**SMALL, "radius": 3.0, "init": str(first)})
+
+
+def test_cooldown_lowers_the_learning_rate_within_the_budget(tmp_path):
+    pipe = tiny_flux_pipeline(seed=2)
+    teacher = pipe.transformer.eval().requires_grad_(False)
+    cfg = distill.DistillConfig(**{**SMALL, "minutes": 0.5, "cooldown": 0.5, "lr": 1e-3})
+    data = distill.teacher_samples(pipe, cfg)
+    history = distill.train_student(teacher, distill.make_student(teacher, cfg.radius), data, cfg,
+                                    pipe.vae_scale_factor, log=lambda m: None)
+    lrs = [h["lr"] for h in history]
+    assert lrs[0] == pytest.approx(1e-3, rel=0.05) and lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
+    with pytest.raises(ValueError, match="cooldown is part of the minutes budget"):
+        distill.main(pipe=None, **{**SMALL, "cooldown": 5.0})  # no minutes budget to cool down within
+    with pytest.raises(ValueError, match="cooldown is part of the minutes budget"):
+        distill.main(pipe=None, **{**SMALL, "minutes": 2.0, "cooldown": 5.0})

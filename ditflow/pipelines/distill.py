@@ -34,6 +34,7 @@ from ditflow.kernels.local_attention import visible_pairs
 from ditflow.kernels.processors import install_local_attention
 from ditflow.pipelines.loading import STUDENT_FILE
 from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
+from ditflow.pipelines.train import cooldown_factor
 
 IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
 WEIGHTS_NAME = STUDENT_FILE
@@ -47,6 +48,9 @@ class DistillConfig:
         radius: local window radius, tokens.
         n_samples: teacher-generated training samples; teacher_steps: its sampling steps.
         steps: optimiser steps (stops early when `minutes` run out); batch; lr.
+        cooldown: the last minutes of the `minutes` budget, over which lr falls linearly to 10% (as in
+            `train builtin`); 0 keeps it constant.
+        init: a student weights file to continue from (same teacher and radius), so that a run can be extended.
         attn_every: match attention outputs on every k-th attention layer (the "subset of layers").
         w_flow, w_teacher, w_attn: loss weights of flow matching, output matching and attention-output matching.
         eval_n: held-out 2×2-panel prompts scored for teacher and student (0 skips the evaluation), by whole
@@ -67,6 +71,8 @@ class DistillConfig:
     minutes: float | None = None
     batch: int = 8
     lr: float = 1e-4
+    cooldown: float = 0.0
+    init: str = ""
     attn_every: int = 2
     w_flow: float = 1.0
     w_teacher: float = 0.5
@@ -82,6 +88,9 @@ class DistillConfig:
         if not self.radius > 0:
             raise ValueError(f"radius must be > 0 tokens; got {self.radius}")
         require_positive(self, ("n_samples", "teacher_steps", "steps", "batch", "attn_every"))
+        if self.cooldown < 0 or (self.cooldown and (self.minutes is None or self.cooldown > self.minutes)):
+            raise ValueError(f"cooldown is part of the minutes budget: 0 ≤ cooldown ≤ minutes; got cooldown "
+                             f"{self.cooldown} with minutes {self.minutes}")
 
 
 # ----------------------------------------------------------------------------- data: the teacher's own samples
@@ -227,6 +236,13 @@ def distill_loss(student, teacher, tap_s: AttentionTap, tap_t: AttentionTap, x0,
     return loss, {"loss": loss.item(), "flow": flow.item(), "match": match.item(), "attn": attn.item()}
 
 
+def batch_seed(cfg: DistillConfig) -> int:
+    """A continued run draws other batches than the run it continues: the init file's digest joins the seed."""
+    if not cfg.init:
+        return cfg.seed
+    return cfg.seed + int(hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()[:12], 16)
+
+
 def train_student(teacher, student, data: dict[str, torch.Tensor], cfg: DistillConfig, vae_scale: int,
                   log=print) -> list[dict]:
     params = [p for p in student.parameters() if p.requires_grad]
@@ -234,13 +250,17 @@ def train_student(teacher, student, data: dict[str, torch.Tensor], cfg: DistillC
     names = attention_modules(teacher, cfg.attn_every)
     tap_t, tap_s = AttentionTap(teacher, names), AttentionTap(student, names)
     img_ids, txt_ids = token_ids(1, cfg.height, cfg.width, data["seq"].shape[1], vae_scale)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(batch_seed(cfg))
     history, start = [], time.monotonic()
     student.train()
     try:
         for step in range(cfg.steps):
-            if cfg.minutes is not None and time.monotonic() - start > 60 * cfg.minutes:
+            elapsed = time.monotonic() - start
+            if cfg.minutes is not None and elapsed > 60 * cfg.minutes:
                 break
+            lr = cfg.lr * cooldown_factor(elapsed, cfg.minutes or 0.0, cfg.cooldown)
+            for group in opt.param_groups:
+                group["lr"] = lr
             idx = torch.randint(0, data["x0"].shape[0], (cfg.batch,), generator=gen)
             x0 = data["x0"][idx]
             t = torch.sigmoid(torch.randn(cfg.batch, generator=gen))  # logit-normal timesteps (SD3)
@@ -251,9 +271,9 @@ def train_student(teacher, student, data: dict[str, torch.Tensor], cfg: DistillC
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            history.append(parts | {"step": step})
+            history.append(parts | {"lr": lr, "step": step})
             if step % 50 == 0 or step == cfg.steps - 1:
-                log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in history[-1].items()}))
+                log(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in history[-1].items()}))
     finally:
         tap_t.remove(), tap_s.remove()
         student.eval()
@@ -275,8 +295,8 @@ def save_student(student, path: Path, meta: dict, dtype: torch.dtype = torch.flo
     return path
 
 
-def load_student(transformer, path: Path | str):
-    """Turn a loaded teacher transformer (in place) into the distilled local-attention student."""
+def read_student(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A student file's metadata (radius, model, size) and projections."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -284,6 +304,12 @@ def load_student(transformer, path: Path | str):
         state = {k: f.get_tensor(k) for k in f.keys()}
     if "radius" not in meta:
         raise ValueError(f"{path} is not a local-attention student file (no radius in its metadata)")
+    return meta, state
+
+
+def load_student(transformer, path: Path | str):
+    """Turn a loaded teacher transformer (in place) into the distilled local-attention student."""
+    meta, state = read_student(path)
     own = dict(transformer.named_parameters())
     wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if wrong:
@@ -340,6 +366,13 @@ def load_teacher(model: str):
 def main(pipe=None, log=print, **overrides) -> dict:
     """Distill, save, evaluate. Returns the report (also written to `out/report.json`)."""
     cfg = from_overrides(DistillConfig, overrides, "distill")
+    done = 0  # optimiser steps behind the starting projections, recorded in the weights file
+    if cfg.init:  # checked before the teacher samples, which can take minutes
+        meta = read_student(cfg.init)[0]
+        radius, done = float(meta["radius"]), int(meta.get("steps", 0))
+        if radius != cfg.radius:
+            raise ValueError(f"{cfg.init} was distilled for radius {radius:g}, not {cfg.radius:g}; pass --radius "
+                             f"{radius:g} to continue it")
     torch.manual_seed(cfg.seed)
     pipe = pipe or load_teacher(cfg.model)
     teacher = pipe.transformer.eval().requires_grad_(False)
@@ -352,9 +385,13 @@ def main(pipe=None, log=print, **overrides) -> dict:
     log(f"window r={cfg.radius} on a {masked['grid'][0]}×{masked['grid'][1]} grid masks "
         f"{masked['image_pairs_masked']:.1%} of image pairs ({masked['all_pairs_masked']:.1%} of all pairs)")
     student = make_student(teacher, cfg.radius)
+    if cfg.init:
+        load_student(student, cfg.init)
+        log(f"continuing from {cfg.init}")
     history = train_student(teacher, student, data, cfg, vae_scale, log)
     path = save_student(student, out / WEIGHTS_NAME, {"radius": cfg.radius, "model": cfg.model,
-                                                       "height": cfg.height, "width": cfg.width})
+                                                       "height": cfg.height, "width": cfg.width,
+                                                       "steps": done + len(history)})
     load_student(student, path)  # the evaluation scores what ships: the fp16-rounded projections
     report = {"config": asdict(cfg), "masked": masked, "steps_run": len(history),
               "first_loss": history[0]["loss"] if history else math.nan,

@@ -354,11 +354,15 @@ def lr_at(recipe: Recipe, step: int, elapsed: float, minutes: float, cooldown: f
     `cooldown` minutes of the budget, a linear fall to 10%: the warmup-stable-decay schedule, whose decay phase
     gives most of a cosine schedule's gain without fixing the length of the run in advance. `elapsed` is in
     seconds; `minutes` (the budget) and `cooldown` are in minutes, as on the command line."""
-    warm = min(1.0, (step + 1) / recipe.warmup)
+    return recipe.lr * min(1.0, (step + 1) / recipe.warmup) * cooldown_factor(elapsed, minutes, cooldown)
+
+
+def cooldown_factor(elapsed: float, minutes: float, cooldown: float) -> float:
+    """The decay phase alone: 1 until the last `cooldown` minutes of a `minutes` budget, then linearly to 0.1."""
     if cooldown <= 0:
-        return recipe.lr * warm
+        return 1.0
     into = min(1.0, max(0.0, (elapsed / 60 - (minutes - cooldown)) / cooldown))
-    return recipe.lr * warm * (1 - 0.9 * into)
+    return 1 - 0.9 * into
 
 
 def init_sources(init: Path, recipe: Recipe) -> dict[str, Path]:
