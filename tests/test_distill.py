@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -74,11 +75,15 @@ def test_main_writes_a_small_weights_file_that_loads_back(tmp_path):
     assert 0 < sum(v.numel() for v in state.values()) < total  # only the projections ship
 
     fresh = tiny_flux_pipeline(seed=2).transformer  # same seed: the teacher's weights
-    distill.load_student(fresh, weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own teacher: no warning
+        distill.load_student(fresh, weights)
     assert installed(fresh).radius == 2.0
     own = dict(fresh.named_parameters())
     assert all(v.dtype == torch.float16 and torch.equal(own[k], v.to(own[k].dtype)) for k, v in state.items())
     remove_local_attention(fresh)
+    with pytest.warns(UserWarning, match="distilled from other weights"):
+        distill.load_student(tiny_flux_pipeline(seed=3).transformer, weights)  # same shapes, another teacher
 
 
 def test_teacher_samples_are_kept_for_the_next_run_with_the_same_teacher(tmp_path, monkeypatch):
@@ -183,3 +188,21 @@ def test_cooldown_lowers_the_learning_rate_within_the_budget(tmp_path):
         distill.main(pipe=None, **{**SMALL, "cooldown": 5.0})  # no minutes budget to cool down within
     with pytest.raises(ValueError, match="cooldown is part of the minutes budget"):
         distill.main(pipe=None, **{**SMALL, "minutes": 2.0, "cooldown": 5.0})
+
+
+def test_the_shipped_student_was_distilled_from_the_shipped_large_model():
+    """`--local-attention student` on the builtin: the file's teacher digest is the shipped transformer's, so a
+    retrained large model cannot ship beside a stale student unnoticed."""
+    from ditflow.pipelines.loading import BUILTIN_DIR, STUDENT_FILE, load_transformer
+
+    path = BUILTIN_DIR / STUDENT_FILE
+    meta, state = distill.read_student(path)
+    record = json.loads((BUILTIN_DIR / "ditflow.json").read_text())["local_attention_student"]
+    assert float(meta["radius"]) == record["radius"] and int(meta["steps"]) == record["student_steps"]
+    transformer = load_transformer("builtin", device="cpu")
+    before = {k: v.clone() for k, v in transformer.state_dict().items() if k in state}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distill.load_student(transformer, path)
+    assert installed(transformer).radius == 6.0
+    assert all(not torch.equal(before[k], transformer.state_dict()[k]) for k in state)  # distilled, not copied

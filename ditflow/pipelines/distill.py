@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -127,10 +128,13 @@ def teacher_samples(pipe, cfg: DistillConfig) -> dict[str, torch.Tensor]:
     return {"x0": torch.cat(latents), "seq": torch.cat(seqs), "pooled": torch.cat(pooled)}
 
 
-def teacher_fingerprint(teacher) -> str:
-    """A digest of the teacher's weights: a cache of its samples is stale once they change."""
+def teacher_fingerprint(teacher, skip=()) -> str:
+    """A digest of the teacher's weights, less the tensors named in `skip`: a cache of its samples is stale once
+    they change, and so is a student, whose own projections are the skipped ones."""
     h = hashlib.sha256()
     for name, t in teacher.state_dict().items():
+        if name in skip:
+            continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -308,8 +312,13 @@ def read_student(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tens
 
 
 def load_student(transformer, path: Path | str):
-    """Turn a loaded teacher transformer (in place) into the distilled local-attention student."""
+    """Turn a loaded teacher transformer (in place) into the distilled local-attention student. A student made
+    from other weights of the same shape (an older large model, say) still loads, with a warning: only a
+    dtype other than the teacher's also changes the digest, and then the projections still fit."""
     meta, state = read_student(path)
+    if "teacher" in meta and teacher_fingerprint(transformer, skip=state.keys()) != meta["teacher"]:
+        warnings.warn(f"{path} was distilled from other weights than this transformer's (or in another dtype); "
+                      f"redistill it with `ditflow train distill` if the images look wrong", stacklevel=2)
     own = dict(transformer.named_parameters())
     wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if wrong:
@@ -389,9 +398,10 @@ def main(pipe=None, log=print, **overrides) -> dict:
         load_student(student, cfg.init)
         log(f"continuing from {cfg.init}")
     history = train_student(teacher, student, data, cfg, vae_scale, log)
+    frozen = teacher_fingerprint(teacher, skip=trainable_state(student).keys())
     path = save_student(student, out / WEIGHTS_NAME, {"radius": cfg.radius, "model": cfg.model,
                                                        "height": cfg.height, "width": cfg.width,
-                                                       "steps": done + len(history)})
+                                                       "steps": done + len(history), "teacher": frozen})
     load_student(student, path)  # the evaluation scores what ships: the fp16-rounded projections
     report = {"config": asdict(cfg), "masked": masked, "steps_run": len(history),
               "first_loss": history[0]["loss"] if history else math.nan,
