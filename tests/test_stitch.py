@@ -139,7 +139,7 @@ def test_incompatible_models_and_bad_fractions_raise(pair):
 
 
 def test_bench_stitch_reports_a_paired_interval(capsys):
-    from ditflow.bench.stitch import main
+    from ditflow.bench.stitch import label, main
 
     rows = main(fractions=(0.0, 1.0), n=1, steps=2, tiny=True, small_cfg=(True, False))
     assert [(r["fraction"], r["small_cfg"]) for r in rows] == [(0.0, True), (1.0, True), (1.0, False)]
@@ -147,7 +147,8 @@ def test_bench_stitch_reports_a_paired_interval(capsys):
     n = len(rows[0]["passed"])
     assert n > 0 and all(len(r["passed"]) == n for r in rows)
     out = capsys.readouterr().out
-    assert "prompts lost / gained" in out and "| 1.0, unguided |" in out and "| f | single |" in out
+    assert "prompts lost / gained" in out and "| 1.00, unguided |" in out and "| f | single |" in out
+    assert label({"fraction": 0.35, "small_cfg": True}) == "0.35"  # not 0.3, the row above it in a curve
 
 
 def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():

@@ -66,7 +66,7 @@ def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20,
 
 
 def label(row: dict) -> str:
-    return f"{row['fraction']:.1f}" + ("" if row["small_cfg"] else ", unguided")
+    return f"{row['fraction']:.2f}" + ("" if row["small_cfg"] else ", unguided")  # .1f printed 0.35 as 0.3
 
 
 def print_table(rows: list[dict]) -> None:
