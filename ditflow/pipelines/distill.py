@@ -313,8 +313,8 @@ def read_student(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tens
 
 def load_student(transformer, path: Path | str):
     """Turn a loaded teacher transformer (in place) into the distilled local-attention student. A student made
-    from other weights of the same shape (an older large model, say) still loads, with a warning: only a
-    dtype other than the teacher's also changes the digest, and then the projections still fit."""
+    from other weights of the same shape (an older large model, say) loads with a warning, not an error: the
+    digest also changes when the right teacher is merely loaded in another dtype, where the projections fit."""
     meta, state = read_student(path)
     if "teacher" in meta and teacher_fingerprint(transformer, skip=state.keys()) != meta["teacher"]:
         warnings.warn(f"{path} was distilled from other weights than this transformer's (or in another dtype); "
@@ -398,7 +398,7 @@ def main(pipe=None, log=print, **overrides) -> dict:
         load_student(student, cfg.init)
         log(f"continuing from {cfg.init}")
     history = train_student(teacher, student, data, cfg, vae_scale, log)
-    frozen = teacher_fingerprint(teacher, skip=trainable_state(student).keys())
+    frozen = teacher_fingerprint(teacher, skip={n for n, p in student.named_parameters() if p.requires_grad})
     path = save_student(student, out / WEIGHTS_NAME, {"radius": cfg.radius, "model": cfg.model,
                                                        "height": cfg.height, "width": cfg.width,
                                                        "steps": done + len(history), "teacher": frozen})
