@@ -4,6 +4,7 @@
     ditflow generate --prompts-file prompts.txt -o outdir --seed 0          # outdir/0001.png, 0002.png, ...
     ditflow generate --panels 4 "a red square moving clockwise" -o outdir  # one in-context canvas
     ditflow generate "a blue circle" -o out.png --classifier-guidance 2
+    ditflow generate "a blue circle" -o out.png --cfg 1 --classifier-guidance 5   # EluCD: the classifier, not CFG
     ditflow generate "a blue circle" -o out.png --stitch 0.4 --stitch-at 1   # builtin-small-late: the last 8 steps
     ditflow generate "a red square" -o out.png --size 128x128 --local-attention student   # CLEAR, distilled
 
@@ -92,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                          f"'overview | panel 1 | panel 2 ...'")
     ap.add_argument("--max-panels", type=int, default=4, help="panels per canvas; more continue on new canvases")
     ap.add_argument("--classifier-guidance", type=float, default=0.0, metavar="SCALE",
-                    help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin scenes)")
+                    help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin scenes); "
+                         "2 is safe beside CFG, 5 with --cfg 1 lifts the most (docs/benchmarks.md, Toolkit)")
     ap.add_argument("--stitch", type=float, default=None, metavar="F",
                     help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
     ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",

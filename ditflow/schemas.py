@@ -188,7 +188,9 @@ class RestoreSpec(ToolSpec):
 class GuideSpec(ToolSpec):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     target: dict[str, str] = Field(default_factory=dict, description='attribute → label, e.g. {"color": "red"}')
-    scale: float = Field(2.0, ge=0.0, le=100.0)  # 5 broke 8 of 27 right samples, 2 broke 2 (bench toolkit)
+    # Beside CFG, 5 broke 8 of 27 right samples and 2 broke 2; with CFG off (guidance_scale 1), 5 lifts accuracy
+    # by 10.7 points (docs/benchmarks.md, Toolkit). The default is the one that is safe beside CFG.
+    scale: float = Field(2.0, ge=0.0, le=100.0)
 
 
 class ToolRecord(BaseModel):

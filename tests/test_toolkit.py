@@ -294,10 +294,11 @@ def test_bench_guide_pairs_the_runs_prompt_by_prompt(tmp_path):
 
     out = tmp_path / "guide.json"
     assert bench.cli(["--sections", "guide", "--n", "2", "--steps", "2", "--guide-scale", "30", "--guide-cfg", "1",
-                      "--json", str(out)]) == 0
+                      "--guide-seed", "1000", "--json", str(out)]) == 0
     g = json.loads(out.read_text())["guide"]
     assert g["n"] == 2 * len(bench.GUIDE_KINDS) and g["scale"] == 30  # n prompts of each lone-object kind
     assert g["cfg"] == 1.0  # both runs without CFG: the classifier alone conditions the guided one
+    assert g["seed"] == 1000  # prompt i drew seed 1000 + i in both runs
     assert set(g["unguided"]["per_kind"]) == set(bench.GUIDE_KINDS)
     assert g["lift_points"] == pytest.approx(100 * (g["gained"] - g["lost"]) / g["n"], abs=0.05)  # rounded to 0.1
     assert g["lift_points"] == pytest.approx(100 * (g["guided"]["overall"] - g["unguided"]["overall"]), abs=0.05)

@@ -2,6 +2,7 @@
 
     ditflow bench toolkit                      # builtin model, every section
     ditflow bench toolkit --n 16 --sections restore,guide --model builtin --json out.json
+    ditflow bench toolkit --sections guide --guide-cfg 1 --guide-scale 5   # EluCD's setting: no CFG
 
 Sections and their goals (issue 3):
   restore   PSNR of diffusion restoration vs the degraded input (≥ +3 dB) and the classical baseline (above it)
@@ -71,7 +72,7 @@ def bench_classify(n: int) -> dict:
             "heldout_photos": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True)}
 
 
-def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None) -> dict:
+def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None, seed: int = 0) -> dict:
     from ditflow.pipelines import classifiers
     from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
 
@@ -80,14 +81,15 @@ def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None
     pairs = {0.0: [], scale: []}
     for i, (text, spec) in enumerate(prompts):
         for sc in pairs:
-            g = GuideSpec(prompt=text, target=targets_from_prompt(text), scale=sc, seed=i, steps=steps,
+            g = GuideSpec(prompt=text, target=targets_from_prompt(text), scale=sc, seed=seed + i, steps=steps,
                           guidance_scale=cfg)
             img, _ = guided_generate(pipe, g, classifier=clf)
             pairs[sc].append((spec, img[0]))
     rep = {sc: world.score_many(p) for sc, p in pairs.items()}
     # paired, prompt by prompt: a push redraws samples either way, and the lost/gained split says which
     change = world.paired_change(rep[0.0].passed, rep[scale].passed)
-    return {"n": len(prompts), "scale": scale, "cfg": cfg, "unguided": rep[0.0].as_dict(), "guided": rep[scale].as_dict(),
+    return {"n": len(prompts), "scale": scale, "cfg": cfg, "seed": seed, "unguided": rep[0.0].as_dict(),
+            "guided": rep[scale].as_dict(),
             "lift_points": round(change["score_change_points"], 1), "ci95_points": round(change["ci95_points"], 1),
             "lost": change["lost"], "gained": change["gained"]}
 
@@ -164,6 +166,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--guide-cfg", type=float, default=None,
                     help="the guide section's CFG scale, for both runs (default: the model's; 1 = no CFG, "
                          "the classifier alone conditions, as in classic classifier guidance)")
+    ap.add_argument("--guide-seed", type=int, default=0,
+                    help="the guide section's first seed (prompt i draws seed + i): other seeds, other noise")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -184,7 +188,8 @@ def cli(argv: list[str]) -> int:
         elif s == "classify":
             figures[s] = bench_classify(max(args.n, 256))
         elif s == "guide":
-            figures[s] = bench_guide(pipe, args.n, args.steps, args.guide_scale, args.guide_cfg)
+            figures[s] = bench_guide(pipe, args.n, args.steps, args.guide_scale, args.guide_cfg,
+                                     args.guide_seed)
         elif s == "edit":
             figures[s] = bench_edit(pipe, args.n, args.steps)
         else:
