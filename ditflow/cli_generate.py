@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                          f"'overview | panel 1 | panel 2 ...'")
     ap.add_argument("--max-panels", type=int, default=4, help="panels per canvas; more continue on new canvases")
     ap.add_argument("--classifier-guidance", type=float, default=0.0, metavar="SCALE",
-                    help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin scenes); "
-                         "2 is safe beside CFG, 5 with --cfg 1 lifts the most (docs/benchmarks.md, Toolkit)")
+                    help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin "
+                         "scenes); 2 is safe beside CFG, 5 with --cfg 1 lifts the most (docs/benchmarks.md, Toolkit)")
     ap.add_argument("--stitch", type=float, default=None, metavar="F",
                     help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
     ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",
