@@ -178,7 +178,8 @@ class Session:
         self._cancel = threading.Event()
         self._load_lock = threading.Lock()
         self._busy = threading.Lock()  # one turn at a time; a second caller gets a clear error, not a race
-        self._tmp: Path | None = None
+        # a non-persistent session's store; its finalizer deletes the folder even when close() is never called
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self._checkpointer = None
         self._conn = None
         self.attachments: list[Path] = []  # attached with attach(), sent with the next chat()
@@ -186,8 +187,8 @@ class Session:
         if persist:
             self.store = SessionStore(self.settings.home)
         else:
-            self._tmp = Path(tempfile.mkdtemp(prefix="ditflow-session-"))
-            self.store = SessionStore(self._tmp)
+            self._tmp = tempfile.TemporaryDirectory(prefix="ditflow-session-", ignore_cleanup_errors=True)
+            self.store = SessionStore(Path(self._tmp.name))
         self.meta: SessionMeta | None = None
         if session_id is not None:
             self.load(session_id)
@@ -203,7 +204,7 @@ class Session:
         """Release the checkpoint database; a non-persistent session's temp folder is deleted."""
         self._close_checkpointer()
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp.cleanup()
             self._tmp = None
 
     # conversation identity ----------------------------------------------------

@@ -126,3 +126,18 @@ def test_repair_budget_comes_from_settings_env_and_arguments(monkeypatch):
     assert Session(persist=False, max_repairs=0)._runtime().max_repairs == 0  # an argument beats the environment
     with pytest.raises(ValueError, match="max_repairs"):
         Settings.load(max_repairs=-1)
+
+
+def test_an_unclosed_temporary_session_leaves_no_folder_behind():
+    import gc
+    from pathlib import Path
+
+    s = Session(pipeline=None, persist=False)
+    folder = Path(s.store.home)
+    assert folder.is_dir() and folder.name.startswith("ditflow-session-")
+    del s  # never closed: the folder's finalizer removes it once the session is collected
+    gc.collect()
+    assert not folder.exists()
+    with Session(pipeline=None, persist=False) as s:
+        folder = Path(s.store.home)
+    assert not folder.exists()  # close() removes it at once
