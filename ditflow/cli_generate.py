@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--stitch-cfg", action=argparse.BooleanOptionalAction, default=None,
                     help="true CFG in the --stitch steps (default on); --no-stitch-cfg runs the small model on the "
                          "conditional pass alone, at half its cost: faster, for a little quality (docs/benchmarks.md)")
+    ap.add_argument("--stitch-offset", action="store_true",
+                    help="shift the small model's outputs by (large − small), measured on the large model's step "
+                         "before them; needs --stitch-at > 0 (docs/benchmarks.md, T-Stitch)")
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
@@ -213,9 +216,12 @@ def cli(argv: list[str], command: str = "generate") -> int:
     if not 0.0 <= args.stitch_at <= 1.0:
         raise UserError(f"--stitch-at {args.stitch_at}: use 0 (the small model takes the first steps) to 1 (the last)")
     for flag, given in (("--stitch-at", args.stitch_at), ("--stitch-model", args.stitch_model is not None),
-                        ("--stitch-cfg", args.stitch_cfg is not None)):
+                        ("--stitch-cfg", args.stitch_cfg is not None), ("--stitch-offset", args.stitch_offset)):
         if given and args.stitch is None:
             raise UserError(f"{flag} needs the small model's share of the steps: give --stitch F as well")
+    if args.stitch_offset and args.stitch_at == 0:
+        raise UserError("--stitch-offset needs --stitch-at > 0: the offset is measured on the large model's step "
+                        "before the small model's, and the first steps have none")
     local = local_attention_spec(args.local_attention, args.model)
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
@@ -240,7 +246,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
             small_name = stitch_model(args.model, args.stitch_at, args.stitch_model)
             small = load_transformer(small_name)
             try:
-                apply_stitch(pipe, small, args.stitch, at=args.stitch_at, cfg=args.stitch_cfg is not False)
+                apply_stitch(pipe, small, args.stitch, at=args.stitch_at, cfg=args.stitch_cfg is not False,
+                             offset=args.stitch_offset)
             except ValueError as e:  # the two models do not share a latent space or text conditioning
                 raise UserError(f"--stitch-model {small_name}: {e}") from e
         if group is not None:

@@ -52,7 +52,9 @@ def test_stitch_model_takes_the_stitched_steps(model_dir, tmp_path):
                         ("half-unguided", ["--stitch", "0.5", "--stitch-at", "1", "--stitch-model", str(other),
                                            "--no-stitch-cfg", "--cfg", "3"]),
                         ("half-guided", ["--stitch", "0.5", "--stitch-at", "1", "--stitch-model", str(other),
-                                         "--stitch-cfg", "--cfg", "3"])):
+                                         "--stitch-cfg", "--cfg", "3"]),
+                        ("half-offset", ["--stitch", "0.5", "--stitch-at", "1", "--stitch-model", str(other),
+                                         "--stitch-offset"])):
         outs[name] = tmp_path / f"{name}.png"
         assert main(["generate", "a red circle", "-o", str(outs[name]), "--model", str(model_dir), "--size", "32x32",
                      *FAST, *extra]) == 0
@@ -60,6 +62,7 @@ def test_stitch_model_takes_the_stitched_steps(model_dir, tmp_path):
     assert digest["self"] == digest["plain"]
     assert len({digest["plain"], digest["other"], digest["half"]}) == 3
     assert digest["half-unguided"] != digest["half-guided"]  # the stitched steps dropped true CFG's second pass
+    assert digest["half-offset"] not in (digest["half"], digest["plain"])  # shifted, yet still the other model's
 
 
 def test_stitch_model_defaults_to_the_late_step_expert_only_for_the_builtins_last_steps():
@@ -142,6 +145,9 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-model", str(model_dir), *m],
            "--stitch-model needs")
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--no-stitch-cfg", *m], "--stitch-cfg needs")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch-offset", *m], "--stitch-offset needs the")
+    _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.4", "--stitch-offset", *m],
+           "needs --stitch-at > 0")
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.5", "--stitch-model", "builtin-small",
                     *m, *FAST], "same latent space")  # the builtin's latents are not the tiny model's
     _fails(capsys, ["generate", "a circle", "-o", str(out), "--stitch", "0.5", "--stitch-model", f"{model_dir}#nope",

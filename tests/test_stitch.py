@@ -94,6 +94,51 @@ def test_unguided_small_steps_run_the_small_model_once_per_step(pair):
         pipe.transformer = large
 
 
+def test_offset_cancels_a_constant_bias_of_the_small_model(pair):
+    """A small model that is the large one plus a constant output bias: the offset measured on the step before
+    its window removes the bias exactly, so the stitched pipeline draws the large model's image."""
+    import copy
+
+    pipe, _ = pair
+    biased = copy.deepcopy(pipe.transformer)
+    with torch.no_grad():
+        biased.proj_out.bias.add_(0.05)
+    cfg = dict(negative_prompt="", true_cfg_scale=3.0)
+    for kw in ({}, cfg):
+        large_only = _gen(pipe, **kw)
+        apply_stitch(pipe, biased, 0.5, at=1.0)
+        plain = _gen(pipe, **kw)
+        stitch = apply_stitch(pipe, biased, 0.5, at=1.0, offset=True)
+        try:
+            corrected = _gen(pipe, **kw)
+            passes = 2 if kw else 1
+            # the window's 2 steps plus the anchor (step 1), each pass; the large model keeps steps 0 and 1
+            assert stitch.calls == {"small": 3 * passes, "large": 2 * passes, "reused": 0}
+            assert sorted(stitch.offsets) == list(range(passes))
+        finally:
+            remove_stitch(pipe)
+        assert np.abs(plain - large_only).max() > 1e-3  # the bias shows without the offset
+        np.testing.assert_allclose(corrected, large_only, atol=1e-5)
+
+
+def test_offset_gives_each_cfg_pass_its_own_shift_and_needs_a_step_before(pair):
+    pipe, small = pair
+    cfg = dict(negative_prompt="", true_cfg_scale=3.0)
+    apply_stitch(pipe, small, 0.5, at=1.0)
+    plain = _gen(pipe, **cfg)
+    stitch = apply_stitch(pipe, small, 0.5, at=1.0, offset=True)
+    try:
+        shifted = _gen(pipe, **cfg)
+        assert not torch.equal(stitch.offsets[0], stitch.offsets[1])  # cond and uncond differ between models
+        assert np.array_equal(shifted, _gen(pipe, **cfg))  # a second run measures its own, same offsets
+    finally:
+        remove_stitch(pipe)
+    assert not np.array_equal(plain, shifted)
+    with pytest.raises(ValueError, match="at > 0"):
+        apply_stitch(pipe, small, 0.4, offset=True)
+    assert stitched(pipe) is None
+
+
 def test_small_model_last_differs_from_first_and_all_small_is_placement_free(pair):
     pipe, small = pair
     outs = {}
@@ -143,11 +188,14 @@ def test_bench_stitch_reports_a_paired_interval(capsys):
 
     rows = main(fractions=(0.0, 1.0), n=1, steps=2, tiny=True, small_cfg=(True, False))
     assert [(r["fraction"], r["small_cfg"]) for r in rows] == [(0.0, True), (1.0, True), (1.0, False)]
+    offset_rows = main(fractions=(0.0, 0.5), n=1, steps=2, tiny=True, at=1.0, offsets=(False, True))
+    assert [(r["fraction"], r["offset"]) for r in offset_rows] == [(0.0, False), (0.5, False), (0.5, True)]
     assert rows[0]["score_change_points"] == 0.0
     n = len(rows[0]["passed"])
     assert n > 0 and all(len(r["passed"]) == n for r in rows)
     out = capsys.readouterr().out
     assert "prompts lost / gained" in out and "| 1.00, unguided |" in out and "| f | single |" in out
+    assert "| 0.50, offset |" in out
     assert label({"fraction": 0.35, "small_cfg": True}) == "0.35"  # not 0.3, the row above it in a curve
 
 

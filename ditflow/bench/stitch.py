@@ -9,6 +9,7 @@ redraws the sample even when the small model is as good, so at 120 prompts the i
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
     ditflow bench stitch --fractions 0 0.4 --at 1           # the small model takes the last 40% instead
     ditflow bench stitch --fractions 0 0.4 --at 1 --small-cfg on off   # and with its steps unguided, side by side
+    ditflow bench stitch --fractions 0 0.4 --at 1 --offset off on      # and with the small model's bias offset
     ditflow bench stitch --tiny --n 2 --steps 4             # tiny random pair: timing only, scores meaningless
 """
 from __future__ import annotations
@@ -43,19 +44,21 @@ def tiny_pair(seed: int = 0):
 
 
 def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20, seed: int = 0,
-        kinds: tuple[str, ...] | None = None, at: float = 0.0, small_cfg: tuple[bool, ...] = (True,)) -> list[dict]:
-    """One row per fraction and, for f > 0, per `small_cfg` value (False: the small model's steps unguided)."""
+        kinds: tuple[str, ...] | None = None, at: float = 0.0, small_cfg: tuple[bool, ...] = (True,),
+        offsets: tuple[bool, ...] = (False,)) -> list[dict]:
+    """One row per fraction and, for f > 0, per `small_cfg` value (False: the small model's steps unguided) and
+    per `offsets` value (True: `apply_stitch(offset=True)`)."""
     from ditflow.bench.shapes import score_pipeline
 
     rows = []
     score_pipeline(pipe, 1, steps=2, seed=seed, kinds=("single",))  # warm-up: first-call allocations
     for f in fractions:
-        for cfg in (small_cfg if f > 0 else (True,)):
-            apply_stitch(pipe, small, f, at=at, cfg=cfg)
+        for cfg, offset in ([(c, o) for c in small_cfg for o in offsets] if f > 0 else [(True, False)]):
+            apply_stitch(pipe, small, f, at=at, cfg=cfg, offset=offset)
             t0 = time.perf_counter()
             report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
-            rows.append(dict(fraction=f, small_cfg=cfg, seconds=time.perf_counter() - t0, score=report.overall,
-                             per_kind=report.per_kind, passed=report.passed))
+            rows.append(dict(fraction=f, small_cfg=cfg, offset=offset, seconds=time.perf_counter() - t0,
+                             score=report.overall, per_kind=report.per_kind, passed=report.passed))
             remove_stitch(pipe)
             print(f"  {label(rows[-1])}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
     base = next((r for r in rows if r["fraction"] == 0.0), rows[0])
@@ -66,7 +69,8 @@ def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20,
 
 
 def label(row: dict) -> str:
-    return f"{row['fraction']:.2f}" + ("" if row["small_cfg"] else ", unguided")  # .1f printed 0.35 as 0.3
+    return (f"{row['fraction']:.2f}" + ("" if row["small_cfg"] else ", unguided")  # .1f printed 0.35 as 0.3
+            + (", offset" if row.get("offset") else ""))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -88,7 +92,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIONS, n: int = 20, steps: int = 20,
          seed: int = 0, tiny: bool = False, threads: int | None = None, at: float = 0.0,
-         small_cfg: tuple[bool, ...] = (True,)) -> list[dict]:
+         small_cfg: tuple[bool, ...] = (True,), offsets: tuple[bool, ...] = (False,)) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     if tiny:
@@ -101,7 +105,7 @@ def main(large: str = "builtin", small: str = "builtin-small", fractions=FRACTIO
     print(f"T-Stitch: large {'tiny' if tiny else large}, small {'tiny' if tiny else small}, {n} prompts per kind, "
           f"{steps} steps, {torch.get_num_threads()} threads, the small model's steps at {at:g} "
           f"(0 = first, 1 = last)")
-    rows = run(pipe, small_model, fractions, n, steps, seed, at=at, small_cfg=small_cfg)
+    rows = run(pipe, small_model, fractions, n, steps, seed, at=at, small_cfg=small_cfg, offsets=offsets)
     print_table(rows)
     if tiny:
         print("(tiny random models: the timings exercise the harness; the scores and the goal line mean nothing)")
@@ -121,6 +125,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--small-cfg", nargs="+", choices=("on", "off"), default=["on"],
                    help="true CFG in the small model's steps: on (both passes), off (the conditional pass alone, "
                         "half the cost), or both side by side")
+    p.add_argument("--offset", nargs="+", choices=("on", "off"), default=["off"],
+                   help="shift the small model's outputs by (large − small) measured on the step before its window "
+                        "(needs --at > 0), off, or both side by side")
     p.add_argument("--threads", type=int)
     p.add_argument("--tiny", action="store_true", help="tiny random pair (for checking the harness; no quality)")
     a = p.parse_args(argv)
@@ -129,6 +136,9 @@ def cli(argv: list[str] | None = None) -> int:
         raise ValueError(f"fractions must lie in [0, 1]; got {bad}")
     if not 0 <= a.at <= 1:
         raise ValueError(f"--at must lie in [0, 1]; got {a.at}")
+    if "on" in a.offset and a.at == 0:
+        raise ValueError("--offset on needs --at > 0: the offset is measured on the large model's step before the "
+                         "small model's, and the first steps have none")
     main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at,
-         tuple(dict.fromkeys(v == "on" for v in a.small_cfg)))
+         tuple(dict.fromkeys(v == "on" for v in a.small_cfg)), tuple(dict.fromkeys(v == "on" for v in a.offset)))
     return 0
