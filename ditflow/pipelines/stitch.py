@@ -63,8 +63,8 @@ class Stitch:
     cfg: bool = True  # False: the small model's steps skip true CFG's unconditional pass
     offset: bool = False  # True: the small model's outputs are shifted by (large − small) from the step before
     calls: dict = field(default_factory=lambda: {"small": 0, "large": 0, "reused": 0})
-    last_small: tuple | None = field(default=None, repr=False)  # (step, latents, output) of the last small call
     last_call: tuple | None = field(default=None, repr=False)  # (step, latents) of the last call: which pass is next
+    last_small: object = field(default=None, repr=False)  # the last call's output, when the small model made it
     offsets: dict = field(default_factory=dict, repr=False)  # pass (0 cond, 1 uncond) -> large − small
 
     def small_steps(self, total: int) -> range:
@@ -172,16 +172,16 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
             elif stitch.offset and index < window.start:
                 stitch.offsets.clear()  # a new run: nothing measured yet
             return out
-        if not stitch.cfg and second and last is not None and last[0] == index and last[1] is x:
+        if not stitch.cfg and second and last is not None:
             stitch.calls["reused"] += 1
-            return last[2]
+            return last
         stitch.calls["small"] += 1
         out = small_forward(x, args, kwargs)
         shift = stitch.offsets.get(int(second)) if stitch.offset else None
         if shift is not None and shift.shape == _sample(out).shape:
             out = _with_sample(out, _sample(out) + shift)
         if not stitch.cfg:
-            stitch.last_small = (index, x, out)
+            stitch.last_small = out
         return out
 
     large.forward = forward  # an instance attribute shadows the method; remove_stitch deletes it
