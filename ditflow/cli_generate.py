@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                          "conditional pass alone, at half its cost: faster, for a little quality (docs/benchmarks.md)")
     ap.add_argument("--stitch-offset", action="store_true",
                     help="shift the small model's outputs by (large − small), measured on the large model's step "
-                         "before them; needs --stitch-at > 0 (docs/benchmarks.md, T-Stitch)")
+                         "before them; needs --stitch-at > 0. With --no-stitch-cfg the large model's guidance on "
+                         "that step is carried through them too (docs/benchmarks.md, T-Stitch)")
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")

@@ -121,6 +121,41 @@ def test_offset_cancels_a_constant_bias_of_the_small_model(pair):
         np.testing.assert_allclose(corrected, large_only, atol=1e-5)
 
 
+def test_unguided_offset_window_carries_the_large_models_guidance_from_the_anchor(pair):
+    """cfg=False with the offset: the small model runs once per window step, and the unconditional pass is answered
+    with its shifted conditional output minus the guidance (cond − uncond) the large model gave on the anchor step,
+    so the pipeline's CFG sum is cond + (s − 1)·guidance at half the small model's cost."""
+    pipe, small = pair
+    cfg = dict(negative_prompt="", true_cfg_scale=3.0)
+    apply_stitch(pipe, small, 0.5, at=1.0, cfg=False, offset=False)
+    unguided = _gen(pipe, **cfg)
+    stitch = apply_stitch(pipe, small, 0.5, at=1.0, cfg=False, offset=True)
+    stitched_forward, seen = pipe.transformer.forward, []
+
+    def record(*args, **kwargs):
+        out = stitched_forward(*args, **kwargs)
+        seen.append((pipe.scheduler.step_index or 0, out[0] if isinstance(out, tuple) else out.sample))
+        return out
+
+    pipe.transformer.forward = record  # remove_stitch deletes it with the stitch
+    try:
+        carried = _gen(pipe, **cfg)
+        # steps 0-1 large (both passes); the anchor (step 1) adds one small cond call; the window one per step
+        assert stitch.calls == {"small": 3, "large": 4, "reused": 2}
+        assert sorted(stitch.offsets) == [0]
+        assert [step for step, _ in seen] == [0, 0, 1, 1, 2, 2, 3, 3]
+        guide = seen[2][1] - seen[3][1]  # the large model's cond − uncond on the anchor step
+        torch.testing.assert_close(stitch.guide, guide, rtol=0, atol=0)
+        for cond, uncond in (seen[4:6], seen[6:8]):
+            torch.testing.assert_close(uncond[1], cond[1] - guide, rtol=0, atol=0)
+        seen.clear()
+        assert np.array_equal(carried, _gen(pipe, **cfg))  # a second run measures its own, same guidance
+    finally:
+        remove_stitch(pipe)
+    assert not np.array_equal(carried, unguided)
+    assert "forward" not in vars(pipe.transformer)
+
+
 def test_offset_gives_each_cfg_pass_its_own_shift_and_needs_a_step_before(pair):
     pipe, small = pair
     cfg = dict(negative_prompt="", true_cfg_scale=3.0)
@@ -197,6 +232,25 @@ def test_bench_stitch_reports_a_paired_interval(capsys):
     assert "prompts lost / gained" in out and "| 1.00, unguided |" in out and "| f | single |" in out
     assert "| 0.50, offset |" in out
     assert label({"fraction": 0.35, "small_cfg": True}) == "0.35"  # not 0.3, the row above it in a curve
+
+
+def test_bench_stitch_takes_turns_without_changing_what_is_drawn(capsys):
+    from ditflow.bench.stitch import run
+
+    pipe, small = tiny_pair(seed=0)
+    whole = run(pipe, small, (0.0, 0.5), n_per_kind=1, steps=2, at=1.0, chunk=100)
+    turns = run(pipe, small, (0.0, 0.5), n_per_kind=1, steps=2, at=1.0, chunk=2)
+    assert [r["passed"] for r in turns] == [r["passed"] for r in whole]
+    for a, b in zip(whole, turns):  # each prompt keeps its seed; only the batching differs (1 level of 255 at most)
+        assert len(a["images"]) == len(b["images"]) == 6
+        for x, y in zip(a["images"], b["images"]):
+            assert np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max() <= 1
+    assert any(np.asarray(x).std() > 0 for x in whole[1]["images"])
+    assert not all(np.array_equal(x, y) for x, y in zip(whole[0]["images"], whole[1]["images"]))
+    assert all(r["seconds"] > 0 for r in turns)
+    out = capsys.readouterr().out
+    assert "2/6 prompts: 0.00" in out and "6/6 prompts: 0.00" in out  # three turns of two prompts, every setting
+    assert out.count("/6 prompts:") == 1 + 3
 
 
 def test_builtin_ships_a_late_step_expert_that_stitches_onto_the_large_model():

@@ -5,6 +5,8 @@ bench generates the held-out `bench shapes` prompt set, scores it with the analy
 time as a speedup over large-only (f = 0), together with the score change in points. The change is paired (same
 prompts, same seeds), so it comes with the prompts lost and gained and a 95% interval: a changed trajectory
 redraws the sample even when the small model is as good, so at 120 prompts the interval is several points wide.
+The settings take turns, 48 prompts at a time, so that a host whose speed drifts during the run slows all of
+them alike.
 
     ditflow bench stitch --n 20 --steps 20                  # builtin (large) + builtin-small
     ditflow bench stitch --fractions 0 0.4 --at 1           # the small model takes the last 40% instead
@@ -20,10 +22,11 @@ import time
 import torch
 
 from ditflow.pipelines.stitch import apply_stitch, remove_stitch
-from ditflow.pipelines.world import paired_change
+from ditflow.pipelines import world
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.4, 2.0  # ≥1.4× at ≤2 points of score lost
+CHUNK = 48  # prompts per turn: three 16-image batches
 
 
 def tiny_pair(seed: int = 0):
@@ -45,32 +48,53 @@ def tiny_pair(seed: int = 0):
 
 def run(pipe, small, fractions=FRACTIONS, n_per_kind: int = 20, steps: int = 20, seed: int = 0,
         kinds: tuple[str, ...] | None = None, at: float = 0.0, small_cfg: tuple[bool, ...] = (True,),
-        offsets: tuple[bool, ...] = (False,)) -> list[dict]:
+        offsets: tuple[bool, ...] = (False,), chunk: int = CHUNK) -> list[dict]:
     """One row per fraction and, for f > 0, per `small_cfg` value (False: the small model's steps unguided) and
-    per `offsets` value (True: `apply_stitch(offset=True)`)."""
-    from ditflow.bench.shapes import score_pipeline
+    per `offsets` value (True: `apply_stitch(offset=True)`).
 
-    rows = []
+    The rows take turns, `chunk` prompts at a time, so a host that slows down or speeds up during the run costs
+    every row alike: on a shared 2-core host the speed drifted by a third between minutes-long passes. Each prompt
+    keeps its seed (seed + its index in the whole set), so the chunking does not change what is drawn."""
+    from ditflow.bench.shapes import score_pipeline
+    from ditflow.pipelines.sampling import text_to_images
+
+    prompts = [(t, s) for t, s in world.heldout_prompts(n_per_kind) if kinds is None or s.kind in kinds]
+    setups = [(f, cfg, offset) for f in fractions
+              for cfg, offset in ([(c, o) for c in small_cfg for o in offsets] if f > 0 else [(True, False)])]
+    images: dict[tuple, list] = {k: [] for k in setups}
+    seconds = dict.fromkeys(setups, 0.0)
     score_pipeline(pipe, 1, steps=2, seed=seed, kinds=("single",))  # warm-up: first-call allocations
-    for f in fractions:
-        for cfg, offset in ([(c, o) for c in small_cfg for o in offsets] if f > 0 else [(True, False)]):
+    for first in range(0, len(prompts), chunk):
+        part = prompts[first:first + chunk]
+        for f, cfg, offset in setups:
             apply_stitch(pipe, small, f, at=at, cfg=cfg, offset=offset)
             t0 = time.perf_counter()
-            report = score_pipeline(pipe, n_per_kind, steps=steps, seed=seed, kinds=kinds)
-            rows.append(dict(fraction=f, small_cfg=cfg, offset=offset, seconds=time.perf_counter() - t0,
-                             score=report.overall, per_kind=report.per_kind, passed=report.passed))
+            images[f, cfg, offset] += text_to_images(pipe, [t for t, _ in part], [s.size for _, s in part],
+                                                     [seed + first + i for i in range(len(part))], steps=steps)
+            seconds[f, cfg, offset] += time.perf_counter() - t0
             remove_stitch(pipe)
-            print(f"  {label(rows[-1])}: {rows[-1]['seconds']:.1f} s, score {report.overall:.1%}", flush=True)
+        print(f"  {first + len(part)}/{len(prompts)} prompts: "
+              + ", ".join(f"{_label(*k)} {seconds[k]:.0f} s" for k in setups), flush=True)
+    rows = []
+    for f, cfg, offset in setups:
+        report = world.score_many([(s, im) for (_, s), im in zip(prompts, images[f, cfg, offset])])
+        rows.append(dict(fraction=f, small_cfg=cfg, offset=offset, seconds=seconds[f, cfg, offset],
+                         score=report.overall, per_kind=report.per_kind, passed=report.passed,
+                         images=images[f, cfg, offset]))
     base = next((r for r in rows if r["fraction"] == 0.0), rows[0])
     for r in rows:
         r["speedup"] = base["seconds"] / r["seconds"]
-        r.update(paired_change(base["passed"], r["passed"]))
+        r.update(world.paired_change(base["passed"], r["passed"]))
     return rows
 
 
+def _label(fraction: float, small_cfg: bool, offset: bool) -> str:
+    return (f"{fraction:.2f}" + ("" if small_cfg else ", unguided")  # .1f printed 0.35 as 0.3
+            + (", offset" if offset else ""))
+
+
 def label(row: dict) -> str:
-    return (f"{row['fraction']:.2f}" + ("" if row["small_cfg"] else ", unguided")  # .1f printed 0.35 as 0.3
-            + (", offset" if row.get("offset") else ""))
+    return _label(row["fraction"], row["small_cfg"], row.get("offset", False))
 
 
 def print_table(rows: list[dict]) -> None:

@@ -37,6 +37,15 @@ from 4.6 points to 1.7 (docs/benchmarks.md, T-Stitch).
 
     apply_stitch(pipe, small_transformer, 0.4, at=1.0, offset=True)
 
+The two combine. With `cfg=False` the offset is measured on the conditional pass alone, and the anchor step's
+guidance direction from the large model (its conditional minus its unconditional output) is carried through the
+window as well: each unconditional call is answered with the small model's shifted conditional output minus that
+direction, so the pipeline's `uncond + s·(cond − uncond)` is `cond + (s − 1)·guidance`. The guidance stays at its
+anchor value, as FasterCache (Lv et al. 2024, https://arxiv.org/abs/2410.19355) reuses it across steps; the small
+model runs once per window step, plus once on the anchor.
+
+    apply_stitch(pipe, small_transformer, 0.4, at=1.0, cfg=False, offset=True)
+
 The large transformer's `forward` is shadowed on the instance, so everything the pipeline reads from
 `pipe.transformer` (config, dtype, cache contexts, attention processors) is still the large model's, and any
 diffusers pipeline that steps `pipe.scheduler` works unchanged.
@@ -66,6 +75,8 @@ class Stitch:
     last_call: tuple | None = field(default=None, repr=False)  # (step, latents) of the last call: which pass is next
     last_small: object = field(default=None, repr=False)  # the last call's output, when the small model made it
     offsets: dict = field(default_factory=dict, repr=False)  # pass (0 cond, 1 uncond) -> large − small
+    guide: torch.Tensor | None = field(default=None, repr=False)  # cfg=False + offset: the large model's cond − uncond
+    anchor_cond: torch.Tensor | None = field(default=None, repr=False)  # the anchor's large cond output, until uncond
 
     def small_steps(self, total: int) -> range:
         return small_step_range(self.fraction, self.at, total)
@@ -125,7 +136,9 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
             cost. No effect on pipelines that call the transformer once per step.
         offset: True also runs the small model on the large model's last step before the small model's window
             and adds the difference of the two outputs (large − small, per CFG pass) to each of the small model's
-            outputs. Needs `at` > 0: the first steps have no large step before them.
+            outputs. Needs `at` > 0: the first steps have no large step before them. With `cfg=False`, the
+            conditional pass alone is offset, and the large model's guidance (cond − uncond) on that step is kept
+            in the window: the reused unconditional output is the conditional one minus it.
     """
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"stitch fraction must be in [0, 1] (the share of steps for the small model); got {fraction}")
@@ -166,14 +179,22 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
             stitch.calls["large"] += 1
             out = large_forward(*args, **kwargs)
             if stitch.offset and index == window.start - 1:  # the anchor: both models on the same inputs
-                stitch.calls["small"] += 1
-                with torch.no_grad():
-                    stitch.offsets[int(second)] = _sample(out) - _sample(small_forward(x, args, dict(kwargs)))
+                if stitch.cfg or not second:
+                    stitch.calls["small"] += 1
+                    with torch.no_grad():
+                        stitch.offsets[int(second)] = _sample(out) - _sample(small_forward(x, args, dict(kwargs)))
+                    stitch.anchor_cond = None if second or stitch.cfg else _sample(out)
+                elif stitch.anchor_cond is not None:  # unguided window: carry the large model's guidance instead
+                    stitch.guide, stitch.anchor_cond = stitch.anchor_cond - _sample(out), None
             elif stitch.offset and index < window.start:
                 stitch.offsets.clear()  # a new run: nothing measured yet
+                stitch.guide = None
             return out
         if not stitch.cfg and second and last is not None:
             stitch.calls["reused"] += 1
+            guide = stitch.guide if stitch.offset else None
+            if guide is not None and guide.shape == _sample(last).shape:
+                return _with_sample(last, _sample(last) - guide)  # uncond + s·(cond − uncond) = cond + (s − 1)·guide
             return last
         stitch.calls["small"] += 1
         out = small_forward(x, args, kwargs)
