@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="EluCD guidance towards the colour, shape, position and size the prompt names (builtin "
                          "scenes); 2 is safe beside CFG, 5 with --cfg 1 lifts the most (docs/benchmarks.md, Toolkit)")
     ap.add_argument("--stitch", type=float, default=None, metavar="F",
-                    help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at)")
+                    help="T-Stitch: the small model takes a fraction F of the steps (the first ones; see --stitch-at). "
+                         "Fastest for the builtin at ≤2 points lost: --stitch 0.4 --stitch-at 1 --stitch-offset "
+                         "--no-stitch-cfg (about 1.5×, docs/benchmarks.md)")
     ap.add_argument("--stitch-at", type=float, default=0.0, metavar="P",
                     help="where the --stitch steps sit: 0 = the first (T-Stitch), 1 = the last")
     ap.add_argument("--stitch-model", default=None, metavar="ID_OR_PATH",
