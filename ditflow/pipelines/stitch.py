@@ -75,7 +75,7 @@ class Stitch:
     last_call: tuple | None = field(default=None, repr=False)  # (step, latents) of the last call: which pass is next
     last_small: object = field(default=None, repr=False)  # the last call's output, when the small model made it
     offsets: dict = field(default_factory=dict, repr=False)  # pass (0 cond, 1 uncond) -> large − small
-    guide: torch.Tensor | None = field(default=None, repr=False)  # cfg=False + offset: the large model's cond − uncond
+    guide: torch.Tensor | None = field(default=None, repr=False)  # cfg=False + offset: large cond − large uncond
     anchor_cond: torch.Tensor | None = field(default=None, repr=False)  # the anchor's large cond output, until uncond
 
     def small_steps(self, total: int) -> range:
@@ -183,7 +183,7 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
                     stitch.calls["small"] += 1
                     with torch.no_grad():
                         stitch.offsets[int(second)] = _sample(out) - _sample(small_forward(x, args, dict(kwargs)))
-                    stitch.anchor_cond = None if second or stitch.cfg else _sample(out)
+                    stitch.anchor_cond = None if stitch.cfg else _sample(out)  # here only the cond pass when unguided
                 elif stitch.anchor_cond is not None:  # unguided window: carry the large model's guidance instead
                     stitch.guide, stitch.anchor_cond = stitch.anchor_cond - _sample(out), None
             elif stitch.offset and index < window.start:
@@ -192,9 +192,9 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
             return out
         if not stitch.cfg and second and last is not None:
             stitch.calls["reused"] += 1
-            guide = stitch.guide if stitch.offset else None
+            guide = stitch.guide  # set on the anchor when offset
             if guide is not None and guide.shape == _sample(last).shape:
-                return _with_sample(last, _sample(last) - guide)  # uncond + s·(cond − uncond) = cond + (s − 1)·guide
+                return _with_sample(last, _sample(last) - guide)  # the pipeline's sum: cond + (s − 1)·guide
             return last
         stitch.calls["small"] += 1
         out = small_forward(x, args, kwargs)
