@@ -183,7 +183,7 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
                     stitch.calls["small"] += 1
                     with torch.no_grad():
                         stitch.offsets[int(second)] = _sample(out) - _sample(small_forward(x, args, dict(kwargs)))
-                    stitch.anchor_cond = None if stitch.cfg else _sample(out)  # here only the cond pass when unguided
+                    stitch.anchor_cond = None if stitch.cfg else _sample(out)  # unguided: held for the uncond pass
                 elif stitch.anchor_cond is not None:  # unguided window: carry the large model's guidance instead
                     stitch.guide, stitch.anchor_cond = stitch.anchor_cond - _sample(out), None
             elif stitch.offset and index < window.start:
