@@ -140,6 +140,26 @@ def test_training_batches_exclude_heldout_captions():
         assert all(world.seen_in_training(c) for c in captions)
 
 
+def test_mix_reweights_the_scenes_and_layouts_the_batches_draw(tmp_path):
+    """`--mix` draws only what it weights: here single panels of two objects. The defaults are the recipe's, and a
+    bad key or weight is refused before a run folder exists."""
+    assert train.parse_mix([]) == (train.KIND_WEIGHTS, train.LAYOUT_WEIGHTS)
+    only_two = [f"{k}=0" for k in train.KIND_WEIGHTS if k != "two"] + [f"{r}x{c}=0" for r, c in train.LAYOUT_WEIGHTS
+                                                                      if (r, c) != (1, 1)]
+    kinds, layouts = train.parse_mix(only_two)
+    stream = iter(train.WorldStream(seed=5, batch=8, cfg_dropout=0.0, kinds=kinds, layouts=layouts))
+    for _ in range(3):
+        images, captions = next(stream)
+        assert images.shape[-2:] == (64, 64)
+        arrays = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
+        assert [len(world.detect(a)[1]) for a in arrays] == [2] * len(captions), captions
+    for bad, says in ((["twoo=2"], "neither a scene kind"), (["two=-1"], "weight ≥ 0"), (["1x2"], "KEY=WEIGHT"),
+                      ([f"{r}x{c}=0" for r, c in train.LAYOUT_WEIGHTS], "every layout weight is 0")):
+        with pytest.raises(ValueError, match=says):
+            train.cli(["--run-dir", str(tmp_path / "run"), "--mix", *bad])
+    assert not (tmp_path / "run").exists()
+
+
 def test_world_stream_feeds_workers_distinct_reproducible_batches():
     """The GPU path reads batches from DataLoader workers: each worker has its own stream, the same seed gives the
     same batches, panel batches are smaller, and CFG dropout blanks about its share of the captions."""

@@ -47,6 +47,8 @@ TRANSFORMER_PRESETS = {  # named sizes, DiT-style; the CLI offers these as choic
 }
 # Batches by canvas layout: single panels dominate; panels teach the in-context grid.
 LAYOUT_WEIGHTS = {(1, 1): 0.68, (1, 2): 0.14, (2, 1): 0.06, (2, 2): 0.12}
+# Single-panel scenes by kind (world.KINDS less "panels"; "single" and "position" draw alike, worded alike).
+KIND_WEIGHTS = {"single": 3.0, "two": 2.0, "count": 1.5, "position": 1.0, "background": 1.0}
 RUN_DIR = Path("runs/builtin")
 
 
@@ -70,6 +72,8 @@ class Recipe:
     ema_decay: float = 0.999
     bf16: bool = True  # autocast; main() picks it by `cpu_bf16_is_fast()` unless told
     seed: int = 0
+    kinds: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
+    layouts: dict[tuple[int, int], float] = field(default_factory=lambda: dict(LAYOUT_WEIGHTS))
     models: dict[str, ModelRecipe] = field(default_factory=lambda: {
         "large": ModelRecipe("builtin-large", 1.0, export_as="transformer"),
         "small": ModelRecipe("builtin-small", 1.0, export_as="transformer_small"),
@@ -98,12 +102,14 @@ def to_tensor(images) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
 
 
-def world_batch(rng: random.Random, n: int, layout: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
-    """n training samples of one layout; held-out benchmark captions are never drawn."""
+def world_batch(rng: random.Random, n: int, layout: tuple[int, int],
+                kinds: dict[str, float] = KIND_WEIGHTS) -> tuple[torch.Tensor, list[str]]:
+    """n training samples of one layout (single panels drawn by `kinds`); held-out benchmark captions are never
+    drawn."""
     images, captions = [], []
     while len(images) < n:
         if layout == (1, 1):
-            spec = world.sample_spec(rng, rng.choices(world.KINDS[:-1], weights=(3, 2, 1.5, 1, 1))[0])
+            spec = world.sample_spec(rng, rng.choices(list(kinds), weights=list(kinds.values()))[0])
         else:
             spec = world.sample_panels(rng, layout)
         text = world.caption(spec, rng)
@@ -117,8 +123,33 @@ def world_batch(rng: random.Random, n: int, layout: tuple[int, int]) -> tuple[to
     return to_tensor(images), captions
 
 
-def pick_layout(rng: random.Random) -> tuple[int, int]:
-    return rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+def pick_layout(rng: random.Random, layouts: dict[tuple[int, int], float] = LAYOUT_WEIGHTS) -> tuple[int, int]:
+    return rng.choices(list(layouts), weights=list(layouts.values()))[0]
+
+
+def parse_mix(items: list[str]) -> tuple[dict[str, float], dict[tuple[int, int], float]]:
+    """`--mix two=4 1x2=0.2 ...`: kind or layout weights over the defaults (KIND_WEIGHTS, LAYOUT_WEIGHTS)."""
+    kinds, layouts = dict(KIND_WEIGHTS), dict(LAYOUT_WEIGHTS)
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"--mix {item}: give KEY=WEIGHT with a weight ≥ 0")
+        rc = tuple(int(d) for d in key.split("x")) if key.replace("x", "").isdigit() else None
+        if key in kinds:
+            kinds[key] = weight
+        elif rc in layouts:
+            layouts[rc] = weight
+        else:
+            raise ValueError(f"--mix {item}: {key!r} is neither a scene kind ({', '.join(kinds)}) nor a layout "
+                             f"({', '.join(f'{r}x{c}' for r, c in layouts)})")
+    for name, weights in (("scene kind", kinds), ("layout", layouts)):
+        if not sum(weights.values()) > 0:
+            raise ValueError(f"--mix: every {name} weight is 0")
+    return kinds, layouts
 
 
 class WorldStream(IterableDataset):
@@ -126,23 +157,26 @@ class WorldStream(IterableDataset):
     DataLoader worker draws its own stream (seeded by `seed` and its id), so a GPU is fed by several CPU cores;
     on a CPU the trainer reads the stream in-process."""
 
-    def __init__(self, seed: int, batch: int, cfg_dropout: float):
+    def __init__(self, seed: int, batch: int, cfg_dropout: float, kinds: dict[str, float] = KIND_WEIGHTS,
+                 layouts: dict[tuple[int, int], float] = LAYOUT_WEIGHTS):
         self.seed, self.batch, self.cfg_dropout = seed, batch, cfg_dropout
+        self.kinds, self.layouts = kinds, layouts
 
     def __iter__(self):
         info = get_worker_info()
         rng = random.Random(self.seed * 1_000_003 + (info.id if info else 0))
         while True:
-            layout = pick_layout(rng)
+            layout = pick_layout(rng, self.layouts)
             n = self.batch if layout == (1, 1) else max(8, self.batch // (layout[0] * layout[1]))
-            images, captions = world_batch(rng, n, layout)
+            images, captions = world_batch(rng, n, layout, self.kinds)
             yield images, ["" if rng.random() < self.cfg_dropout else c for c in captions]
 
 
-def batches(seed: int, batch: int, cfg_dropout: float, device: torch.device):
+def batches(seed: int, batch: int, cfg_dropout: float, device: torch.device,
+            kinds: dict[str, float] = KIND_WEIGHTS, layouts: dict[tuple[int, int], float] = LAYOUT_WEIGHTS):
     """The trainer's batch iterator: worker processes on CUDA (rendering ~6k samples/s per core), in-process on
     CPU, where the 2 cores are better spent on the model."""
-    stream = WorldStream(seed, batch, cfg_dropout)
+    stream = WorldStream(seed, batch, cfg_dropout, kinds, layouts)
     if device.type == "cpu":
         return iter(stream)
     workers = max(1, min(6, (os.cpu_count() or 2) - 2))
@@ -407,7 +441,7 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     if sources:
         log(json.dumps({"stage": "init", **state["init"], "step": step, "min": round(elapsed / 60, 1)}))
     rng = random.Random(recipe.seed * 7919 + step)  # resumes with fresh data, never replays the same stream
-    data = batches(recipe.seed * 7919 + step, recipe.batch, recipe.cfg_dropout, device)
+    data = batches(recipe.seed * 7919 + step, recipe.batch, recipe.cfg_dropout, device, recipe.kinds, recipe.layouts)
     gen = torch.Generator().manual_seed(recipe.seed + step)
     vae.eval().requires_grad_(False)
     t0, last_save, seen = time.time() - elapsed, time.time(), 0
@@ -418,7 +452,8 @@ def train_transformers(run: Path, vae, recipe: Recipe, minutes: float, max_steps
     attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if device.type == "cpu" else contextlib.nullcontext
     active = [tr for n, tr in trainees.items() if n not in freeze]
     log(json.dumps({"stage": "transformers-setup", "device": str(device), "batch": recipe.batch,
-                    "training": [tr.name for tr in active]}))
+                    "training": [tr.name for tr in active], "kinds": recipe.kinds,
+                    "layouts": {f"{r}x{c}": w for (r, c), w in recipe.layouts.items()}}))
     while time.time() - t0 < minutes * 60 and (max_steps is None or step < max_steps):
         images, captions = next(data)  # CFG dropout applied
         images, bsz = images.to(device, non_blocking=True), len(captions)
@@ -512,12 +547,14 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
          threads: int | None = None, install: bool = False, bf16: bool | None = None, freeze: tuple[str, ...] = (),
          max_steps: int | None = None, cooldown: float = 0.0, init: str | Path | None = None,
          cep_gamma: float | None = None, t_range: tuple[float, float] | None = None, device: str | None = None,
-         lr: float | None = None) -> Path:
+         lr: float | None = None, mix: list[str] | tuple[str, ...] = ()) -> Path:
     """Reproduce the builtin weights. `minutes` (total, across resumes) and `max_steps` bound transformer
     training, whichever ends first; rerun with a larger bound to resume. `cep_gamma` overrides CEP's γ for the
     shipped models (the no-CEP ablation twin keeps 0). `t_range` (lo, hi) limits the trained (not frozen) models
     to those timesteps: with `--freeze large small-nocep --t-range 0.5 1` the small model becomes a T-Stitch
-    early-step expert. `device`: default CUDA where there is one, else the CPU; `lr`: the recipe's peak rate."""
+    early-step expert. `device`: default CUDA where there is one, else the CPU; `lr`: the recipe's peak rate.
+    `mix` ("two=4", "1x2=0.2", ...) reweights the scene kinds and canvas layouts the batches draw."""
+    kinds, layouts = parse_mix(list(mix))  # before the run folder exists: a typo must not leave one behind
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
@@ -544,7 +581,7 @@ def main(run_dir: str | Path = RUN_DIR, minutes: float = 120, vae_minutes: float
     if not vae.config.get("shift_factor"):
         set_latent_stats(vae)
         log(json.dumps({"stage": "latent-stats", "shift": vae.config.shift_factor, "scale": vae.config.scaling_factor}))
-    recipe = Recipe(batch=batch, bf16=bf16, **({"lr": lr} if lr else {}))
+    recipe = Recipe(batch=batch, bf16=bf16, kinds=kinds, layouts=layouts, **({"lr": lr} if lr else {}))
     if cep_gamma is not None:
         for r in recipe.models.values():
             if r.export_as:
@@ -606,6 +643,10 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--t-range", type=float, nargs=2, metavar=("LO", "HI"),
                     help="train the models that are not frozen on timesteps LO..HI only (e.g. 0.5 1 with "
                          "--freeze large small-nocep: a T-Stitch early-step expert)")
+    ap.add_argument("--mix", nargs="+", default=(), metavar="KEY=WEIGHT",
+                    help="reweight the training data: scene kinds of single panels (single, two, count, position, "
+                         "background; default 3 2 1.5 1 1) and canvas layouts (1x1, 1x2, 2x1, 2x2; default 0.68 "
+                         "0.14 0.06 0.12), e.g. --mix two=4 1x2=0.2")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     ap.add_argument("--init", metavar="DIR",
                     help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
