@@ -644,9 +644,10 @@ def cli(argv: list[str] | None = None) -> int:
                     help="train the models that are not frozen on timesteps LO..HI only (e.g. 0.5 1 with "
                          "--freeze large small-nocep: a T-Stitch early-step expert)")
     ap.add_argument("--mix", nargs="+", default=(), metavar="KEY=WEIGHT",
-                    help="reweight the training data: scene kinds of single panels (single, two, count, position, "
-                         "background; default 3 2 1.5 1 1) and canvas layouts (1x1, 1x2, 2x1, 2x2; default 0.68 "
-                         "0.14 0.06 0.12), e.g. --mix two=4 1x2=0.2")
+                    help="reweight the training data: scene kinds of single panels (default "
+                         + " ".join(f"{k}={w:g}" for k, w in KIND_WEIGHTS.items()) + ") and canvas layouts (default "
+                         + " ".join(f"{r}x{c}={w:g}" for (r, c), w in LAYOUT_WEIGHTS.items()) + "), e.g. --mix two=4 "
+                         "1x2=0.2")
     ap.add_argument("--install", action="store_true", help="copy the export into ditflow/assets/builtin")
     ap.add_argument("--init", metavar="DIR",
                     help="start a run that has no checkpoint from an exported pipeline folder (e.g. "
