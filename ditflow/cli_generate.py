@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
+    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each panel of a tagged multi-panel caption ('[TWO-PANEL] ...; [LEFT] ..., [RIGHT] ...') "
+                         "reads only its own clause of the text (default: the model's own; on for the builtin, "
+                         "docs/benchmarks.md). Not combined with --local-attention, whose windows take no mask")
     add_model_args(ap)
     return ap
 
@@ -163,6 +167,16 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
         raise UserError(f"--local-attention {spec}: {e}") from e
     except (SafetensorError, OSError) as e:  # a corrupt, truncated or unreadable file
         raise UserError(f"--local-attention {spec}: cannot read it as a student file ({e})") from e
+
+
+def set_panel_routing(pipe, on: bool | None) -> None:
+    """--panel-routing / --no-panel-routing; None keeps the model's own setting."""
+    from ditflow.pipelines.panels import disable_panel_routing, enable_panel_routing
+
+    if on:
+        enable_panel_routing(pipe)
+    elif on is False:
+        disable_panel_routing(pipe)
 
 
 def stitch_model(model: str, at: float, given: str | None) -> str:
@@ -226,6 +240,9 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError("--stitch-offset needs --stitch-at > 0: the offset is measured on the large model's step "
                         "before the small model's, and the first steps have none")
     local = local_attention_spec(args.local_attention, args.model)
+    if local is not None and args.panel_routing:
+        raise UserError("--panel-routing and --local-attention do not combine: local attention windows take no "
+                        "attention mask; drop one of them")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]
@@ -237,6 +254,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
 
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
+        set_panel_routing(pipe, args.panel_routing)
         if local is not None:
             apply_local_attention(pipe.transformer, local)
         if args.stitch is not None:

@@ -18,12 +18,15 @@ GOALS = {"single": 0.90, "paraphrase": 0.80, "two": 0.70, "count": 0.70, "backgr
 
 def score_pipeline(pipe, n_per_kind: int = 40, steps: int | None = None, cfg: float | None = None, seed: int = 0,
                    kinds: tuple[str, ...] | None = None, save_dir: Path | None = None, progress=None) -> world.Report:
-    """Generate every held-out prompt once (seed + index) and score it."""
+    """Generate every held-out prompt once (seed + its index in the whole set) and score it."""
     from ditflow.pipelines.sampling import text_to_images
 
-    prompts = [(t, s) for t, s in world.heldout_prompts(n_per_kind) if kinds is None or s.kind in kinds]
+    # a prompt's seed is its index in the whole set, so a run of some kinds repeats those images of a full run
+    chosen = [(i, t, s) for i, (t, s) in enumerate(world.heldout_prompts(n_per_kind))
+              if kinds is None or s.kind in kinds]
+    prompts = [(t, s) for _, t, s in chosen]
     images = text_to_images(pipe, [t for t, _ in prompts], [s.size for _, s in prompts],
-                            [seed + i for i in range(len(prompts))], steps=steps, cfg=cfg, progress=progress)
+                            [seed + i for i, _, _ in chosen], steps=steps, cfg=cfg, progress=progress)
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
         for i, ((text, spec), im) in enumerate(zip(prompts, images)):
@@ -61,17 +64,23 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--throughput", type=int, default=16, help="images for the images/s figure (0: skip)")
     ap.add_argument("--save", type=Path, help="write the generated images here")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
+    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="route each panel to its own clause (default: the model's own); when on, the panels kind "
+                         "is scored again without it, side by side")
     args = ap.parse_args(argv)
 
     from rich.console import Console
     from rich.progress import Progress
 
+    from ditflow.cli_generate import set_panel_routing
     from ditflow.pipelines.loading import load_pipeline
+    from ditflow.pipelines.panels import panel_routing
 
     console = Console()
     results = {}
     for name in args.model:
         pipe = load_pipeline(name)
+        set_panel_routing(pipe, args.panel_routing)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"{name}: generating", total=None)
             rep = score_pipeline(pipe, args.n, args.steps, args.cfg, args.seed,
@@ -79,9 +88,17 @@ def cli(argv: list[str]) -> int:
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         ips = throughput(pipe, args.throughput, args.steps) if args.throughput else float("nan")
         results[name] = {**rep.as_dict(), "images_per_s": ips}
+        if panel_routing(pipe) is not None:  # the same panel prompts and seeds, every clause read by every panel
+            set_panel_routing(pipe, False)
+            unrouted = score_pipeline(pipe, args.n, args.steps, args.cfg, args.seed, kinds=("panels",))
+            set_panel_routing(pipe, True)
+            results[name]["panels_unrouted"] = unrouted.per_kind["panels"]
         console.print(f"[bold]{name}[/]: overall {rep.overall:.1%}, {ips:.2f} images/s at 64×64, {args.steps} steps")
         console.print("| model | kind | accuracy | goal |\n|---|---|---|---|\n" + report_table(name, rep))
         console.print("per attribute: " + ", ".join(f"{k} {v:.1%}" for k, v in rep.per_attribute.items()))
+        if "panels_unrouted" in results[name]:
+            console.print(f"panels without panel routing: {results[name]['panels_unrouted']:.1%} "
+                          f"(routed: {rep.per_kind['panels']:.1%})")
     names = list(results)
     if len(names) == 2 and args.throughput:
         a, b = results[names[0]]["images_per_s"], results[names[1]]["images_per_s"]

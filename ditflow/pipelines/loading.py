@@ -50,6 +50,9 @@ class PipelineInfo:
     # the background this model draws objects on best; a composed scene on another one gets its objects drawn on
     # this one and its background painted in around them last (agents/compose.py). None: any (FLUX.1).
     object_background: str | None = None
+    # route each panel of a tagged multi-panel caption to its own clause (pipelines/panels.py); measured on the
+    # builtin model, off elsewhere unless asked for (`--panel-routing`)
+    panel_routing: bool = False
 
 
 def minilm_dir() -> Path:
@@ -109,7 +112,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         default_cfg=meta.get("default_cfg", 3.0), guidance_embeds=False,
                         text_encoding=meta.get("text_encoding", UNMASKED_CLS),
                         objects_per_prompt=meta.get("objects_per_prompt", 1),
-                        object_background=meta.get("object_background", "white"))
+                        object_background=meta.get("object_background", "white"),
+                        panel_routing=meta.get("panel_routing", False))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
@@ -132,6 +136,10 @@ def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: t
         raise ModelLoadError(f"could not load the builtin model from {path}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
     pipe.ditflow_info = info
+    if info.panel_routing:
+        from ditflow.pipelines.panels import enable_panel_routing
+
+        enable_panel_routing(pipe)
     return pipe
 
 

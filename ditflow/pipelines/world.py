@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ditflow.pipelines.panels import layout_tags
+
 # ----------------------------------------------------------------------------- vocabulary
 PANEL = 64  # one panel is 64×64 RGB
 BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
@@ -36,13 +38,8 @@ MIN_COMPONENT_PX = 20  # connected components smaller than this are noise
 FG_DISTANCE = 48.0  # RGB distance from the background that counts as foreground
 OBJECT_GAP = 3  # px between the boxes of two objects
 
-# Panel tags by layout (rows, cols), in reading order. Beyond these the toolkit uses [PANEL-i].
-LAYOUT_TAGS = {
-    (1, 1): ("", ()),
-    (1, 2): ("[TWO-PANEL]", ("[LEFT]", "[RIGHT]")),
-    (2, 1): ("[TWO-PANEL]", ("[TOP]", "[BOTTOM]")),
-    (2, 2): ("[FOUR-PANEL]", ("[TOP-LEFT]", "[TOP-RIGHT]", "[BOTTOM-LEFT]", "[BOTTOM-RIGHT]")),
-}
+# Panel tags of the world's layouts (rows, cols), in reading order (the grammar: pipelines/panels.py).
+LAYOUT_TAGS = {grid: layout_tags(grid) for grid in ((1, 1), (1, 2), (2, 1), (2, 2))}
 CLOCKWISE_2x2 = (0, 1, 3, 2)  # panel indices of a 2×2 grid, clockwise from top-left
 
 
@@ -277,13 +274,6 @@ def panel_caption(layout: tuple[int, int], overview: str, clauses: list[str]) ->
     tag, panel_tags = layout_tags(layout)
     body = ", ".join(f"{t} {c}" for t, c in zip(panel_tags, clauses))
     return f"{tag} {overview}; {body}."
-
-
-def layout_tags(layout: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
-    if layout in LAYOUT_TAGS:
-        return LAYOUT_TAGS[layout]
-    n = layout[0] * layout[1]
-    return f"[{n}-PANEL]", tuple(f"[PANEL-{i + 1}]" for i in range(n))
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ditflow.pipelines.panels import layout_tags  # the tag grammar, shared with the shapes world
 from ditflow.schemas import MAX_PANELS
 
 SPARE_PENALTY = 0.3  # cost of one empty cell, per panel, against |log aspect| of the canvas
-COUNT_WORDS = ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
 BLANK_RGB = (245, 245, 245)  # spare cells without a reference: the shapes world's white background
 
 
@@ -104,21 +104,6 @@ def aspect_of(images: list[Image.Image]) -> float:
 
 
 # ----------------------------------------------------------------------------- tags and prompts
-def layout_tags(grid: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
-    """("[FOUR-PANEL]", ("[TOP-LEFT]", ...)) for grids up to 3×3; "[PANEL-i]" beyond (e.g. 1×4 strips)."""
-    rows, cols = grid
-    n = rows * cols
-    if n == 1:
-        return "", ()
-    head = f"[{COUNT_WORDS[n - 1]}-PANEL]" if n <= len(COUNT_WORDS) else f"[{n}-PANEL]"
-    if rows > 3 or cols > 3:
-        return head, tuple(f"[PANEL-{i + 1}]" for i in range(n))
-    row_words = {1: ("",), 2: ("TOP", "BOTTOM"), 3: ("TOP", "", "BOTTOM")}[rows]
-    col_words = {1: ("",), 2: ("LEFT", "RIGHT"), 3: ("LEFT", "", "RIGHT")}[cols]
-    names = ["-".join(w for w in (rw, cw) if w) or "CENTER" for rw in row_words for cw in col_words]
-    return head, tuple(f"[{name}]" for name in names)
-
-
 def group_prompt(grid: tuple[int, int], overview: str, clauses: list[str]) -> str:
     """In-Context-LoRA style caption: tag, overview, then one tagged clause per cell (matches world.panel_caption)."""
     tag, tags = layout_tags(grid)
