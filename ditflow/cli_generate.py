@@ -169,16 +169,6 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
         raise UserError(f"--local-attention {spec}: cannot read it as a student file ({e})") from e
 
 
-def set_panel_routing(pipe, on: bool | None) -> None:
-    """--panel-routing / --no-panel-routing; None keeps the model's own setting."""
-    from ditflow.pipelines.panels import disable_panel_routing, enable_panel_routing
-
-    if on:
-        enable_panel_routing(pipe)
-    elif on is False:
-        disable_panel_routing(pipe)
-
-
 def stitch_model(model: str, at: float, given: str | None) -> str:
     """The small model for --stitch. On the builtin pair the last steps go to a small model fine-tuned on low
     noise only, which loses half the points the general one does there (docs/benchmarks.md, T-Stitch)."""
@@ -250,6 +240,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
     if group is not None and args.prompts_file:
         raise UserError("--panels takes one PROMPT, not --prompts-file")
 
+    from ditflow.pipelines.panels import set_panel_routing
     from ditflow.toolkit.generate import generate, generate_group
 
     with progress_bar(not args.quiet) as progress:

@@ -72,9 +72,8 @@ def cli(argv: list[str]) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from ditflow.cli_generate import set_panel_routing
     from ditflow.pipelines.loading import load_pipeline
-    from ditflow.pipelines.panels import panel_routing
+    from ditflow.pipelines.panels import panel_routing, set_panel_routing
 
     console = Console()
     results = {}

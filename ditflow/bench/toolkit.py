@@ -179,8 +179,7 @@ def cli(argv: list[str]) -> int:
     pipe = None
     if any(s != "classify" for s in sections):
         from ditflow.pipelines.loading import load_pipeline
-
-        from ditflow.cli_generate import set_panel_routing
+        from ditflow.pipelines.panels import set_panel_routing
 
         pipe = load_pipeline(args.model)
         set_panel_routing(pipe, args.panel_routing)

@@ -146,7 +146,7 @@ def load(model: str, panel_routing: bool | None = None):
         from ditflow.pipelines.loading import load_pipeline
 
         pipe = load_pipeline(model, device="cpu")
-    from ditflow.cli_generate import set_panel_routing
+    from ditflow.pipelines.panels import set_panel_routing
 
     set_panel_routing(pipe, panel_routing)
     return pipe

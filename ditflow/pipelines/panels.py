@@ -172,6 +172,14 @@ def disable_panel_routing(pipe) -> None:
         setattr(pipe.transformer, _ATTR, None)
 
 
+def set_panel_routing(pipe, on: bool | None) -> None:
+    """`--panel-routing` (True), `--no-panel-routing` (False), or None: keep the pipeline's own setting."""
+    if on:
+        enable_panel_routing(pipe)
+    elif on is False:
+        disable_panel_routing(pipe)
+
+
 def panel_routing(pipe) -> PanelRouting | None:
     return getattr(pipe.transformer, _ATTR, None)
 
