@@ -15,8 +15,10 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads where routing runs: the tag grammar serves the world and canvas modules without it
+    import torch
 
 COUNT_WORDS = ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
 MAX_GRID_SIDE = 6  # the largest rows or columns a caption's grid is looked for in
@@ -75,6 +77,8 @@ def token_owners(tokenizer, prompt: str, grid: tuple[int, int], max_len: int) ->
     """(max_len,) panel index of each text token of `prompt` as the pipeline tokenizes it, -1 for shared tokens.
 
     None when the tokenizer gives no character offsets (a slow tokenizer): the caption is then not routed."""
+    import torch
+
     starts = clause_starts(prompt, grid)
     if starts is None:
         return None
@@ -104,6 +108,8 @@ def panel_of_tokens(img_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
 def routing_mask(owners: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
     """(B, 1, L + N, L + N) boolean joint-attention mask, text tokens first as in FLUX: image token i reads text
     token j only if j is shared (owner -1) or belongs to i's panel; every other pair attends as usual."""
+    import torch
+
     b, n_text = owners.shape
     n = n_text + panels.numel()
     mask = torch.ones(b, 1, n, n, dtype=torch.bool)
@@ -139,6 +145,8 @@ class PanelRouting:
         return self.masks[key]
 
     def _build(self, prompts, max_len, img_ids, rows, cols) -> torch.Tensor | None:
+        import torch
+
         owners, panels = [], None
         for prompt in prompts:
             grid = grid_of_caption(prompt, rows, cols)
