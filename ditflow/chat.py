@@ -4,6 +4,7 @@ prompt_toolkit reads input (persistent history in `<home>/chat_history`), rich p
 denoising loop, and finished images show inline: kitty or sixel graphics where the terminal answers for them
 (textual-image), half-block characters elsewhere. Sessions live in the session store and survive restarts.
 Ctrl-C during a turn cancels it at the next denoising step and keeps the session; Ctrl-C twice stops at once.
+Ctrl-C anywhere else (at the prompt, in a slash command, between the two) never ends the chat; /exit or Ctrl-D do.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from prompt_toolkit.input.typeahead import clear_typeahead
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
@@ -239,6 +241,39 @@ class Chat:
 
         threading.Thread(target=work, name="ditflow-warm-up", daemon=True).start()
 
+    def _step(self, prompt) -> bool:
+        """Read one line and act on it; False means leave."""
+        s = self.session
+        tag = f"[+{len(s.attachments)} image(s)] " if s.attachments else ""
+        try:
+            # the prompt reads Ctrl-C as a key; a SIGINT (sent while the terminal is not in raw mode, as the prompt
+            # opens or closes) goes to the handler below, not into prompt_toolkit's event loop
+            line = prompt.prompt(tag + PROMPT, handle_sigint=False).strip()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
+            return True
+        if not line:
+            return True
+        if line.startswith("/"):
+            self._in_command = True
+            try:
+                return self.command(line)
+            except ValueError as e:
+                self.say(f"error: {e}", "red")
+                return True
+            finally:
+                self._in_command = False
+        self.turn(line)
+        return True
+
+    def _on_sigint_between_prompts(self, signum, frame) -> None:
+        # Ctrl-C stops a slash command that is running. In the moments before and after the prompt holds the
+        # terminal there is nothing to stop, and raising would tear through prompt_toolkit's event loop as it
+        # starts or closes. Either way the keys typed ahead go, as in a shell: the terminal drops those it still
+        # holds, and this drops those the last prompt read past its Enter.
+        clear_typeahead(self._prompt.input)
+        if self._in_command:
+            raise KeyboardInterrupt
+
     def loop(self, history_file: Path) -> int:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
@@ -256,24 +291,19 @@ class Chat:
                 self.preview = "blocks"
         self._warm_up()
         self.say(READY, "dim")
-        while True:
-            tag = f"[+{len(s.attachments)} image(s)] " if s.attachments else ""
-            try:
-                line = prompt.prompt(tag + PROMPT).strip()
-            except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
-                continue
-            except EOFError:
-                break
-            if not line:
-                continue
-            if line.startswith("/"):
+        self._prompt, self._in_command = prompt, False
+        previous = signal.signal(signal.SIGINT, self._on_sigint_between_prompts)  # a turn sets its own
+        try:
+            while True:
                 try:
-                    if not self.command(line):
+                    if not self._step(prompt):
                         break
-                except ValueError as e:
-                    self.say(f"error: {e}", "red")
-                continue
-            self.turn(line)
+                except KeyboardInterrupt:  # a slash command was stopped; the chat goes on, as a shell's would
+                    self.say("interrupted", "yellow")
+                except EOFError:
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.say("bye")
         return 0
 

@@ -58,6 +58,17 @@ class Tmux:
                 raise TimeoutError(f"{text!r} did not show {count}× within {timeout}s; screen:\n{screen}")
             time.sleep(poll)
 
+    def wait_for_prompt(self, prompt: str, timeout: float = 60.0, poll: float = 0.02) -> str:
+        """Wait until the screen's last line is `prompt`: the program is idle and reading keys again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if screen.rstrip().endswith(prompt.rstrip()):
+                return screen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the prompt {prompt!r} did not come back within {timeout}s; screen:\n{screen}")
+            time.sleep(poll)
+
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
