@@ -115,10 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
-    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each panel of a tagged multi-panel caption ('[TWO-PANEL] ...; [LEFT] ..., [RIGHT] ...') "
-                         "reads only its own clause of the text (default: the model's own; on for the builtin, "
-                         "docs/benchmarks.md). Not combined with --local-attention, whose windows take no mask")
+    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each region a caption names reads only its own clause of the text: each panel of a "
+                         "tagged multi-panel caption ('[TWO-PANEL] ...; [LEFT] ..., [RIGHT] ...'), each object of a "
+                         "shapes-world caption ('a red circle on the left and a blue square at the top') "
+                         "(default: the model's own; on for the builtin, docs/benchmarks.md). Not combined with "
+                         "--local-attention, whose windows take no mask")
     add_model_args(ap)
     return ap
 
@@ -230,8 +232,8 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError("--stitch-offset needs --stitch-at > 0: the offset is measured on the large model's step "
                         "before the small model's, and the first steps have none")
     local = local_attention_spec(args.local_attention, args.model)
-    if local is not None and args.panel_routing:
-        raise UserError("--panel-routing and --local-attention do not combine: local attention windows take no "
+    if local is not None and args.clause_routing:
+        raise UserError("--clause-routing and --local-attention do not combine: local attention windows take no "
                         "attention mask; drop one of them")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
@@ -240,12 +242,12 @@ def cli(argv: list[str], command: str = "generate") -> int:
     if group is not None and args.prompts_file:
         raise UserError("--panels takes one PROMPT, not --prompts-file")
 
-    from ditflow.pipelines.panels import set_panel_routing
+    from ditflow.pipelines.routing import set_clause_routing
     from ditflow.toolkit.generate import generate, generate_group
 
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
-        set_panel_routing(pipe, args.panel_routing)
+        set_clause_routing(pipe, args.clause_routing)
         if local is not None:
             apply_local_attention(pipe.transformer, local)
         if args.stitch is not None:

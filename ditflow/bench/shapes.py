@@ -14,6 +14,7 @@ import torch
 from ditflow.pipelines import world
 
 GOALS = {"single": 0.90, "paraphrase": 0.80, "two": 0.70, "count": 0.70, "background": 0.95, "panels": 0.70}
+ROUTED_KINDS = ("two", "panels")  # the kinds whose captions name regions (pipelines/routing.py)
 
 
 def score_pipeline(pipe, n_per_kind: int = 40, steps: int | None = None, cfg: float | None = None, seed: int = 0,
@@ -64,22 +65,22 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--throughput", type=int, default=16, help="images for the images/s figure (0: skip)")
     ap.add_argument("--save", type=Path, help="write the generated images here")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
-    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="route each panel to its own clause (default: the model's own); when on, the panels kind "
-                         "is scored again without it, side by side")
+    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each panel or object reads its own clause (default: the model's own); when on, the "
+                         "two-object and panels kinds are scored again without it, side by side")
     args = ap.parse_args(argv)
 
     from rich.console import Console
     from rich.progress import Progress
 
     from ditflow.pipelines.loading import load_pipeline
-    from ditflow.pipelines.panels import panel_routing, set_panel_routing
+    from ditflow.pipelines.routing import clause_routing, set_clause_routing
 
     console = Console()
     results = {}
     for name in args.model:
         pipe = load_pipeline(name)
-        set_panel_routing(pipe, args.panel_routing)
+        set_clause_routing(pipe, args.clause_routing)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"{name}: generating", total=None)
             rep = score_pipeline(pipe, args.n, args.steps, args.cfg, args.seed,
@@ -87,17 +88,16 @@ def cli(argv: list[str]) -> int:
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
         ips = throughput(pipe, args.throughput, args.steps) if args.throughput else float("nan")
         results[name] = {**rep.as_dict(), "images_per_s": ips}
-        if panel_routing(pipe) is not None:  # the same panel prompts and seeds, every clause read by every panel
-            set_panel_routing(pipe, False)
-            unrouted = score_pipeline(pipe, args.n, args.steps, args.cfg, args.seed, kinds=("panels",))
-            set_panel_routing(pipe, True)
-            results[name]["panels_unrouted"] = unrouted.per_kind["panels"]
+        if clause_routing(pipe) is not None:  # the same prompts and seeds, every clause read by every image token
+            set_clause_routing(pipe, False)
+            unrouted = score_pipeline(pipe, args.n, args.steps, args.cfg, args.seed, kinds=ROUTED_KINDS)
+            set_clause_routing(pipe, True)
+            results[name]["unrouted"] = {k: unrouted.per_kind[k] for k in ROUTED_KINDS}
         console.print(f"[bold]{name}[/]: overall {rep.overall:.1%}, {ips:.2f} images/s at 64×64, {args.steps} steps")
         console.print("| model | kind | accuracy | goal |\n|---|---|---|---|\n" + report_table(name, rep))
         console.print("per attribute: " + ", ".join(f"{k} {v:.1%}" for k, v in rep.per_attribute.items()))
-        if "panels_unrouted" in results[name]:
-            console.print(f"panels without panel routing: {results[name]['panels_unrouted']:.1%} "
-                          f"(routed: {rep.per_kind['panels']:.1%})")
+        for kind, acc in results[name].get("unrouted", {}).items():
+            console.print(f"{kind} without clause routing: {acc:.1%} (routed: {rep.per_kind[kind]:.1%})")
     names = list(results)
     if len(names) == 2 and args.throughput:
         a, b = results[names[0]]["images_per_s"], results[names[1]]["images_per_s"]

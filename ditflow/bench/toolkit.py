@@ -168,8 +168,9 @@ def cli(argv: list[str]) -> int:
                          "the classifier alone conditions, as in classic classifier guidance)")
     ap.add_argument("--guide-seed", type=int, default=0,
                     help="the guide section's first seed (prompt i draws seed + i): other seeds, other noise")
-    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each panel reads only its own clause (default: the model's own; on for the builtin)")
+    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each region a caption names reads its own clause: the panels of a tagged caption, the "
+                         "objects of a shapes-world one (default: the model's own; on for the builtin)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -179,10 +180,10 @@ def cli(argv: list[str]) -> int:
     pipe = None
     if any(s != "classify" for s in sections):
         from ditflow.pipelines.loading import load_pipeline
-        from ditflow.pipelines.panels import set_panel_routing
+        from ditflow.pipelines.routing import set_clause_routing
 
         pipe = load_pipeline(args.model)
-        set_panel_routing(pipe, args.panel_routing)
+        set_clause_routing(pipe, args.clause_routing)
     torch.manual_seed(0)
     figures: dict = {"model": args.model, "n": args.n, "steps": args.steps}
     for s in sections:

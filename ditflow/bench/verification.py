@@ -137,7 +137,7 @@ def detector_exactness(n_per_kind: int, seed: int = 0) -> dict:
             "ms_per_check": 1000 * (time.perf_counter() - t0) / (2 * n)}
 
 
-def load(model: str, panel_routing: bool | None = None):
+def load(model: str, clause_routing: bool | None = None):
     if model == "tiny":
         from ditflow.pipelines.tiny import tiny_flux_pipeline
 
@@ -146,22 +146,22 @@ def load(model: str, panel_routing: bool | None = None):
         from ditflow.pipelines.loading import load_pipeline
 
         pipe = load_pipeline(model, device="cpu")
-    from ditflow.pipelines.panels import set_panel_routing
+    from ditflow.pipelines.routing import set_clause_routing
 
-    set_panel_routing(pipe, panel_routing)
+    set_clause_routing(pipe, clause_routing)
     return pipe
 
 
 def run(model: str, modes: list[str], *, n_per_kind: int, split: str, limit: int, budget: int, seed: int,
         sets: tuple[str, ...] = ("shapes", "instructions"), step_share: float = REPAIR_STEP_SHARE,
-        candidates: int | None = None, panel_routing: bool | None = None) -> dict:
+        candidates: int | None = None, clause_routing: bool | None = None) -> dict:
     results: dict = {}
     if "exactness" in sets:
         results["exactness"] = detector_exactness(n_per_kind, seed)
         sets = tuple(s for s in sets if s != "exactness")
         if not sets:
             return {"model": model, "budget": budget, "results": results, "out_dir": ""}
-    pipe = load(model, panel_routing)
+    pipe = load(model, clause_routing)
     out_dir = Path(tempfile.mkdtemp(prefix="ditflow-bench-verify-"))
     items = {"shapes": shapes_items(n_per_kind), "instructions": instruction_items(split, limit)}
     for name in sets:
@@ -221,8 +221,9 @@ def cli(argv: list[str]) -> int:
                     help="exactness: the detector verifier alone on rendered scenes (no model)")
     ap.add_argument("--repair-candidates", type=int, default=None,
                     help="images per repair draw, the verifier keeping the best (default: 3 on the shapes world, else 1)")
-    ap.add_argument("--panel-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each panel reads only its own clause (default: the model's own; on for the builtin)")
+    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each region a caption names reads its own clause: the panels of a tagged caption, the "
+                         "objects of a shapes-world one (default: the model's own; on for the builtin)")
     args, _ = ap.parse_known_args(argv)
     if args.repair_candidates is not None and not 1 <= args.repair_candidates <= MAX_CANDIDATES:
         raise ValueError(f"--repair-candidates must be in 1..{MAX_CANDIDATES}, got {args.repair_candidates}")
@@ -237,5 +238,5 @@ def cli(argv: list[str]) -> int:
         raise ValueError(f"unknown set(s) {bad}; use exactness, shapes and/or instructions")
     print(report(run(args.model, modes, n_per_kind=args.n, split=args.split, limit=args.limit, budget=args.budget,
                      seed=args.seed, sets=sets, step_share=args.repair_step_share,
-                     candidates=args.repair_candidates, panel_routing=args.panel_routing)))
+                     candidates=args.repair_candidates, clause_routing=args.clause_routing)))
     return 0

@@ -50,9 +50,9 @@ class PipelineInfo:
     # the background this model draws objects on best; a composed scene on another one gets its objects drawn on
     # this one and its background painted in around them last (agents/compose.py). None: any (FLUX.1).
     object_background: str | None = None
-    # route each panel of a tagged multi-panel caption to its own clause (pipelines/panels.py); measured on the
-    # builtin model, off elsewhere unless asked for (`--panel-routing`)
-    panel_routing: bool = False
+    # each region a caption names (the panels of a tagged caption, the objects of a shapes-world one) reads its own
+    # clause (pipelines/routing.py); measured on the builtin model, off elsewhere unless asked for (`--clause-routing`)
+    clause_routing: bool = False
 
 
 def minilm_dir() -> Path:
@@ -113,7 +113,7 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         text_encoding=meta.get("text_encoding", UNMASKED_CLS),
                         objects_per_prompt=meta.get("objects_per_prompt", 1),
                         object_background=meta.get("object_background", "white"),
-                        panel_routing=meta.get("panel_routing", False))
+                        clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)))  # exports before s20
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
@@ -136,10 +136,10 @@ def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: t
         raise ModelLoadError(f"could not load the builtin model from {path}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
     pipe.ditflow_info = info
-    if info.panel_routing:
-        from ditflow.pipelines.panels import enable_panel_routing
+    if info.clause_routing:
+        from ditflow.pipelines.routing import enable_clause_routing
 
-        enable_panel_routing(pipe)
+        enable_clause_routing(pipe)
     return pipe
 
 

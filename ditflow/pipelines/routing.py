@@ -1,0 +1,322 @@
+"""Clause routing: each region of an image reads the clause of the caption that describes it.
+
+A caption reaches a FLUX DiT as one text sequence, and joint attention lets every image token read every clause. A
+small model then leaks attributes between the things a caption names: one panel of a multi-panel canvas copies its
+neighbour's colour, or "a cyan circle and a blue square" comes out as two squares. Routing masks the image → text
+part of joint attention. A caption's layout names regions, each with its clause:
+- **panels**: a tagged multi-panel caption ("[TWO-PANEL] overview; [LEFT] clause, [RIGHT] clause.", In-Context-LoRA
+  style) gives each panel its tagged clause;
+- **objects**: a single-panel caption naming two or more objects of the shapes world (`pipelines/phrases.py`) gives
+  each object's words to the cell its position phrase names, a little enlarged; objects named without positions
+  get side-by-side strips, a fixed layout plan in the spirit of LLM-grounded diffusion. The object clauses' text
+  tokens also stop reading one another, so one noun's state does not take the other's.
+An image token inside a region reads the shared text (tags, overview, special and padding tokens) and the clauses
+of the regions it is in; a token in no region reads everything. Image ↔ image attention stays whole, so panels
+still see each other (the in-context consistency ChatDiT relies on), and text tokens still read the whole image.
+
+Each caption is routed by its own layout: true CFG's empty negative prompt names nothing and runs unmasked, and a
+caption without a layout leaves the call untouched. It is training-free; docs/benchmarks.md (builtin section)
+measures it.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads where routing runs: the tag grammar serves the world and canvas modules without it
+    import torch
+
+COUNT_WORDS = ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
+MAX_GRID_SIDE = 6  # the largest rows or columns a caption's grid is looked for in
+_ATTR = "_ditflow_clause_routing"
+
+
+# ----------------------------------------------------------------------------- the caption grammar
+def layout_tags(grid: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
+    """("[FOUR-PANEL]", ("[TOP-LEFT]", ...)) for grids up to 3×3; "[PANEL-i]" beyond (e.g. 1×4 strips)."""
+    rows, cols = grid
+    n = rows * cols
+    if n == 1:
+        return "", ()
+    head = f"[{COUNT_WORDS[n - 1]}-PANEL]" if n <= len(COUNT_WORDS) else f"[{n}-PANEL]"
+    if rows > 3 or cols > 3:
+        return head, tuple(f"[PANEL-{i + 1}]" for i in range(n))
+    row_words = {1: ("",), 2: ("TOP", "BOTTOM"), 3: ("TOP", "", "BOTTOM")}[rows]
+    col_words = {1: ("",), 2: ("LEFT", "RIGHT"), 3: ("LEFT", "", "RIGHT")}[cols]
+    names = ["-".join(w for w in (rw, cw) if w) or "CENTER" for rw in row_words for cw in col_words]
+    return head, tuple(f"[{name}]" for name in names)
+
+
+def clause_starts(prompt: str, grid: tuple[int, int]) -> list[int] | None:
+    """Where each panel's tagged clause starts in `prompt` (reading order), or None if the caption does not
+    name this grid: its head tag, then every panel tag in order."""
+    head, tags = layout_tags(grid)
+    at = prompt.find(head) if head else -1
+    if at < 0:
+        return None
+    starts, at = [], at + len(head)
+    for tag in tags:
+        at = prompt.find(tag, at)
+        if at < 0:
+            return None
+        starts.append(at)
+        at += len(tag)
+    return starts
+
+
+def grid_of_caption(prompt: str, token_rows: int, token_cols: int) -> tuple[int, int] | None:
+    """The panel grid a tagged caption names on a canvas of token_rows × token_cols tokens, or None.
+
+    Grids must split the canvas into whole tokens. Where tags fit two grids (a "[PANEL-i]" strip, 1×4 or 4×1),
+    the one with the squarest panels wins."""
+    found = []
+    for rows in range(1, MAX_GRID_SIDE + 1):
+        for cols in range(1, MAX_GRID_SIDE + 1):
+            if rows * cols < 2 or token_rows % rows or token_cols % cols:
+                continue
+            if clause_starts(prompt, (rows, cols)) is not None:
+                found.append((abs(math.log((token_cols / cols) / (token_rows / rows))), (rows, cols)))
+    return min(found)[1] if found else None
+
+
+# ----------------------------------------------------------------------------- layouts: regions and their clauses
+OBJECT_MARGIN = 0.05  # an object's cell grows by this share of the image each way: objects overhang their cell
+
+
+@dataclass(frozen=True)
+class Region:
+    """Part of the image, (top, left, bottom, right) in fractions of it, and its clause: caption characters."""
+
+    box: tuple[float, float, float, float]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    regions: tuple[Region, ...]
+    separate_clauses: bool = False  # the clauses' text tokens stop reading one another
+
+
+def panel_layout(prompt: str, token_rows: int, token_cols: int) -> Layout | None:
+    """Panels of a tagged multi-panel caption, each with its tagged clause (up to the next tag)."""
+    grid = grid_of_caption(prompt, token_rows, token_cols)
+    if grid is None:
+        return None
+    rows, cols = grid
+    starts = clause_starts(prompt, grid)
+    ends = starts[1:] + [len(prompt)]
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    return Layout(tuple(Region((r / rows, c / cols, (r + 1) / rows, (c + 1) / cols), a, e)
+                        for (r, c), a, e in zip(cells, starts, ends)))
+
+
+def object_layout(prompt: str) -> Layout | None:
+    """Objects of a shapes-world caption naming two or more: each object phrase, up to the next (or the background
+    phrase), goes to the 3 × 3 cell its position names; objects without positions get side-by-side strips. None
+    for fewer than two objects, or when only some have positions."""
+    from ditflow.pipelines.phrases import BACKGROUND_RE, mentions, normalise
+    from ditflow.pipelines.world import POSITION_CELL
+
+    text = normalise(prompt)
+    found = mentions(text)
+    positions = [m.thing.position for m in found]
+    if len(found) < 2 or (any(positions) and not all(positions)):
+        return None
+    background = BACKGROUND_RE.search(text, found[-1].end)
+    ends = [m.start for m in found[1:]] + [background.start() if background else len(text)]
+    at = _original_offsets(prompt, text)
+    g, regions = OBJECT_MARGIN, []
+    for k, (m, end) in enumerate(zip(found, ends)):
+        if m.thing.position:
+            r, c = POSITION_CELL[m.thing.position]
+            box = (r / 3 - g, c / 3 - g, (r + 1) / 3 + g, (c + 1) / 3 + g)
+        else:
+            box = (0.0, k / len(found), 1.0, (k + 1) / len(found))
+        regions.append(Region(box, at[m.start], at[end]))
+    return Layout(tuple(regions), separate_clauses=True)
+
+
+def caption_layout(prompt: str, token_rows: int, token_cols: int) -> Layout | None:
+    """The regions a caption names on a canvas of token_rows × token_cols tokens: panels first, else objects."""
+    return panel_layout(prompt, token_rows, token_cols) or object_layout(prompt)
+
+
+def _original_offsets(original: str, normalised: str) -> list[int]:
+    """For each index of `normalised` (and its end), the index of `original` it came from."""
+    import difflib
+
+    out = [0] * (len(normalised) + 1)
+    ops = difflib.SequenceMatcher(None, original.lower(), normalised, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        for j in range(j1, j2 + 1):
+            out[j] = i1 + (j - j1) if tag == "equal" else (i2 if j == j2 else i1)
+    return out
+
+
+def token_owners(tokenizer, prompt: str, layout: Layout, max_len: int) -> torch.Tensor | None:
+    """(max_len,) region index of each text token of `prompt` as the pipeline tokenizes it, -1 for shared tokens.
+
+    None when the tokenizer gives no character offsets (a slow tokenizer): the caption is then not routed."""
+    import torch
+
+    try:  # the same call as FluxPipeline's T5 slot, plus offsets
+        enc = tokenizer(prompt, padding="max_length", max_length=max_len, truncation=True,
+                        return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    owners = torch.full((max_len,), -1, dtype=torch.long)
+    for i, (a, b) in enumerate(enc["offset_mapping"][:max_len]):
+        if b <= a:  # special and padding tokens carry no text
+            continue
+        for k, region in enumerate(layout.regions):
+            if region.start <= a < region.end:
+                owners[i] = k
+    return owners
+
+
+def regions_of_tokens(img_ids: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(N, R) whether each packed image token (FLUX's (N, 3) img_ids) has its centre inside each region."""
+    import torch
+
+    row, col = img_ids[:, 1].double(), img_ids[:, 2].double()
+    y, x = (row + 0.5) / (row.max() + 1), (col + 0.5) / (col.max() + 1)
+    top, left, bottom, right = torch.tensor([r.box for r in layout.regions], dtype=torch.double).T
+    return (y[:, None] >= top) & (y[:, None] < bottom) & (x[:, None] >= left) & (x[:, None] < right)
+
+
+def routing_mask(owners: torch.Tensor, inside: torch.Tensor, separate_clauses: bool = False) -> torch.Tensor:
+    """(L + N, L + N) boolean joint-attention mask, text tokens first as in FLUX. Image token i reads text token j
+    if j is shared (owner -1), if i lies in j's region, or if i lies in no region; every other pair attends as
+    usual, except that with `separate_clauses` a clause's text tokens do not read another clause's."""
+    import torch
+
+    n_text = owners.numel()
+    n = n_text + inside.shape[0]
+    mask = torch.ones(n, n, dtype=torch.bool)
+    owned = owners >= 0
+    mask[n_text:, :n_text] = ~owned[None, :] | inside[:, owners.clamp(min=0)] | ~inside.any(1)[:, None]
+    if separate_clauses:
+        mask[:n_text, :n_text] = ~(owned[:, None] & owned[None, :] & (owners[:, None] != owners[None, :]))
+    return mask
+
+
+# ----------------------------------------------------------------------------- routing a pipeline
+@dataclass
+class ClauseRouting:
+    """The state behind `enable_clause_routing`: captions per text-embedding tensor, and masks made from them."""
+
+    tokenizer: object
+    hook: object = None
+    captions: list = field(default_factory=list)  # [(prompt_embeds, prompts, max_len)], newest last
+    masks: dict = field(default_factory=dict)  # (id(prompt_embeds), token rows, cols) → mask or None
+    routed_calls: int = 0
+
+    def remember(self, embeds: torch.Tensor, prompts: list[str], max_len: int) -> None:
+        self.captions = [c for c in self.captions[-3:] if c[0] is not embeds] + [(embeds, prompts, max_len)]
+        self.masks.clear()
+
+    def mask_for(self, embeds: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor | None:
+        entry = next((c for c in self.captions if c[0] is embeds), None)
+        if entry is None:
+            return None
+        rows, cols = int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1
+        key = (id(embeds), rows, cols)
+        if key not in self.masks:
+            mask = self._build(entry[1], entry[2], img_ids, rows, cols)
+            self.masks[key] = None if mask is None or mask.shape[0] != embeds.shape[0] else mask.to(embeds.device)
+        return self.masks[key]
+
+    def _build(self, prompts, max_len, img_ids, rows, cols) -> torch.Tensor | None:
+        import torch
+
+        masks = []
+        for prompt in prompts:
+            layout = caption_layout(prompt, rows, cols)
+            owners = None if layout is None else token_owners(self.tokenizer, prompt, layout, max_len)
+            masks.append(None if owners is None else routing_mask(owners, regions_of_tokens(img_ids, layout),
+                                                                  layout.separate_clauses))
+        if all(m is None for m in masks):
+            return None
+        whole = torch.ones(max_len + img_ids.shape[0], max_len + img_ids.shape[0], dtype=torch.bool)
+        return torch.stack([whole if m is None else m for m in masks])[:, None]
+
+
+def enable_clause_routing(pipe) -> ClauseRouting:
+    """Route captions with a layout (panels, or objects) in every call of `pipe` (and of pipelines sharing its transformer that
+    `track_captions` was given). Idempotent; `disable_clause_routing` undoes it."""
+    routing = getattr(pipe.transformer, _ATTR, None)
+    if routing is None:
+        routing = ClauseRouting(pipe.tokenizer_2 or pipe.tokenizer)
+        routing.hook = pipe.transformer.register_forward_pre_hook(_routing_hook(routing), with_kwargs=True)
+        setattr(pipe.transformer, _ATTR, routing)
+    track_captions(pipe)
+    return routing
+
+
+def disable_clause_routing(pipe) -> None:
+    routing = getattr(pipe.transformer, _ATTR, None)
+    if routing is not None:
+        routing.hook.remove()
+        setattr(pipe.transformer, _ATTR, None)
+
+
+def set_clause_routing(pipe, on: bool | None) -> None:
+    """`--clause-routing` (True), `--no-clause-routing` (False), or None: keep the pipeline's own setting."""
+    if on:
+        enable_clause_routing(pipe)
+    elif on is False:
+        disable_clause_routing(pipe)
+
+
+def clause_routing(pipe) -> ClauseRouting | None:
+    return getattr(pipe.transformer, _ATTR, None)
+
+
+def track_captions(pipe) -> None:
+    """Wrap `pipe.encode_prompt` so the routing on its transformer, if any, learns which embeddings came from
+    which captions. A no-op while routing is off; safe to call on every pipeline derived from a routed one."""
+    if getattr(pipe.encode_prompt, "_ditflow_tracks", False):
+        return
+    encode = pipe.encode_prompt
+    signature = inspect.signature(encode)
+
+    def encode_prompt(*args, **kwargs):
+        out = encode(*args, **kwargs)
+        routing = getattr(pipe.transformer, _ATTR, None)
+        if routing is None:
+            return out
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        prompt = bound.get("prompt_2") or bound.get("prompt")
+        if prompt is None or bound.get("prompt_embeds") is not None:
+            return out
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        per = int(bound.get("num_images_per_prompt") or 1)
+        routing.remember(out[0], [p for p in prompts for _ in range(per)],
+                         int(bound.get("max_sequence_length") or out[0].shape[1]))
+        return out
+
+    encode_prompt._ditflow_tracks = True
+    pipe.encode_prompt = encode_prompt  # an instance attribute shadows the method
+
+
+def _routing_hook(routing: ClauseRouting):
+    def hook(module, args, kwargs):
+        from ditflow.kernels.processors import installed as local_attention
+
+        joint = kwargs.get("joint_attention_kwargs") or {}
+        img_ids, embeds = kwargs.get("img_ids"), kwargs.get("encoder_hidden_states")
+        # local attention windows take no mask; Kontext-style reference images (img_ids axis 0 ≠ 0) are not panels
+        if ("attention_mask" in joint or local_attention(module) is not None or img_ids is None or embeds is None
+                or img_ids.ndim != 2 or bool((img_ids[:, 0] != 0).any())):
+            return None
+        mask = routing.mask_for(embeds, img_ids)
+        if mask is None:
+            return None
+        routing.routed_calls += 1
+        kwargs["joint_attention_kwargs"] = {**joint, "attention_mask": mask}
+        return args, kwargs
+
+    return hook
