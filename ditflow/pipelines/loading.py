@@ -113,7 +113,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         text_encoding=meta.get("text_encoding", UNMASKED_CLS),
                         objects_per_prompt=meta.get("objects_per_prompt", 1),
                         object_background=meta.get("object_background", "white"),
-                        clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)))  # exports before s20
+                        # exports older than the rename to clause routing say "panel_routing"
+                        clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,

@@ -245,8 +245,8 @@ class ClauseRouting:
 
 
 def enable_clause_routing(pipe) -> ClauseRouting:
-    """Route captions with a layout (panels, or objects) in every call of `pipe` (and of pipelines sharing its transformer that
-    `track_captions` was given). Idempotent; `disable_clause_routing` undoes it."""
+    """Route captions with a layout (panels, or objects) in every call of `pipe`, and of the pipelines sharing its
+    transformer that `track_captions` was given. Idempotent; `disable_clause_routing` undoes it."""
     routing = getattr(pipe.transformer, _ATTR, None)
     if routing is None:
         routing = ClauseRouting(pipe.tokenizer_2 or pipe.tokenizer)
