@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ditflow.cli import UserError
+from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_PANELS, MAX_PROMPT_CHARS, GenerateSpec, GroupSpec, ProgressEvent
 
 SIZE_MULTIPLE = 16  # what FLUX-family latents need at 8× VAEs (2×2 packing)
@@ -115,12 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
-    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each region a caption names reads only its own clause of the text: each panel of a "
-                         "tagged multi-panel caption ('[TWO-PANEL] ...; [LEFT] ..., [RIGHT] ...'), each object of a "
-                         "shapes-world caption ('a red circle on the left and a blue square at the top') "
-                         "(default: the model's own; on for the builtin, docs/benchmarks.md). Not combined with "
-                         "--local-attention, whose windows take no mask")
+    add_clause_routing_flag(ap, "Not combined with --local-attention, whose windows take no mask")
     add_model_args(ap)
     return ap
 
@@ -242,7 +238,6 @@ def cli(argv: list[str], command: str = "generate") -> int:
     if group is not None and args.prompts_file:
         raise UserError("--panels takes one PROMPT, not --prompts-file")
 
-    from ditflow.pipelines.routing import set_clause_routing
     from ditflow.toolkit.generate import generate, generate_group
 
     with progress_bar(not args.quiet) as progress:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ditflow.pipelines import world
+from ditflow.pipelines.routing import add_clause_routing_flag, clause_routing, set_clause_routing
 
 GOALS = {"single": 0.90, "paraphrase": 0.80, "two": 0.70, "count": 0.70, "background": 0.95, "panels": 0.70}
 ROUTED_KINDS = ("two", "panels")  # the kinds whose captions name regions (pipelines/routing.py)
@@ -65,16 +66,13 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--throughput", type=int, default=16, help="images for the images/s figure (0: skip)")
     ap.add_argument("--save", type=Path, help="write the generated images here")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
-    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each panel or object reads its own clause (default: the model's own); when on, the "
-                         "two-object and panels kinds are scored again without it, side by side")
+    add_clause_routing_flag(ap, "When on, the two-object and panels kinds are scored again without it, side by side")
     args = ap.parse_args(argv)
 
     from rich.console import Console
     from rich.progress import Progress
 
     from ditflow.pipelines.loading import load_pipeline
-    from ditflow.pipelines.routing import clause_routing, set_clause_routing
 
     console = Console()
     results = {}

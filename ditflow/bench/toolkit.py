@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ditflow.pipelines import world
+from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import GuideSpec
 
 SECTIONS = ("restore", "classify", "guide", "edit", "group")
@@ -168,9 +169,7 @@ def cli(argv: list[str]) -> int:
                          "the classifier alone conditions, as in classic classifier guidance)")
     ap.add_argument("--guide-seed", type=int, default=0,
                     help="the guide section's first seed (prompt i draws seed + i): other seeds, other noise")
-    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each region a caption names reads its own clause: the panels of a tagged caption, the "
-                         "objects of a shapes-world one (default: the model's own; on for the builtin)")
+    add_clause_routing_flag(ap)
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -180,7 +179,6 @@ def cli(argv: list[str]) -> int:
     pipe = None
     if any(s != "classify" for s in sections):
         from ditflow.pipelines.loading import load_pipeline
-        from ditflow.pipelines.routing import set_clause_routing
 
         pipe = load_pipeline(args.model)
         set_clause_routing(pipe, args.clause_routing)

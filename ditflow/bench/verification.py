@@ -22,6 +22,7 @@ from PIL import Image
 from ditflow.agents.repair import REPAIR_STEP_SHARE
 from ditflow.agents.verify import expected_of
 from ditflow.pipelines import world
+from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_CANDIDATES
 
 GOALS = {"satisfied_on": 0.97, "time_ratio": 1.6}
@@ -146,8 +147,6 @@ def load(model: str, clause_routing: bool | None = None):
         from ditflow.pipelines.loading import load_pipeline
 
         pipe = load_pipeline(model, device="cpu")
-    from ditflow.pipelines.routing import set_clause_routing
-
     set_clause_routing(pipe, clause_routing)
     return pipe
 
@@ -221,9 +220,7 @@ def cli(argv: list[str]) -> int:
                     help="exactness: the detector verifier alone on rendered scenes (no model)")
     ap.add_argument("--repair-candidates", type=int, default=None,
                     help="images per repair draw, the verifier keeping the best (default: 3 on the shapes world, else 1)")
-    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
-                    help="each region a caption names reads its own clause: the panels of a tagged caption, the "
-                         "objects of a shapes-world one (default: the model's own; on for the builtin)")
+    add_clause_routing_flag(ap)
     args, _ = ap.parse_known_args(argv)
     if args.repair_candidates is not None and not 1 <= args.repair_candidates <= MAX_CANDIDATES:
         raise ValueError(f"--repair-candidates must be in 1..{MAX_CANDIDATES}, got {args.repair_candidates}")

