@@ -10,7 +10,9 @@ How a kill at any moment loses nothing and duplicates nothing:
 - `DIR/batch.json` records each task's status for people and tools; it is rewritten atomically by the one
   parent process, and rebuilt from the folders on resume, so the folders stay the truth;
 - a lock on `DIR/.lock` keeps two batches from writing one DIR.
-A failed task gets `DIR/<id>/error.json` instead of a manifest; the others go on; the exit code is 1 if any failed.
+A failed task gets `DIR/<id>/error.json` instead of a manifest; the others go on. A task whose outputs are made
+but some still fail verification after repairs is done, and its mismatches are recorded and printed. The exit
+status says how the batch ended: any task failed, else any output does not match, else all good (see --help).
 With `--workers N`, N processes each load the pipeline once and share it across their tasks. With `--ray ADDRESS`,
 N Ray actors do (one per GPU by default) and send each finished folder back, and this process commits it the
 same way (`ditflow.scale.ray_batch`).
@@ -66,6 +68,8 @@ class TaskState(BaseModel):
     images: list[str] = Field(default_factory=list)
     attempts: int = 0
     skipped: bool = Field(False, description="done in an earlier run, not redone")
+    mismatches: list[str] = Field(default_factory=list, description="outputs that still fail verification after "
+                                  "repairs, one line each with the failed claims (`cli_run.mismatches`)")
 
 
 class BatchManifest(BaseModel):
@@ -78,6 +82,9 @@ class BatchManifest(BaseModel):
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.tasks)
+
+    def mismatched(self) -> int:
+        return sum(t.status == "done" and bool(t.mismatches) for t in self.tasks)
 
 
 # ----------------------------------------------------------------------------- reading tasks
@@ -155,6 +162,7 @@ class _Engines:
 
 def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
     """Run one task in its staging folder and move the folder into place; never raises for a task's own failure."""
+    from ditflow.cli_run import mismatches
     staging = out / STAGING / task.id
     final = out / task.id
     shutil.rmtree(staging, ignore_errors=True)
@@ -169,6 +177,7 @@ def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
             state.error = turn.record.error or "the agents produced no image"
         else:
             state.status = "done"
+            state.mismatches = mismatches(turn.record)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # a task's failure is recorded and the batch goes on; the traceback goes beside it
@@ -276,9 +285,11 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
         for task in tasks:
             if is_done(task, out / task.id):
                 from ditflow.api import read_manifest
+                from ditflow.cli_run import mismatches
 
-                images = read_manifest(out / task.id, check_files=False).images
-                manifest.tasks.append(TaskState(id=task.id, status="done", images=images, skipped=True))
+                done = read_manifest(out / task.id, check_files=False)
+                manifest.tasks.append(TaskState(id=task.id, status="done", images=done.images, skipped=True,
+                                                mismatches=mismatches(done)))
             else:
                 manifest.tasks.append(TaskState(id=task.id))
                 pending.append(task)
@@ -341,11 +352,14 @@ def _run_pool(pending, out, settings, workers, states, save, finished) -> None:
 # ----------------------------------------------------------------------------- command line
 def cli(argv: list[str], command: str = "batch") -> int:
     from rich.console import Console
+    from rich.markup import escape
 
+    from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OK, EXIT_STATUS_HELP
     from ditflow.cli_run import add_engine_args
     from ditflow.config import Settings
 
-    p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0],
+                                epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", type=Path, help="JSONL or YAML task file")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (one sub-folder per task)")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished batch in DIR")
@@ -363,8 +377,13 @@ def cli(argv: list[str], command: str = "batch") -> int:
     t0 = time.perf_counter()
 
     def report(state: TaskState) -> None:
-        mark = "[green]done[/]" if state.status == "done" else f"[red]failed[/]: {state.error}"
-        console.print(f"{state.id}: {mark} ({state.seconds:.1f}s)", highlight=False)
+        if state.status != "done":
+            mark = f"[red]failed[/]: {escape(state.error or '')}"
+        else:
+            mark = "[yellow]done, does not match[/]" if state.mismatches else "[green]done[/]"
+        console.print(f"{state.id}: {mark} ({state.seconds:.1f}s)", highlight=False, soft_wrap=True)
+        for line in state.mismatches:  # one line each, however long: lines are what tools read
+            console.print(f"  {state.id}/{line}", highlight=False, markup=False, soft_wrap=True)
 
     try:
         manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
@@ -373,12 +392,16 @@ def cli(argv: list[str], command: str = "batch") -> int:
         if not (full := _out_of_space(e, args.out, "?")):
             raise
         console.print(f"[red]stopped[/]: {full.strerror}", highlight=False)
-        return 3
+        return EXIT_NO_SPACE
     skipped = sum(t.skipped for t in manifest.tasks)
     ran = total - skipped
     minutes = (time.perf_counter() - t0) / 60
-    console.print(f"{manifest.count('done')}/{total} done, {manifest.count('failed')} failed, {skipped} skipped "
-                  f"(already done); {ran} run in {minutes * 60:.1f}s"
-                  + (f" = {ran / minutes:.1f} tasks/min" if ran and minutes > 0 else ""), highlight=False)
+    console.print(f"{manifest.count('done')}/{total} done"
+                  + (f" ({manifest.mismatched()} not matching)" if manifest.mismatched() else "")
+                  + f", {manifest.count('failed')} failed, {skipped} skipped (already done); {ran} run in "
+                  f"{minutes * 60:.1f}s" + (f" = {ran / minutes:.1f} tasks/min" if ran and minutes > 0 else ""),
+                  highlight=False, soft_wrap=True)
     print(args.out / BATCH_FILE)
-    return 1 if manifest.count("failed") else 0
+    if manifest.count("failed"):
+        return EXIT_FAILED
+    return EXIT_MISMATCH if manifest.mismatched() else EXIT_OK

@@ -20,6 +20,20 @@ COMMANDS = {
 }
 
 
+# Exit statuses, one meaning each; `run` and `batch` list them in their --help. 3 was batch's out-of-space stop
+# before mismatches had a status, and keeps that meaning.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SPACE, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_STATUS_HELP = f"""exit status:
+  {EXIT_OK}    done: every output made and, where verified, matching its description
+  {EXIT_FAILED}    the agents could not finish (run), or at least one task failed (batch)
+  {EXIT_USAGE}    a problem with what was asked: bad arguments or input, a request for nothing this model
+       draws ("outside what this model draws: ..."), or a question back ("which triangle did you mean?")
+  {EXIT_NO_SPACE}    (batch) stopped: out of disk space; free some, then rerun with --resume
+  {EXIT_MISMATCH}    finished, but some output still does not match its description after repairs (each one is
+       named on stderr with the claims that failed)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+
+
 class UserError(Exception):
     """A problem with what the user asked; printed as one line, exit code 2, no traceback."""
 
@@ -35,19 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"ditflow: unknown command {name!r}; see `ditflow --help`", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.cli(rest, command=name) or 0)
     except KeyboardInterrupt:
         print("ditflow: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (UserError, ValueError, FileNotFoundError) as e:  # ValueError: our validation messages
         from ditflow.schemas import one_line  # imported here: pydantic need not load for `ditflow --help`
 
         msg = one_line(e)
         print(f"ditflow {name}: error: {msg}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # run through the package module, so UserError is the class others raise

@@ -55,7 +55,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's own)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def load_model(name: str):

@@ -1,7 +1,9 @@
 """`ditflow run "INSTRUCTION" [-i IMG ...] -o DIR`: one instruction, end to end.
 
 Writes DIR/0001.png ..., DIR/plan.json, DIR/article.md (articles, picture books) and, last, DIR/manifest.json
-(instruction, inputs with hashes, model, LLM, seed, timings, tool calls), each atomically.
+(instruction, inputs with hashes, model, LLM, seed, timings, tool calls), each atomically. What the manifest alone
+would hide is said on stderr: an LLM fallback, a part of the request left out, an output that still does not match
+its description after repairs; and the exit status says how the run ended (see --help).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ditflow.api import MANIFEST_FILE, Session, Turn
+from ditflow.api import MANIFEST_FILE, Session, Turn, numbered
+from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
 from ditflow.progress import RichProgress
-from ditflow.schemas import DEFAULT_REPAIRS
+from ditflow.schemas import CLARIFY, DEFAULT_REPAIRS, OUT_OF_WORLD, ProgressEvent, TurnRecord
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +32,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=EXIT_STATUS_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("instruction", help="what to make, in plain words")
     p.add_argument("-i", "--image", dest="images", action="append", default=[], metavar="IMG",
                    help="input image (repeat for several; numbered 1, 2, ... in the instruction)")
@@ -68,16 +72,45 @@ def publish(staging: Path, out: Path) -> None:
     os.replace(staging / MANIFEST_FILE, out / MANIFEST_FILE)
 
 
+def mismatches(record: TurnRecord) -> list[str]:
+    """One line per output that still fails a claim after repairs, naming the claims and what was seen instead:
+    "0002.png does not match: 'a red triangle' (seen: a green triangle)". Unverified outputs and claims the
+    verifier cannot check are not mismatches."""
+    lines = []
+    for v in record.verdicts:
+        failed = [c for c in v.claims if c.status == "fail"]
+        if v.error is None and failed:
+            claims = "; ".join(f"{c.text!r}" + (f" (seen: {c.seen})" if c.seen else "") for c in failed)
+            lines.append(f"{numbered(v.output)} does not match: {claims}")
+    return lines
+
+
 def cli(argv: list[str], command: str = "run") -> int:
     args = parser(f"ditflow {command}").parse_args(argv)
     prepare_out(args.out, args.overwrite)
+    made_out = not args.out.exists()  # a run that ends with nothing to show leaves no folder it made
     staging = Path(tempfile.mkdtemp(prefix=".run-", dir=_mkdir(args.out)))
+    show = RichProgress(enabled=not args.quiet, notices=True)
+    notices: list[str] = []  # the display shows them live; printed after the run when -q hides it
+
+    def listen(event: ProgressEvent) -> None:
+        if event.notice:
+            notices.append(event.message)
+        show(event)
+
     try:
         with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                     verify=args.verify, max_repairs=args.max_repairs, persist=False) as session:
-            with RichProgress(enabled=not args.quiet) as show:
-                turn = session.run(args.instruction, args.images, staging, on_progress=show)
+                     verify=args.verify, max_repairs=args.max_repairs, persist=False) as session, show:
+            turn = session.run(args.instruction, args.images, staging, on_progress=listen)
+        error = turn.record.error or ""
+        if error.startswith((OUT_OF_WORLD, CLARIFY)):  # a problem with what was asked: nothing written
+            raise UserError(error.removeprefix(CLARIFY).strip())
         publish(staging, args.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made_out and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     turn = Turn(turn.record, args.out, turn.manifest)
@@ -86,7 +119,9 @@ def cli(argv: list[str], command: str = "run") -> int:
     if turn.record.article_markdown:
         print(args.out / "article.md")
     print(args.out / MANIFEST_FILE)
+    for line in [f"note: {n}" for n in notices if args.quiet] + mismatches(turn.record):
+        print(f"ditflow {command}: {line}", file=sys.stderr)
     if turn.record.error:
         print(f"ditflow {command}: the agents could not finish: {turn.record.error}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_MISMATCH if mismatches(turn.record) else EXIT_OK

@@ -1,6 +1,6 @@
 """`ditflow edit` and `ditflow restore`: thin shells over `toolkit.edit` and `toolkit.restore`.
 
-    ditflow edit scene.png "make the red circle blue" -o out.png          # shapes scene: detector mask + inpaint
+    ditflow edit scene.png "make the top left circle blue" -o out.png     # shapes scene: only the object meant
     ditflow edit photo.png "a watercolour painting" -o out.png --strength 0.5        # SDEdit
     ditflow edit photo.png "a cat" -o out.png --mask mask.png                         # masked inpaint
     ditflow edit photo.png "a plain wall" -o out.png --mask cup.png --offset 40,0     # move the masked pixels
@@ -75,6 +75,18 @@ def edit_cli(argv: list[str]) -> int:
     offset = _offset(args.offset)
     mode = args.mode
     planned = None
+    if mode == "auto" and offset is None and mask is None and not box and not args.target:
+        objects = _object_edits(image, instruction)
+        if objects is not None:  # the objects the instruction refers to, and nothing else (as `ditflow run`)
+            from ditflow.agents.object_edit import SHAPES_CANDIDATES, edit_objects
+
+            with progress_bar(not args.quiet) as progress:
+                pipe = load_model(args.model)
+                result, _ = edit_objects(pipe, image, *objects, seed=args.seed, progress=progress,
+                                         candidates=SHAPES_CANDIDATES)
+            save_image_atomic(result, out)
+            print(out)
+            return 0
     if mode == "auto":
         if offset is not None:
             mode = "move"
@@ -101,6 +113,25 @@ def edit_cli(argv: list[str]) -> int:
     save_image_atomic(images[0], out)
     print(out)
     return 0
+
+
+def _object_edits(image, instruction: str):
+    """(the image read as an input, its object edits) when `image` is a shapes-world scene and the instruction
+    refers to its objects; None otherwise. A reference the scene cannot settle is the user's to fix."""
+    from ditflow.agents import references as rf
+    from ditflow.agents.describe import scene_objects
+    from ditflow.agents.scene import normalise
+    from ditflow.schemas import InputImage
+
+    read = scene_objects(image)
+    if read is None:
+        return None
+    source = InputImage(index=1, description="", background=read[0], objects=read[1])
+    try:
+        edits = rf.object_edits(normalise(instruction), source.objects, image="the image")
+    except rf.Unclear as e:
+        raise UserError(str(e)) from None
+    return (source, edits) if edits else None
 
 
 def restore_cli(argv: list[str]) -> int:

@@ -13,11 +13,17 @@ STAGE_TEXT = {"parse": "reading the request", "plan": "planning", "execute": "ru
 
 
 class RichProgress:
-    """`with RichProgress() as show: session.chat(..., on_progress=show)`."""
+    """`with RichProgress() as show: session.chat(..., on_progress=show)`.
 
-    def __init__(self, console: Console | None = None, enabled: bool = True, transient: bool = False):
+    With `notices`, an event marked `notice` (an LLM fallback, a referee overrule, a part of the request left out)
+    is also printed as a line that stays above the display; chat leaves it off, since it shows a turn's notes after
+    the turn."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True, transient: bool = False,
+                 notices: bool = False):
         self.console = console or Console(stderr=True)
         self.enabled = enabled
+        self.notices = notices
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
                                  transient=transient, disable=not enabled)
@@ -48,5 +54,7 @@ class RichProgress:
                 self._bar_key = key
             self.progress.update(self._bar, completed=event.step)
             return
+        if event.notice and self.notices:
+            self.console.print(f"note: {event.message}", style="yellow", markup=False, highlight=False)
         text = STAGE_TEXT.get(event.stage, event.stage)
         self.progress.update(self._stage, description=f"{text}: {event.message}" if event.message else text)

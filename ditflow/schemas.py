@@ -51,12 +51,58 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
 TaskKind = Literal["generate", "edit", "restore", "guide", "article"]
 
 
+MAX_SCENE_OBJECTS = 9  # objects an input image is read into: one per cell of the 3×3 grid
+
+
+class SceneObject(Strict):
+    """One object of an input image, as the detector (or a VLM) reads it, so a request can point at it: "the top
+    left triangle" is the object whose shape and cell match. `id` is 1-based, in reading order (rows, then
+    columns)."""
+
+    id: int = Field(ge=1, le=MAX_SCENE_OBJECTS)
+    shape: str = Field(max_length=40)
+    color: str | None = Field(None, max_length=40)
+    size: str | None = Field(None, max_length=40)
+    position: str | None = Field(None, max_length=40)
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 px, when known
+
+
 class InputImage(Strict):
     """What the parser knows of one input image (1-based index, as the user counts)."""
 
     index: int = Field(ge=1, le=MAX_INPUTS)
     description: str = Field(max_length=MAX_PROMPT_CHARS)
     degradations: list[str] = Field(default_factory=list)
+    objects: list[SceneObject] = Field(default_factory=list, max_length=MAX_SCENE_OBJECTS,
+                                       description="its objects, when it is a scene the reader knows")
+    background: str | None = Field(None, max_length=40)
+
+
+ObjectOp = Literal["recolor", "reshape", "resize", "move", "remove", "add", "swap", "duplicate", "background"]
+
+
+class ObjectEdit(Strict):
+    """One change to the objects of a source image. `targets` are `SceneObject.id`s of the source (none for add;
+    two for swap); the other fields are the new values the op sets (a move's `position`, a recolour's `color`,
+    an added or duplicated object's look and cell)."""
+
+    op: ObjectOp
+    targets: list[int] = Field(default_factory=list, max_length=MAX_SCENE_OBJECTS)
+    shape: str | None = Field(None, max_length=40)
+    color: str | None = Field(None, max_length=40)
+    size: str | None = Field(None, max_length=40)
+    position: str | None = Field(None, max_length=40)
+
+    @model_validator(mode="after")
+    def _targets_fit_op(self) -> ObjectEdit:
+        need = {"add": (0, 0), "background": (0, 0), "swap": (2, 2)}.get(self.op, (1, MAX_SCENE_OBJECTS))
+        if not need[0] <= len(self.targets) <= need[1]:
+            raise ValueError(f"a {self.op} takes {need[0]}–{need[1]} target objects, got {len(self.targets)}")
+        if self.op == "add" and not self.shape:
+            raise ValueError("an add needs the shape of the object to add")
+        if self.op == "background" and not self.color:
+            raise ValueError("a background change needs the new background colour")
+        return self
 
 
 class OutputSpec(Strict):
@@ -66,6 +112,16 @@ class OutputSpec(Strict):
     description: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     sources: list[int] = Field(default_factory=list, description="1-based input images this output derives from")
     caption: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="story text for picture books")
+    edits: list[ObjectEdit] = Field(default_factory=list, max_length=MAX_SCENE_OBJECTS,
+                                    description="object-level changes to its one source (an edit of a known scene)")
+    size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None, description="(width, height) in px, when the request names the output's size")
+    scale: float | None = Field(None, gt=0, le=16, description='its size as a multiple of its source\'s, when the '
+                                'request names one ("4x bigger")')
+    happens: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="what happens on this page of a "
+                                "story or sequence, one sentence for its page text")
+    derived_from: int | None = Field(None, ge=1, le=MAX_OUTPUTS, description="an earlier output of this turn that "
+                                     "this one is an edit of (a step of the instruction: 'then it turns yellow')")
 
 
 class ParsedRequest(Strict):
@@ -90,6 +146,14 @@ class ParsedRequest(Strict):
             bad = [s for s in o.sources if not 1 <= s <= self.num_inputs]
             if bad:
                 raise ValueError(f"output {o.index} refers to input(s) {bad}, but {self.num_inputs} were given")
+        return self
+
+    @model_validator(mode="after")
+    def _derived_from_earlier(self) -> "ParsedRequest":
+        for o in self.outputs:
+            if o.derived_from is not None and not o.derived_from < o.index:
+                raise ValueError(f"output {o.index} is derived from output {o.derived_from}; it must be an earlier "
+                                 "output of this turn")
         return self
 
 
@@ -183,6 +247,9 @@ class EditSpec(ToolSpec):
 class RestoreSpec(ToolSpec):
     degradation: Literal["auto", "noise", "blur", "sr2", "sr4", "jpeg", "inpaint"] = "auto"
     severity: float | None = Field(None, ge=0.0)
+    # the restored size in px (one of them: the other keeps the aspect); None: what the degradation gives
+    width: int | None = Field(None, ge=1, le=4096)
+    height: int | None = Field(None, ge=1, le=4096)
 
 
 class GuideSpec(ToolSpec):
@@ -246,6 +313,10 @@ class RepairAttempt(BaseModel):
 
 
 # ----------------------------------------------------------------------------- turns and events
+# How the error of a turn refused for asking what the model cannot draw begins (agents/scope.py), so that a CLI
+# tells it from a failure of the agents.
+OUT_OF_WORLD = "outside what this model draws:"
+CLARIFY = "clarification needed:"  # a turn's error when the parser asks a question instead of drawing
 Stage = Literal["parse", "plan", "execute", "denoise", "verify", "repair", "article", "save", "done", "error"]
 
 
@@ -257,6 +328,9 @@ class ProgressEvent(BaseModel):
     step: int = 0
     total: int = 0
     output: int | None = None
+    # a decision the user should read as a line, not a passing status: an LLM fallback, a referee overrule, a part
+    # of the request left out
+    notice: bool = False
 
 
 class TurnTimings(BaseModel):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ditflow.api import read_manifest
+from ditflow.cli import EXIT_MISMATCH, EXIT_OK
 from ditflow.cli_run import prepare_out
 from ditflow.images import save_image_atomic, sha256_file
 from ditflow.pipelines import world
@@ -50,7 +51,8 @@ def test_a_bad_setting_names_the_field_in_one_line(tmp_path):
 def test_picture_book_writes_images_plan_article_and_manifest(tmp_path):
     out = tmp_path / "book"
     r = run("a four-page picture book about a red circle that turns blue", "-o", str(out))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == EXIT_MISMATCH, r.stderr  # finished; the tiny model's random pages never match
+    assert "0001.png does not match" in r.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["0001.png", "0002.png", "0003.png", "0004.png", "article.md", "manifest.json", "plan.json"]
     m = read_manifest(out)
@@ -68,7 +70,7 @@ def test_edit_records_its_input_and_hash(tmp_path):
                             tmp_path / "in.png")
     out = tmp_path / "edit"
     r = run("make the object in image 1 blue", "-i", str(src), "-o", str(out))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (EXIT_OK, EXIT_MISMATCH), r.stderr  # the tiny model's redraw may or may not match
     m = read_manifest(out)
     assert [i["sha256"] for i in m.inputs] == [sha256_file(src)]
     assert m.images == ["0001.png"] and not (out / "article.md").exists()

@@ -4,6 +4,8 @@ Pages are mapped to files through an explicit {output index → file name} dict,
 a set of ids with a list of images and mislabels pages (style.md §8); a dict cannot. The prose comes from the LLM
 when one is configured and its text is checked against the parsed fields: a caption that names a colour or shape
 its page does not show, refers to "image 2", repeats another caption or is empty falls back to the template.
+A story's pages say what happens on each (`OutputSpec.happens`, from agents/story.py): the template tells that, and
+the LLM is given it beside each page's description.
 """
 from __future__ import annotations
 
@@ -72,7 +74,10 @@ def caption_problem(caption: str, description: str, others: list[str], subject: 
     return None
 
 
-def template_caption(k: int, n: int, description: str, first_page: int = 1) -> str:
+def template_caption(k: int, n: int, description: str, first_page: int = 1, happens: str | None = None) -> str:
+    """The page text without an LLM: what happens on the page when the story says, else a sentence per place."""
+    if happens:
+        return happens
     which = "single" if n == 1 and first_page == 1 else "first" if k == 0 and first_page == 1 else \
         "last" if k == n - 1 else "middle"
     return prompt_section("article", f"template {which}").format(description=description)
@@ -96,6 +101,8 @@ def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, be
         from ditflow.agents.llm.base import LLMError
 
         user = {"subject": req.shared or title, "pages": [o.description for o in outs]}
+        if any(o.happens for o in outs):  # the story: what happens on each page, for the prose to tell
+            user["events"] = [o.happens or "" for o in outs]
         messages = [{"role": "system", "content": prompt_section("article", "system")},
                     {"role": "user", "content": json.dumps(user)}]
         try:
@@ -116,7 +123,7 @@ def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, be
             notes.append(f"article: the LLM gave no valid prose ({one_line(e, 160)}); using templates")
     pages = list(before)
     for k, o in enumerate(outs):
-        caption = captions[k] or template_caption(k, n, o.description, first_page)
+        caption = captions[k] or template_caption(k, n, o.description, first_page, o.happens)
         pages.append(Page(first_page + k, files[o.index], o.description, caption))
     lines = [f"# {title}", ""]
     for p in pages:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ditflow.agents import scene as sc
 from ditflow.pipelines import world
-from ditflow.schemas import InputImage
+from ditflow.schemas import InputImage, SceneObject
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ def _distance(a, b) -> float:
     return float(np.sqrt(((np.asarray(a, np.float32) - np.asarray(b, np.float32)) ** 2).sum()))
 
 
-def shapes_scene(img: Image.Image) -> sc.Scene | None:
-    """The shapes-world scene `img` shows, or None when it is not one (checked, not assumed)."""
+def scene_objects(img: Image.Image) -> tuple[str, list[SceneObject]] | None:
+    """The background and the objects of a shapes-world scene, in reading order (rows, then columns), each with
+    its box so a request can point at one; None when `img` is not such a scene (checked, not assumed)."""
     a = np.asarray(img.convert("RGB"))
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.float32)
     bg_rgb = np.median(border, 0)
@@ -40,15 +41,29 @@ def shapes_scene(img: Image.Image) -> sc.Scene | None:
     _, dets = world.detect(img)
     if not dets or len(dets) > 6:
         return None
-    things = []
     for d in dets:
         x0, y0, x1, y1 = d.box
         crop = a[y0:y1, x0:x1].reshape(-1, 3).astype(np.float32)
         fg = crop[np.sqrt(((crop - world.BACKGROUNDS[bg]) ** 2).sum(1)) > world.FG_DISTANCE]
         if len(fg) == 0 or _distance(np.median(fg, 0), world.COLORS[d.color]) > OBJECT_MATCH:
             return None
-        things.append(sc.Thing(d.shape, d.color, d.size, d.position))
-    return sc.Scene(tuple(things), bg if bg != world.DEFAULT_BACKGROUND else None)
+    dets = sorted(dets, key=lambda d: (world.POSITION_CELL[d.position], d.box[0], d.box[1]))
+    side = min(img.size)
+    return bg, [SceneObject(id=k + 1, shape=d.shape, color=d.color, position=d.position, box=tuple(d.box),
+                            size="small" if d.side * world.PANEL / side < world.SMALL_LARGE_SPLIT else "large")
+                for k, d in enumerate(dets)]
+
+
+def as_scene(background: str | None, objects: list[SceneObject]) -> sc.Scene:
+    """The phrase-level scene of read objects (the world's default background left unnamed, as captions do)."""
+    things = tuple(sc.Thing(o.shape, o.color, o.size, o.position) for o in objects)
+    return sc.Scene(things, background if background != world.DEFAULT_BACKGROUND else None)
+
+
+def shapes_scene(img: Image.Image) -> sc.Scene | None:
+    """The shapes-world scene `img` shows, or None when it is not one."""
+    read = scene_objects(img)
+    return as_scene(*read) if read else None
 
 
 def statistics(img: Image.Image) -> str:
@@ -74,9 +89,10 @@ def degradations(img: Image.Image) -> list[str]:
 def describe_image(img: Image.Image, index: int) -> InputImage:
     """An `InputImage` for the parser: a shapes-world caption or statistics, with detected degradations."""
     found = degradations(img)
-    scene = shapes_scene(img)
-    text = sc.scene_text(scene) if scene else statistics(img)
+    read = scene_objects(img)
+    text = sc.scene_text(as_scene(*read)) if read else statistics(img)
     words = list(dict.fromkeys(DEGRADATION_WORD[d] for d in found if d in DEGRADATION_WORD))
     if words:
         text += ", " + ", ".join(words)
-    return InputImage(index=index, description=text, degradations=found)
+    bg, objects = read or (None, [])
+    return InputImage(index=index, description=text, degradations=found, objects=objects, background=bg)

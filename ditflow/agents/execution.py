@@ -98,10 +98,12 @@ def run_step(pipe, step: Step, req: ParsedRequest, inputs: list[Image.Image], ma
     if source is None:
         raise ValueError(f"a {step.tool} step needs a reference image; the plan gave none")
     if step.tool == "restore":
+        from ditflow.agents.restoring import restore_spec
         from ditflow.toolkit.restore import restore
 
-        images, rec = restore(pipe, source, RestoreSpec(degradation=p.get("degradation", "auto"), seed=seed),
-                              progress=progress)
+        images, rec = restore(pipe, source, restore_spec(pipe, source, p, seed), progress=progress)
+        if rec.details.get("fallback"):  # the tool handed the input back rather than a worse image
+            log.warning("step %s: %s", step.outputs, rec.details["note"])
         return images, [rec]
     if step.tool in ("edit", "inpaint"):
         from ditflow.toolkit.edit import edit
@@ -113,6 +115,15 @@ def run_step(pipe, step: Step, req: ParsedRequest, inputs: list[Image.Image], ma
             restored, rec = restore(pipe, source, RestoreSpec(degradation=str(p["restore_first"]), seed=seed),
                                     progress=progress)
             source, records = restored[0], [rec]
+        if p.get("mode") == "objects":  # the objects the request refers to, and nothing else
+            from ditflow.agents.object_edit import SHAPES_CANDIDATES, edit_objects
+            from ditflow.agents.verify import DetectorVerifier, default_verifier
+
+            out = req.outputs[step.outputs[0] - 1]
+            checks = isinstance(default_verifier(pipe), DetectorVerifier)
+            image, recs = edit_objects(pipe, source, req.inputs[out.sources[0] - 1], out.edits, seed, progress,
+                                       candidates=SHAPES_CANDIDATES if checks else 1)
+            return [image], records + recs
         mode = "inpaint" if step.tool == "inpaint" else str(p.get("mode", "sdedit"))
         spec = EditSpec(prompt=step.prompt, mode=mode, strength=float(p.get("strength", 0.6)), seed=seed,
                         target=p.get("target"))
@@ -158,6 +169,9 @@ def execute(pipe, plan: Plan, req: ParsedRequest, inputs: list[Image.Image], *, 
                         raise ValueError(f"{s.tool} returned {len(images)} images for {len(s.outputs)} outputs")
                     out.records += records
                     out.images.update(zip(s.outputs, images))
+                    for note in (r.details.get("note") for r in records if r.details.get("note")):
+                        out.notes.append(note)  # e.g. a restoration that handed the input back, and why
+                        emit(ProgressEvent(stage="execute", message=note, output=first, notice=True))
                 break
             except TOOL_ERRORS as e:
                 msg = f"step {k + 1} ({'+'.join(s.tool for s in steps)}) failed: {type(e).__name__}: {e}"

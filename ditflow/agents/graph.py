@@ -1,5 +1,10 @@
 """The agents as one langgraph `StateGraph`: parse → plan → execute (→ verify) (→ article) → finish.
 
+Before planning, a request to a shapes-world model is checked against the world (`agents.scope`): one that names
+nothing the model draws ends the turn with an error that starts `OUT_OF_WORLD`, and the parts of a mixed one that
+the world does not hold are left out, with a note. Notes the user should read (LLM fallbacks, referee overrules,
+parts left out) also go out as `notice` progress events.
+
 The state is checkpointed per `thread_id` by whatever checkpointer the caller passes (SqliteSaver for sessions),
 so a conversation keeps its memory across turns and processes: "make page 3 green" reads the current set of
 images from the last turn, and `undo` drops that turn. State values are the JSON form of the `ditflow.schemas`
@@ -25,7 +30,7 @@ from langgraph.runtime import Runtime
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
 from ditflow.agents.repair import REPAIR_STEP_SHARE, after_verify, repair_node, verify_node
-from ditflow.schemas import (DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent,
+from ditflow.schemas import (CLARIFY, DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent,
                              RepairAttempt, ToolRecord, TurnRecord, TurnTimings, Verdict)
 
 UNDO_RE = re.compile(r"^\s*(?:please\s+)?(?:undo|go back|revert|take that back|undo (?:that|the last (?:turn|change|"
@@ -109,7 +114,7 @@ def _last(state: TurnState) -> dict | None:
 def context_of(state: TurnState, inputs: list[InputImage]) -> Context:
     """The parser's view of this turn: the instruction, the described inputs, and the current set of images."""
     last = _last(state)
-    gallery = [GalleryItem.model_validate(g) for g in last["gallery"]] if last else []
+    gallery = [_read_objects(GalleryItem.model_validate(g)) for g in last["gallery"]] if last else []
     prev = None  # the latest turn that made a new set (not an edit of one) sets the story a follow-up continues
     for t in reversed(state.get("turns") or []):
         p = TurnRecord.model_validate(t["record"]).parsed
@@ -119,6 +124,20 @@ def context_of(state: TurnState, inputs: list[InputImage]) -> Context:
     return Context(instruction=state["instruction"], inputs=inputs, gallery=gallery,
                    previous_task=prev.task if prev else None, previous_shared=prev.shared if prev else None,
                    previous_title=prev.title if prev else None)
+
+
+def _read_objects(item: GalleryItem) -> GalleryItem:
+    """A gallery image read into its objects (milliseconds, by the detector), so a follow-up can point at one."""
+    from ditflow.agents.describe import scene_objects
+    from ditflow.images import ImageError, load_image
+
+    if item.objects or not item.path:
+        return item
+    try:
+        read = scene_objects(load_image(item.path))
+    except (ImageError, OSError):  # gone since: the follow-up works on its description
+        return item
+    return item.model_copy(update={"background": read[0], "objects": read[1]}) if read else item
 
 
 def _timings(state: TurnState, **kw) -> dict:
@@ -143,10 +162,10 @@ def parse_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     inputs = [describe_image(im, i + 1) for i, im in enumerate(images)]
     urls = [_data_url(im) for im in images] if getattr(rt.llm, "supports_images", False) else None
     p = parse(context_of(state, inputs), rt.llm, image_urls=urls)
-    for note in p.notes:
-        rt.emit(ProgressEvent(stage="parse", message=note))
+    for note in p.notes:  # fallbacks and overrules: the user reads each one
+        rt.emit(ProgressEvent(stage="parse", message=note, notice=True))
     req = p.request
-    error = f"clarification needed: {req.clarification}" if req.clarification else None
+    error = f"{CLARIFY} {req.clarification}" if req.clarification else None
     if not error:
         rt.emit(ProgressEvent(stage="parse", message=f"{req.task}: {req.num_outputs} output(s)"))
     return {"inputs": [i.model_dump(mode="json") for i in inputs],
@@ -155,18 +174,41 @@ def parse_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
             "notes": list(p.notes), "error": error, "timings": _timings(state, parse_s=time.perf_counter() - t0)}
 
 
+def _llm_fell_back(state: TurnState, rt: AgentRuntime) -> bool:
+    """Whether this turn's parse already fell back to the rules: the user has been told the LLM does not answer,
+    so the later agents' fallbacks are not told again (they stay in the notes)."""
+    return rt.llm_name != "rules" and not (state.get("parse") or {}).get("valid", True)
+
+
 def plan_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
+    from ditflow.agents import scope
     from ditflow.agents.planning import describe_plan, make_plan
+    from ditflow.pipelines.loading import info_of
 
     rt = runtime.context
     t0 = time.perf_counter()
     req = ParsedRequest.model_validate(state["parse"]["request"])
+    update: dict[str, Any] = {}
+    notes = list(state.get("notes") or [])
+    found = scope.check(req, state["instruction"])
+    # the words first: the model is loaded here only for a request that names something outside the shapes world
+    if found and scope.shapes_world(info_of(rt.get_pipeline())):
+        if len(found.outside) == req.num_outputs:  # nothing to draw: refused, not drawn as an empty canvas
+            return {"plan": None, "error": scope.refusal(req, found),
+                    "timings": _timings(state, plan_s=time.perf_counter() - t0)}
+        req, left = scope.drawable_part(req, found)
+        for note in left:
+            rt.emit(ProgressEvent(stage="plan", message=note, notice=True))
+        notes += left
+        update["parse"] = {**state["parse"], "request": req.model_dump(mode="json")}
     try:
         planned = make_plan(req, rt.llm)
     except ValueError as e:  # the rules plan itself failed validation: a bug to report, not to hide
         return {"plan": None, "error": f"planning failed: {e}", "timings": _timings(state, plan_s=time.perf_counter() - t0)}
+    for note in planned.notes:
+        rt.emit(ProgressEvent(stage="plan", message=note, notice=not _llm_fell_back(state, rt)))
     rt.emit(ProgressEvent(stage="plan", message=describe_plan(planned.plan)))
-    return {"plan": planned.plan.model_dump(mode="json"), "notes": state.get("notes", []) + planned.notes,
+    return {**update, "plan": planned.plan.model_dump(mode="json"), "notes": notes + planned.notes,
             "timings": _timings(state, plan_s=time.perf_counter() - t0)}
 
 
@@ -217,6 +259,8 @@ def article_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
             caption = g.caption or template_caption(k, len(last["gallery"]) + 1, g.description)
             before.append(Page(k + 1, os.path.relpath(g.path, out_dir), g.description, caption))
     art = write_article(req, files, rt.llm, before=before)
+    for note in art.notes:
+        rt.emit(ProgressEvent(stage="article", message=note, notice=not _llm_fell_back(state, rt)))
     write_text_atomic(out_dir / ARTICLE_FILE, art.markdown)
     captions = {str(o.index): p.caption for o, p in zip(sorted(req.outputs, key=lambda o: o.index),
                                                         art.pages[len(before):])}

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from ditflow.agents import references as rf
 from ditflow.agents import scene as sc
-from ditflow.pipelines.world import BACKGROUNDS, COLORS, POSITION_CELL, POSITIONS
+from ditflow.agents import story
+from ditflow.pipelines.world import BACKGROUNDS, COLORS
 from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, MAX_PROMPT_CHARS, InputImage,
-                             OutputSpec, ParsedRequest, TaskKind, one_line)
+                             ObjectEdit, OutputSpec, ParsedRequest, SceneObject, TaskKind, one_line)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ GUIDE_RE = re.compile(r"\bclassifier\b|\bguidance\b|\bguided\b|\bguide\b|\bsteer
 RESTORE_WORDS = {  # user words → RestoreSpec.degradation
     "noise": r"denois|\bnois[ey]|grain|speckl|static",
     "blur": r"deblur|blur|sharpen|out of focus|unfocused|fuzzy|soft focus",
-    "sr4": r"(?:4x|4×|x4|four times|by 4|by four)",
+    "sr4": r"(?<![\w.])(?:4 ?[x×]|[x×] ?4)(?![\w.])|four times|quadruple|\bby (?:a factor of )?(?:4|four)\b",
     "sr2": r"upscal|upsampl|super[- ]?res|pixelat|low[- ]?res|higher resolution|increase the resolution",
     "jpeg": r"jpe?g|compression|artifact|blocky|blockiness",
     "inpaint": r"missing|fill in|\bholes?\b|scratch|torn|damaged|\bgaps?\b",
@@ -110,6 +112,10 @@ class GalleryItem(BaseModel):
     path: str = ""
     description: str
     caption: str | None = None
+    objects: list[SceneObject] = Field(default_factory=list, description="its objects, when read")
+    background: str | None = None
+    # the objects the turn that made it acted on, as it left them: what "it" means next ("make it blue")
+    focus: list[SceneObject] = Field(default_factory=list)
 
 
 class Context(BaseModel):
@@ -178,12 +184,17 @@ class Refs:
 
 
 def find_refs(text: str, n: int) -> Refs:
-    """Explicit references to inputs: "image 2", "images 1 and 3", "the second one", "page 3", "the last image"."""
+    """Explicit references to inputs: "image 2", "images 1 and 3", "the second one", "page 3", "the last image".
+    "A second picture" is a new output, not a reference; with no inputs, the pictures of a sequence ("draw X, then
+    a second picture where ...") are this turn's own outputs."""
     spans: list[tuple[int, int, list[int]]] = []
+    if not n and len(story.steps(text)) > 1:
+        return Refs([], [])
     for m in re.finditer(rf"\b(?:{REF_NOUN}|#)\s*#?(\d+)\b((?:\s*(?:,|and|&|or)\s*#?\d+\b)*)", text):
         nums = [int(m.group(1))] + [int(x) for x in re.findall(r"\d+", m.group(2) or "")]
         spans.append((m.start(), m.end(), nums))
-    for m in re.finditer(rf"\b(?:the\s+)?({_ord_alt}|last)\s+(?:\w+\s+)?{REF_NOUN}\b|\b({_ord_alt}|last) one\b", text):
+    for m in re.finditer(rf"(?<!\ba )(?<!\ban )\b(?:the\s+)?({_ord_alt}|last)\s+(?:\w+\s+)?{REF_NOUN}\b|"
+                         rf"\b({_ord_alt}|last) one\b", text):
         word = m.group(1) or m.group(2)
         spans.append((m.start(), m.end(), [n if word == "last" else ORDINALS[word]]))
     spans.sort()
@@ -216,6 +227,9 @@ def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     if m:
         n, explicit = _number(m.group("num"))
         return Count(n, explicit, m.group(0))
+    parts = story.steps(text)
+    if len(parts) > 1:  # "draw X, then a second picture where ...": a page per step (and one for the setting)
+        return Count(len(parts) + bool(story.find_events(parts[0])), True, "steps")
     m = re.search(rf"\b(?P<num>\d+|{_num_alt})\s+(?:\w+\s+)?(?:shapes|objects|things|colou?rs)\b", text)
     if m and re.search(r"one (?:per|each)|separate|each in|in (?:\w+ )?colou?rs|own (?:image|picture)|"
                        r"different colou?rs", text):
@@ -254,6 +268,42 @@ def restore_kind(text: str) -> str | None:
     if re.search(RESTORE_WORDS["sr2"], text):
         return "sr4" if re.search(RESTORE_WORDS["sr4"], text) else "sr2"
     return None
+
+
+RESTORE_SIZE_RE = re.compile(r"(?<![\w.])(\d{1,5}) ?(?:[x×]|by) ?(\d{1,5})(?![\w.])")  # "64x64", "64 by 64"
+RESTORE_SCALE_RE = re.compile(r"(?<![\w.])(\d{1,2}(?:\.\d+)?) ?[x×](?![\w.])"
+                              r"|(?<![\w.])[x×] ?(\d{1,2}(?:\.\d+)?)(?![\w.])"
+                              r"|\bby (?:a factor of )?(\d{1,2}|two|three|four|eight)\b"
+                              r"|\b(twice|double|triple|quadruple|(?:two|three|four|eight) times)\b")
+SCALE_WORDS = {"two": 2, "three": 3, "four": 4, "eight": 8, "twice": 2, "double": 2, "triple": 3, "quadruple": 4}
+
+
+INPUT_SIZE_RE = re.compile(r" ?(?:px|pixels?)? ?(?:image|picture|photo|input|thumbnail|icon)s?\b")
+
+
+def restore_size(text: str) -> tuple[int, int] | None:
+    """The output size a restoration request names, (width, height) in px ("to 64 by 64 pixels"), or None. The
+    last size named counts ("from 16x16 to 64x64"), but not the input's own ("this 16x16 image", "from 16x16"),
+    nor sides under 8 px ("a 2x2 grid" names no image size)."""
+    sizes = [(int(m[1]), int(m[2])) for m in RESTORE_SIZE_RE.finditer(text)
+             if not INPUT_SIZE_RE.match(text, m.end()) and not text[:m.start()].endswith("from ")]
+    return sizes[-1] if sizes and min(sizes[-1]) >= 8 else None
+
+
+def restore_scale(text: str) -> float | None:
+    """The enlargement a restoration request names ("4x bigger", "x2", "twice the size", "by a factor of 3"), or
+    None; a named size ("64x64") is not a factor."""
+    m = RESTORE_SCALE_RE.search(RESTORE_SIZE_RE.sub(" ", text))
+    if not m:
+        return None
+    word = next(g for g in m.groups() if g)
+    return float(SCALE_WORDS.get(word.split()[0], word))
+
+
+def restore_output_size(text: str) -> dict:
+    """The OutputSpec fields of the size a restoration request names: {"size": (w, h)} or {"scale": f} or {}."""
+    size, scale = restore_size(text), restore_scale(text)
+    return {"size": size} if size else {"scale": scale} if scale else {}
 
 
 def _has_edit_ops(text: str) -> bool:
@@ -344,50 +394,6 @@ def apply_edit(desc: str, clause: str) -> str:
     return sc.scene_text(new)
 
 
-def _interpolate(a: str, b: str, n: int) -> list[str]:
-    (r0, c0), (r1, c1) = POSITION_CELL[a], POSITION_CELL[b]
-    out = []
-    for i in range(n):
-        f = i / max(1, n - 1)
-        out.append(POSITIONS[round(r0 + f * (r1 - r0))][round(c0 + f * (c1 - c0))])
-    return out
-
-
-def _motion(text: str, n: int) -> list[str] | None:
-    """Positions per frame for "moving from left to right", "across", "each in a different corner", "clockwise"."""
-    corners = ["top-left", "top-right", "bottom-right", "bottom-left"]
-    if re.search(r"different corners?|each corner|clockwise|around the (?:canvas|corners)", text):
-        return [corners[i % 4] for i in range(n)]
-    m = re.search(r"\bfrom (?:the )?(.{2,25}?) to (?:the )?(.{2,25}?)(?:[,.;]|$| and| in| over)", text)
-    if m:
-        a, _, _ = sc.find_position(m.group(1) if " " in m.group(1) or m.group(1) in ("left", "right", "top", "bottom")
-                                   else "the " + m.group(1))
-        b, _, _ = sc.find_position(m.group(2))
-        if a and b:
-            return _interpolate(a, b, n)
-    if re.search(r"\b(?:moving|moves|travels?|travel(?:l)?ing|walks?|rolls?|rolling|slides?|sliding)\b", text):
-        return _interpolate("left", "right", n)
-    if re.search(r"\b(?:bounc|jump|hop)", text):
-        return ["bottom" if i % 2 == 0 else "top" for i in range(n)]
-    return None
-
-
-def _transition(text: str) -> str | None:
-    m = re.search(r"\b(?:turns?|turning|becomes?|becoming|changes? (?:to|into)|changing (?:to|into)|fades? to|"
-                  r"grows? into)\s+(?:a\s+|an\s+)?(\w+)", text)
-    if m and m.group(1) in sc.COLOR_WORDS:
-        return sc.COLOR_WORDS[m.group(1)]
-    return None
-
-
-def _growth(text: str) -> tuple[str, str] | None:
-    if re.search(r"\b(?:grows|growing|gets bigger|getting bigger|expands|swells)\b", text):
-        return "small", "large"
-    if re.search(r"\b(?:shrinks|shrinking|gets smaller|getting smaller)\b", text):
-        return "large", "small"
-    return None
-
-
 def _subject(text: str) -> str:
     """The words that describe what to draw, with the command, count and book words taken out."""
     t = COMMAND_WORDS.sub("", text.strip()).strip()
@@ -407,33 +413,46 @@ def _title(subject: str) -> str:
                     for i, w in enumerate(words))[:120] or "A Story"
 
 
-def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> tuple[list[str], str | None]:
-    """Self-contained descriptions for n new images, and what they share (None for independent images)."""
-    scene = sc.parse_scene(text)
-    ments = sc.mentions(text)
+@dataclass
+class Generated:
+    """What `generation_descriptions` gives each output, in order."""
+
+    descriptions: list[str]
+    shared: str | None  # what the outputs share (None for independent images)
+    happens: list[str | None]  # a story's page sentences (agents/story.py)
+    derived_from: list[int | None]  # the earlier output each step is an edit of
+
+
+def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> Generated:
+    """Self-contained descriptions for n new images, what they share, and what happens from one to the next."""
+    # the objects the story starts with; its events and later steps say the rest (one picture shows everything)
+    where, ments = story.cast(text) if n > 1 else (text, sc.mentions(text))
     spans = [(m.start, m.end) for m in ments]
-    things = list(scene.things)
+    things = [m.thing for m in ments]
     if n > 1:  # "pictures of blue diamonds": one object per picture unless a number says otherwise
         things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if m.extras.get("bare_plural") else t
                   for t, m in zip(things, ments)]
-    colors = [c for c in _free_colors(text, spans) if not re.search(rf"\b{c}\s+background", text)]
-    end_color = _transition(text)
-    if end_color in colors:
-        colors.remove(end_color)
+    colors = [c for c in _free_colors(where, spans) if not re.search(rf"\b{c}\s+background", where)]
     if things and colors and all(t.color is None for t in things) and len(colors) == 1:
         things = [sc.Thing(t.shape, colors[0], t.size, t.position, t.count) for t in things]
-    base = sc.Scene(tuple(things), scene.background)
-    story = task == "article" or bool(re.search(r"comic|story|series|frames|snapshots|sequence|animation|same", text))
+    base = sc.Scene(tuple(things), sc.find_background(where))
+    storyish = task == "article" or bool(re.search(r"comic|story|series|frames|snapshots|sequence|animation|same",
+                                                   text))
+
+    def plain(descs: list[str], shared: str | None) -> Generated:
+        return Generated(descs, shared, [None] * len(descs), [None] * len(descs))
+
     if not things:
         subject = _subject(text)
         if n == 1:
-            return [subject], None
-        return [f"{subject}, scene {i + 1} of {n}" for i in range(n)], subject
+            return plain([subject], None)
+        return plain([f"{subject}, scene {i + 1} of {n}" for i in range(n)], subject)
     if n == 1:
-        return [sc.scene_text(base)], None
+        return plain([sc.scene_text(base)], None)
     subject_text = sc.scene_text(base)
+    sequence = len(story.steps(text)) > 1  # "first ..., then ...": the steps, not the colon's list, are the pages
     # Listed items: "...: a red circle, a blue square and a green triangle", or colours "in three colours: ...".
-    if len(items) == n:
+    if len(items) == n and not sequence:
         out = []
         for item in items:
             s = sc.parse_scene(item)
@@ -446,35 +465,16 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> t
                 out.append(subject_text + ", " + item)
             else:
                 out.append(f"{subject_text}, {item}")
-        return out, subject_text if story or task == "article" else None
+        return plain(out, subject_text if storyish else None)
     separate = re.search(r"separate|each (?:in|on) its own|one (?:per|each)|\b(?:images?|pictures?|pair of \w+)\s*:",
                          text)
     if len(things) == n and separate and task != "article":
-        return [sc.scene_text(sc.Scene((t,), base.background)) for t in things], None
-    scenes = [base] * n
-    if re.search(r"different colou?rs|each (?:in|a) (?:different|another) colou?r|in \w+ colou?rs|"
-                 r"various colou?rs|every colou?r", text):
-        pool = colors or [c for c in COLORS]
-        scenes = [sc.recolor(base, pool[i % len(pool)]) for i in range(n)]
-    if end_color:
-        start = next((t.color for t in base.things if t.color), None)
-        scenes = [s if i < n / 2 else sc.recolor(s, end_color) for i, s in enumerate(scenes)]
-        if start is None:
-            scenes = [s for s in scenes]
-    growth = _growth(text)
-    if growth:
-        scenes = [sc.resize(s, growth[0] if i < n / 2 else growth[1]) for i, s in enumerate(scenes)]
-    path = _motion(text, n)
-    if path and len(base.things) == 1:
-        scenes = [sc.move(s, p) for s, p in zip(scenes, path)]
-    overview = subject_text  # what the panels share, as the builtin model's multi-panel overviews say it
-    if end_color:
-        overview += f" that turns {end_color}"
-    elif growth:
-        overview += " that grows" if growth[1] == "large" else " that shrinks"
-    elif path and len(base.things) == 1:
-        overview += " moving"
-    return [sc.scene_text(s) for s in scenes], overview if (story or path or end_color or growth) else None
+        return plain([sc.scene_text(sc.Scene((t,), base.background)) for t in things], None)
+    tale = story.tell(text, base, n)
+    if tale is None:
+        return plain([subject_text] * n, subject_text if storyish else None)
+    return Generated([sc.scene_text(p.scene) for p in tale.pages], tale.overview if storyish or tale.changes else None,
+                     [p.happens for p in tale.pages], [k if p.derived else None for k, p in enumerate(tale.pages)])
 
 
 # ----------------------------------------------------------------------------- the deterministic parser
@@ -492,8 +492,11 @@ def parse_rules(ctx: Context) -> Parse:
     inputs = list(ctx.inputs)
     uses_gallery = False
     follow = _follow_up_kind(text, ctx)
+    focus: dict[int, list[int]] = {}
     if follow == "edit":  # "make the second one green": the current set becomes this turn's inputs
-        inputs = [InputImage(index=i + 1, description=g.description) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+        inputs = [InputImage(index=i + 1, description=g.description, objects=g.objects, background=g.background)
+                  for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+        focus = {i + 1: _focus_ids(g) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])}
         uses_gallery = True
     elif follow == "continue":
         return Parse(_continuation(text, ctx, forbidden), uses_gallery=True)
@@ -514,7 +517,7 @@ def parse_rules(ctx: Context) -> Parse:
         if _has_edit_ops(re.sub(r"\b(?:restore|fix|clean|repair|enhance|denoise|deblur|sharpen)\b.*?"
                                 r"(?:\band then\b|\bthen\b|,)", " ", text)) and re.search(r"\bthen\b|\band\b", text):
             task = "edit"  # "restore it and then make the circle blue": restore first, then edit
-    elif n_in and (_has_edit_ops(text) or refs.indices):
+    elif n_in and (_has_edit_ops(text) or refs.indices or _reads_as_object_edit(text, inputs)):
         task = "edit"
     elif n_in and re.search(r"\b(?:variations?|versions?|similar|like (?:this|it|these)|in the style of|based on|"
                             r"same style|inspired by)\b", text):
@@ -538,7 +541,7 @@ def parse_rules(ctx: Context) -> Parse:
                                   f"Ask for {MAX_PANELS} or fewer panels, or for separate images.", ctx))
     try:  # a description can outgrow a prompt's limit (a 4000-character list of objects): ask, never crash
         if task in ("edit", "restore"):
-            req = _edit_or_restore(text, task, inputs, refs, forbidden)
+            req = _edit_or_restore(text, task, inputs, refs, forbidden, focus)
         else:
             items = list_items(text)
             count = count_outputs(text, task, items)
@@ -548,15 +551,21 @@ def parse_rules(ctx: Context) -> Parse:
                                       f"{MAX_OUTPUTS} or fewer (you can ask for more in the next turn).", ctx))
             if n < 1:
                 return Parse(_clarify("You asked for zero images; how many should I make?", ctx))
-            descs, shared = generation_descriptions(text, n, task, items)
-            captions = items if task == "article" and len(items) == n else [None] * n
+            gen = generation_descriptions(text, n, task, items)
+            shared = gen.shared
+            listed = task == "article" and len(items) == n and len(story.steps(text)) == 1
+            captions = items if listed else [None] * n
             sources = _sources_for_generation(refs, n_in)
+            derived = [None] * n if n_in else gen.derived_from  # steps of this turn's own pictures
             req = ParsedRequest(task=task, num_inputs=n_in, num_outputs=n, inputs=inputs,
                                 outputs=[OutputSpec(index=i + 1, description=_drop_forbidden(d, forbidden),
-                                                    sources=sources, caption=c)
-                                         for i, (d, c) in enumerate(zip(descs, captions))],
+                                                    sources=sources, caption=c, happens=h, derived_from=f)
+                                         for i, (d, c, h, f) in enumerate(zip(gen.descriptions, captions,
+                                                                              gen.happens, derived))],
                                 shared=_drop_forbidden(shared, forbidden) if shared else None,
                                 title=_title(_subject(raw)) if task == "article" else None)
+    except rf.Unclear as e:  # a reference the image cannot settle: ask, listing what it holds
+        return Parse(_clarify(_sentence(str(e)), ctx))
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         return Parse(_clarify(f"This request does not fit one turn ({'.'.join(map(str, err['loc']))}: {err['msg']}); "
@@ -577,7 +586,45 @@ def _drop_forbidden(desc: str, forbidden: set[str]) -> str:
     return desc
 
 
-def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs, forbidden: set[str]) -> ParsedRequest:
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _focus_ids(item: GalleryItem) -> list[int]:
+    """The ids, among the objects read from a gallery image, of the objects its turn acted on."""
+    return [o.id for o in item.objects if any((o.shape, o.color, o.position) == (f.shape, f.color, f.position)
+                                              for f in item.focus)]
+
+
+def _reads_as_object_edit(text: str, inputs: list[InputImage]) -> bool:
+    """Whether an instruction without the usual edit verbs ("let the top triangle be red", "duplicate the
+    square") still edits the objects of an input."""
+    for i in inputs:
+        try:
+            if _object_edits(text, i, []):
+                return True
+        except rf.Unclear:
+            return True
+    return False
+
+
+def _object_edits(clause: str, image: InputImage, focus: list[int]) -> list[ObjectEdit]:
+    """The object-level edits of `clause` on an input read into objects ([] when it is not one, or not read).
+    Raises references.Unclear for a reference the image cannot settle."""
+    if not image.objects:
+        return []
+    return rf.object_edits(clause, image.objects, focus, f"image {image.index}")
+
+
+def _edited_description(image: InputImage, edits: list[ObjectEdit]) -> str:
+    return sc.scene_text(rf.edited_scene(image.objects, image.background, edits))
+
+
+def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs, forbidden: set[str],
+                     focus: dict[int, list[int]] | None = None) -> ParsedRequest:
+    """Outputs for an edit or restoration of the chosen inputs. `focus`: per input, the ids of the objects the
+    previous turn acted on (what "it" means)."""
+    focus = focus or {}
     n_in = len(inputs)
     if refs.indices:
         chosen = refs.indices
@@ -602,18 +649,24 @@ def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs,
     for i in inputs:
         desc, degr = split_degradations(i.description)
         degr = list(dict.fromkeys(([kind] if kind and i.index in chosen else []) + degr + i.degradations))
-        new_inputs.append(InputImage(index=i.index, description=i.description, degradations=degr))
+        new_inputs.append(i.model_copy(update={"degradations": degr}))
     outputs = []
     for k, src in enumerate(chosen):
         base, _ = split_degradations(inputs[src - 1].description)
+        edits = []
         if task == "edit":
             clause = clauses[src]
             if task == "edit" and RESTORE_RE.search(clause):
                 clause = re.split(r"\bthen\b", clause)[-1]
-            desc = apply_edit(base, clause)
+            image = inputs[src - 1]
+            edits = _object_edits(clause, image, focus.get(src, []))
+            if not edits and image.objects:  # a wording the references do not read: the phrase edit, diffed
+                edits = rf.diff_edits(image.objects, image.background, sc.parse_scene(apply_edit(base, clause)))
+            desc = _edited_description(image, edits) if edits else apply_edit(base, clause)
         else:
             desc = base if sc.parse_scene(base).things else f"{base}, restored"
-        outputs.append(OutputSpec(index=k + 1, description=_drop_forbidden(desc, forbidden), sources=[src]))
+        outputs.append(OutputSpec(index=k + 1, description=_drop_forbidden(desc, forbidden), sources=[src],
+                                  edits=edits, **(restore_output_size(text) if task == "restore" else {})))
     return ParsedRequest(task=task, num_inputs=n_in, num_outputs=len(outputs), inputs=new_inputs, outputs=outputs)
 
 
@@ -755,13 +808,23 @@ def context_from_messages(messages: list[dict]) -> Context:
     raise ValueError("no user message with the parse context (JSON) was given")
 
 
+def _focus_after(req: ParsedRequest, o: OutputSpec) -> list[SceneObject]:
+    """The objects an output's edits acted on (or added), as the edits left them."""
+    if not o.edits or len(o.sources) != 1:
+        return []
+    before = req.inputs[o.sources[0] - 1].objects
+    ids = set(rf.touched(o.edits)) | {i for i in range(len(before) + 1, len(before) + 1 + len(o.edits))}
+    return [x for x in rf.apply(before, o.edits) if x.id in ids]
+
+
 def next_gallery(gallery: list[GalleryItem], parse: Parse, paths: list[str] | None = None) -> list[GalleryItem]:
     """The current set after a turn: edits replace their sources, "more" appends, anything new replaces it."""
     req = parse.request
     if req.clarification:
         return list(gallery)
     paths = paths or [""] * req.num_outputs
-    made = [GalleryItem(path=p, description=o.description, caption=o.caption) for o, p in zip(req.outputs, paths)]
+    made = [GalleryItem(path=p, description=o.description, caption=o.caption, focus=_focus_after(req, o))
+            for o, p in zip(req.outputs, paths)]
     if parse.uses_gallery and req.task in ("edit", "restore"):
         out = list(gallery)
         for o, item in zip(req.outputs, made):

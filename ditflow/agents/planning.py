@@ -7,6 +7,8 @@ The rules planner is a pure function (style.md §8) and follows ChatDiT's refere
   `group`, so the panels are drawn consistently; outputs beyond one step's panels continue in later steps that
   reference output 1 (the same anchor each time, so drift does not accumulate down a long book);
 - independent outputs → one `generate` each;
+- steps of the instruction ("draw X, then a second picture where it has turned yellow") → each later output an
+  `edit` of the earlier output it continues (`OutputSpec.derived_from`);
 - outputs derived from inputs → `edit` / `restore` per source, or a `group` with the inputs as references for
   variations; a restore-then-edit request is one `edit` step whose params ask for the restore first;
 - `guide` → classifier-guided generation towards the colour, shape, position and size the description names.
@@ -55,10 +57,17 @@ def _changed(before: str, after: str) -> str:
 
 
 def _restore_step(req: ParsedRequest, o: OutputSpec) -> Step:
+    """A restoration of the output's source; the size the request names rides along as width/height or scale
+    (the executor knows the image, and the model's panel, to settle the rest)."""
     src = o.sources[0]
     degr = req.inputs[src - 1].degradations
+    params: dict = {"degradation": degr[0] if degr else "auto"}
+    if o.size:
+        params["width"], params["height"] = o.size
+    elif o.scale:
+        params["scale"] = o.scale
     return Step(tool="restore", prompt=o.description, outputs=[o.index], refs=[Ref(kind="input", index=src)],
-                params={"degradation": degr[0] if degr else "auto"})
+                params=params)
 
 
 def _edit_step(req: ParsedRequest, o: OutputSpec) -> Step:
@@ -66,11 +75,21 @@ def _edit_step(req: ParsedRequest, o: OutputSpec) -> Step:
     before, degr = split_degradations(req.inputs[src - 1].description)
     kind = _changed(before, o.description)
     params: dict = {"mode": "sdedit", "strength": EDIT_STRENGTH[kind], "change": kind}
+    if o.edits:  # object-level: only the objects referred to are redrawn, moved or removed (agents/object_edit.py)
+        params = {"mode": "objects", "change": "+".join(dict.fromkeys(e.op for e in o.edits))}
     degr = degr + req.inputs[src - 1].degradations
     if degr:  # restore first, then edit (issue 5: "mixes tools: restore, then edit")
         params["restore_first"] = degr[0]
     return Step(tool="edit", prompt=o.description, outputs=[o.index], refs=[Ref(kind="input", index=src)],
                 params=params)
+
+
+def _derived_step(req: ParsedRequest, o: OutputSpec) -> Step:
+    """A step of the instruction ("then it turns yellow"): an edit of the earlier output it continues, so the
+    picture keeps what the step does not change."""
+    kind = _changed(req.outputs[o.derived_from - 1].description, o.description)
+    return Step(tool="edit", prompt=o.description, outputs=[o.index], refs=[Ref(kind="output", index=o.derived_from)],
+                params={"mode": "sdedit", "strength": EDIT_STRENGTH[kind], "change": kind})
 
 
 def _guide_step(o: OutputSpec) -> Step:
@@ -120,7 +139,10 @@ def plan_rules(req: ParsedRequest) -> Plan:
         steps = [_guide_step(o) for o in outs]
     else:  # generate | article
         sources = sorted({s for o in outs for s in o.sources})
-        if sources:
+        if any(o.derived_from for o in outs) and not sources:  # steps: each later picture an edit of an earlier one
+            steps = [_derived_step(req, o) if o.derived_from else Step(tool="generate", prompt=o.description,
+                                                                         outputs=[o.index]) for o in outs]
+        elif sources:
             refs = [Ref(kind="input", index=s) for s in sources]
             texts = [split_degradations(req.inputs[s - 1].description)[0] for s in sources]
             steps = _group_steps(req, outs, refs, texts)

@@ -470,8 +470,12 @@ def verify_node(state: dict, runtime) -> dict:
     files = {int(k): v for k, v in (state.get("files") or {}).items()}
     cands = {int(k): list(v) for k, v in (state.get("candidates") or {}).items()}
     budget = rt.max_repairs
+    plan = Plan.model_validate(state["plan"]) if state.get("plan") else None
     for o in req.outputs:
-        if o.index not in files:
+        origin = _origin(plan, o.index)
+        if o.index not in files or (origin is not None and origin.tool == "restore"):
+            # a restoration answers to its input (the restore tool's own consistency check), not to a description
+            # read from the degraded input, which a repair would redraw the image to match
             continue
         lst = cands.setdefault(o.index, [{"attempt": 0, "file": files[o.index], "repair": None, "reason": "",
                                           "verdict": None, "tool_call": None}])

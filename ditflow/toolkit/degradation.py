@@ -3,6 +3,7 @@ arXiv 2403.09232: a degradation classifier is a cheap, good prior for which rest
 
 Each operator works on (B, 3, H, W) tensors in [0, 1] and knows:
   apply(x)           its forward model y = H(x) (+ noise), at a severity in its own units;
+  forward(x)         H(x) without the noise: what a restoration is checked against (`restore.check_restoration`);
   prox(x̂, y, ρ)      argmin_x ‖y − H x‖² + ρ‖x − x̂‖², in closed form (None where none exists: JPEG);
   baseline(y)        the classical restoration it is compared against (Wiener, bicubic, zero fill);
   init(y)            a first estimate at the output size, for the diffusion restoration to start from.
@@ -54,6 +55,16 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round() / 255
 
 
+def noise_sigma(y: torch.Tensor) -> float:
+    """The std of white noise in `y` (B, 3, H, W), from the image alone: the median absolute finest-scale diagonal
+    Haar coefficient / 0.6745 (Donoho & Johnstone's wavelet MAD estimate, Biometrika 1994), per channel, averaged.
+    Flat regions and edges leave that coefficient near 0, so the median sees the noise. Pixels clipped at 0 or 1
+    carry less noise, so a bright or dark image reads low (σ = 30/255 on a white scene reads ≈ 22/255)."""
+    y = y[..., : y.shape[-2] // 2 * 2, : y.shape[-1] // 2 * 2].float()
+    hh = (y[..., 0::2, 0::2] - y[..., 0::2, 1::2] - y[..., 1::2, 0::2] + y[..., 1::2, 1::2]) / 2  # orthonormal
+    return float((hh.abs().flatten(2).median(-1).values / 0.6745).mean())
+
+
 # ----------------------------------------------------------------------------- operators
 @dataclass
 class Degradation:
@@ -63,6 +74,9 @@ class Degradation:
 
     def apply(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # H x without the measurement noise
+        return self.apply(x)
 
     def prox(self, xhat: torch.Tensor, y: torch.Tensor, rho: float) -> torch.Tensor | None:
         return None
@@ -88,6 +102,9 @@ class Noise(Degradation):
         g = torch.Generator().manual_seed(seed)
         return quantize(x + self.severity * torch.randn(x.shape, generator=g))
 
+    def forward(self, x):
+        return x
+
     def prox(self, xhat, y, rho):  # H = I: a precision-weighted average
         return (y + rho * xhat) / (1 + rho)
 
@@ -106,13 +123,17 @@ def _gaussian_otf(sigma: float, h: int, w: int) -> torch.Tensor:
     return torch.exp(-2 * math.pi ** 2 * sigma ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x (B, C, H, W) convolved circularly with a Gaussian of std `sigma` px."""
+    return torch.fft.ifft2(torch.fft.fft2(x) * _gaussian_otf(sigma, *x.shape[-2:])).real
+
+
 @dataclass
 class Blur(Degradation):
     """y = k_σ ⊛ x (circular Gaussian). Closed-form prox in Fourier space; baseline: Wiener deconvolution."""
 
     def apply(self, x, seed=0):
-        k = _gaussian_otf(self.severity, *x.shape[-2:])
-        return quantize(torch.fft.ifft2(torch.fft.fft2(x) * k).real)
+        return quantize(gaussian_blur(x, self.severity))
 
     def prox(self, xhat, y, rho):
         k = _gaussian_otf(self.severity, *y.shape[-2:])
@@ -235,24 +256,45 @@ def find_hole(y: torch.Tensor, min_fraction: float = 0.01) -> torch.Tensor | Non
 _MODEL = None
 
 
-def detect_degradations(image: Image.Image, threshold: float = 0.5) -> list[tuple[str, float]]:
-    """Which degradations `image` shows, with severities in each operator's units, most likely first.
-
-    Averages the degradation classifier over up to 9 native-resolution 64×64 crops. An empty list means clean.
-    """
+def _predict(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The degradation classifier's (class probabilities, normalised severities), the model loaded once."""
     global _MODEL
     from ditflow.pipelines import classifiers
 
     if _MODEL is None:
         _MODEL = classifiers.load("degradation")
-    probs, sev = classifiers.predict_degradation(_MODEL, image)
+    return classifiers.predict_degradation(_MODEL, image)
+
+
+def _severity(name: str, sev: np.ndarray) -> float:
+    lo, hi = SEVERITY_RANGE[name]
+    return float(lo + (hi - lo) * float(sev[CLASSES.index(name) - 1]))
+
+
+def detect_degradations(image: Image.Image, threshold: float = 0.5) -> list[tuple[str, float]]:
+    """Which degradations `image` shows, with severities in each operator's units, most likely first.
+
+    Averages the degradation classifier over up to 9 native-resolution 64×64 crops. An empty list means clean.
+    """
+    probs, sev = _predict(image)
     found = [(CLASSES[i], float(p)) for i, p in enumerate(probs) if i > 0 and p >= threshold]
     if not found and probs[0] < threshold:  # no single class is sure, but the image is not clean either
         i = int(np.argmax(probs[1:])) + 1
         found = [(CLASSES[i], float(probs[i]))]
     found.sort(key=lambda kv: -kv[1])
-    out = []
-    for name, _ in found:
-        lo, hi = SEVERITY_RANGE[name]
-        out.append((name, float(lo + (hi - lo) * float(sev[CLASSES.index(name) - 1]))))
-    return out
+    return [(name, _severity(name, sev)) for name, _ in found]
+
+
+def estimate_severity(image: Image.Image, name: str) -> float | None:
+    """The severity of a degradation the user named, measured on the image rather than assumed: noise σ by the
+    wavelet MAD (`noise_sigma`; at least one 8-bit level), blur σ and JPEG quality by the classifier's severity
+    head (DEFAULT_SEVERITY when the classifier is not shipped). None for sr2/sr4 and inpaint, whose size is the
+    factor or the hole."""
+    if name == "noise":
+        return max(noise_sigma(to_tensor(image)), 1 / 255)
+    if name not in ("blur", "jpeg"):
+        return None
+    try:
+        return _severity(name, _predict(image)[1])
+    except (FileNotFoundError, OSError):  # classifier weights not trained/shipped
+        return DEFAULT_SEVERITY[name]

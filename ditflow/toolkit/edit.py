@@ -275,7 +275,7 @@ def _inpaint(pipe, src: Image.Image, m: Image.Image, spec: EditSpec, kw: dict, s
     return [Image.composite(o, src, m) for o in out]
 
 
-def _paste(base: Image.Image, src: Image.Image, lift: np.ndarray, offset: tuple[int, int]) -> Image.Image:
+def paste(base: Image.Image, src: Image.Image, lift: np.ndarray, offset: tuple[int, int]) -> Image.Image:
     """`base` with the `lift` pixels of `src` set down `offset` px away (those that land outside are dropped)."""
     out, a = np.asarray(base).copy(), np.asarray(src)
     ys, xs = np.nonzero(lift)
@@ -321,7 +321,7 @@ def edit(pipe, image: Image.Image, spec: EditSpec, mask: Image.Image | None = No
         lift = np.asarray(_sized(lift_mask(image, spec, mask), (w, h))) > 0
         offset = (round(spec.offset[0] * w / image.width), round(spec.offset[1] * h / image.height))
         behind = _inpaint(pipe, src, mask_image(move_hole(lift)), spec, kw, steps, progress)[0]
-        results = [_paste(behind, src, lift, offset)]
+        results = [paste(behind, src, lift, offset)]
         details.update(offset=list(offset), mask_fraction=round(float(lift.mean()), 4))
     else:
         m = _sized(mask_of(image, spec, mask), (w, h))

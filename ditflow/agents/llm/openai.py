@@ -2,9 +2,11 @@
 
 The answer is constrained server-side by `response_format: json_schema` (vLLM compiles it to a grammar) and
 validated here by pydantic. Two kinds of failure are retried, each a bounded number of times:
-- transport: connection errors, timeouts, HTTP 5xx and 429 → exponential backoff (honouring `Retry-After`);
+- transport: timeouts, dropped connections, HTTP 5xx and 429 → exponential backoff (honouring `Retry-After`);
 - content: JSON that does not parse or validate → the validation error goes back to the model as a new turn.
-Anything else (e.g. HTTP 400: the server rejects the request itself) is not retried; a retry would not help.
+Anything else is not retried, since a retry would not help: HTTP 400 (the server rejects the request itself), and
+an endpoint that cannot be reached at all (connection refused, unknown host), which fails at once, so that a turn
+falls back to the rules in milliseconds instead of seconds of backoff.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import functools
 import io
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +137,8 @@ class OpenAIBackend:
         api_key: bearer token. Default: `$OPENAI_API_KEY` (vLLM accepts any token unless started with one).
         vision: whether the model accepts `image_url` parts (a VLM). Default: `$DITFLOW_LLM_VISION` == "1".
         timeout: seconds for one request (connect is capped at 10 s). Default: `$DITFLOW_LLM_TIMEOUT`, else 60.
-        retries: transport retries per request (5xx, 429, timeouts, refused connections). Default:
-            `$DITFLOW_LLM_RETRIES`, else 3.
+        retries: transport retries per request (5xx, 429, timeouts, dropped connections; never a refused
+            connection). Default: `$DITFLOW_LLM_RETRIES`, else 3.
         schema_retries: extra requests with the validation error fed back, when an answer does not validate.
         backoff: first backoff in seconds; doubles on each transport retry.
         max_tokens: answer budget per request.
@@ -204,7 +207,9 @@ class OpenAIBackend:
             wait = self.backoff * 2**attempt
             try:
                 r = self._http.request(method, path, json=body)
-            except httpx.TransportError as e:  # refused, reset, DNS, and every kind of timeout
+            except httpx.ConnectError as e:  # refused, unknown host, no route: nobody to wait for
+                raise LLMUnavailable(f"LLM {self.base_url} unreachable ({type(e).__name__}: {_reason(e)})") from e
+            except httpx.TransportError as e:  # reset, dropped, and every kind of timeout
                 last = f"{type(e).__name__}: {e}"
             else:
                 if r.status_code < 400:
@@ -306,6 +311,11 @@ class OpenAIBackend:
         raise LLMInvalidOutput(
             f"{self.model} at {self.base_url} gave no valid {schema.__name__} in {self.schema_retries + 1} "
             f"attempt(s); last problem: {problem}", raw=raw)
+
+
+def _reason(e: Exception) -> str:
+    """ "connection refused" from "[Errno 111] Connection refused": the OS's words without their number."""
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", str(e)).lower() or "no connection"
 
 
 def _describe(e: ValidationError, finish: str | None, max_tokens: int) -> str:

@@ -1,0 +1,518 @@
+"""Object references and object-level edits: what a request means for the objects of a known scene.
+
+An input image read into objects (`describe.scene_objects`) lets a request point at one of them, as MagicBrush-
+and Emu-Edit-style instructions do: by position ("the top left triangle", "the one on the right"), attribute ("the
+red one", "the bigger square"), ordinal ("the second circle from the left", "the leftmost one"), all of a kind
+("every triangle", "both circles", "all of them"), or a pronoun in chat ("make it blue" after "move the red circle
+left"). `object_edits` turns an edit instruction into `ObjectEdit`s on those objects, and `edited_scene` gives the
+scene they leave, so the output's description names every object, changed or not. A reference that matches
+nothing, or several objects where one was meant, raises `Unclear` with what the image holds.
+
+Read bottom-up: vocabulary → reference phrases → resolving → the ops of one clause → a whole instruction.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ditflow.agents import scene as sc
+from ditflow.pipelines.world import POSITION_CELL, POSITIONS
+from ditflow.schemas import ObjectEdit, SceneObject
+
+# ----------------------------------------------------------------------------- vocabulary
+_shape_alt = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))
+_color_alt = "|".join(sorted(sc.COLOR_WORDS, key=len, reverse=True))
+GENERIC_NOUN = r"ones?|shapes?|objects?|things?|items?|figures?|forms?|elements?"
+NOUN = rf"(?:{_shape_alt}|{GENERIC_NOUN})"
+DETERMINER = (r"(?:every|each|all(?: of)?(?: the)?|both(?: of)?(?: the)?|the|this|that|these|those|its|their"
+              r"|(?:one|any) of the)")
+ORDINAL = {"first": 1, "second": 2, "third": 3, "fourth": 4, "1st": 1, "2nd": 2, "3rd": 3, "last": -1}
+EXTREME = {  # superlative and relative words → (attribute, which end)
+    "leftmost": ("x", "min"), "left": ("x", "min"), "rightmost": ("x", "max"), "right": ("x", "max"),
+    "topmost": ("y", "min"), "uppermost": ("y", "min"), "highest": ("y", "min"), "upper": ("y", "min"),
+    "top": ("y", "min"), "lowest": ("y", "max"), "bottommost": ("y", "max"), "lower": ("y", "max"),
+    "bottom": ("y", "max"), "biggest": ("side", "max"), "largest": ("side", "max"), "bigger": ("side", "max"),
+    "larger": ("side", "max"), "smallest": ("side", "min"), "smaller": ("side", "min"),
+    "middle": ("mid", "min"), "center": ("mid", "min"), "central": ("mid", "min"),
+}
+_extreme_alt = "|".join(sorted(EXTREME, key=len, reverse=True))
+_ordinal_alt = "|".join(ORDINAL)
+MODIFIER = (rf"(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|large|big|huge|other|same|colou?red|"
+            r"two|three|2|3|-)")
+# "the top left triangle", "both green circles", "the second circle from the left", "the red one"
+REF_RE = re.compile(rf"\b(?P<det>{DETERMINER})\s+(?P<mods>(?:{MODIFIER}[\s-]+){{0,4}})(?P<noun>{NOUN})\b")
+PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|them|they|both|all of them|everything|all objects|all shapes"
+                        r"|each of them|every shape|every object)\b")
+POSITION_TAIL = re.compile(r"^\s*(?:(?:that|which) (?:is|sits) |that's |(?:should|must|needs? to|has to|to) (?:be|go|sit)"
+                           r" |goes |located |sitting |placed )?(?:at|in|on|near|from|"
+                           r"towards|along|by)\s+(?:the\s+)?(?P<where>(?:very\s+)?(?:top|bottom|upper|lower|left|right|"
+                           r"middle|center|centre)(?:[\s-]+(?:left|right|middle|center))?(?:[\s-]+(?:hand))?"
+                           r"(?:\s+(?:corner|side|edge|area|part|half|row|column))?)")
+COLOR_TAIL = re.compile(rf"^\s*(?:that is|which is|that's)\s+(?P<c>{_color_alt})\b")
+
+ADD_RE = re.compile(r"\b(?:add|adds|adding|insert|include|draw in|draw|drop in|put|place|put in|place in|give|"
+                    r"there should be|i want|let there be|introduce)\b")
+REMOVE_RE = re.compile(r"\b(?:remove|delete|erase|take out|take away|get rid of|drop|eliminate|clear|rid|omit|"
+                       r"lose|cut out|wipe out|wipe)\b|\bdisappear|\bvanish|\bgo away\b|\bleave only\b")
+MOVE_RE = re.compile(r"\b(?:move|moves|moving|shift|slide|push|drag|relocate|reposition|put|place|bring|send|"
+                     r"transfer|nudge|carry)\b")
+SWAP_RE = re.compile(r"\b(?:swap|switch|exchange|trade|interchange)\b")
+DUPLICATE_RE = re.compile(r"\b(?:duplicate|copy|clone|replicate|double up|another one like|one more like|mirror)\b"
+                          r"|\b(?:add|put|place|draw|insert)\s+(?:another|a second|one more|a copy)\b")
+BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|increase (?:the |its )?size|scale (?:it |them )?up|"
+                       r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?:it|them|the"
+                       r" [\w ]+?) (?:big|large|huge))\b")
+SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|reduce (?:the |its )?size|scale (?:it |them )?down|half (?:the|its)"
+                        r" size|make (?:it|them|the [\w ]+?) (?:small|tiny|little))\b")
+BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
+DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
+             "rightwards": (0, 1), "up": (-1, 0), "upward": (-1, 0), "upwards": (-1, 0), "higher": (-1, 0),
+             "down": (1, 0), "downward": (1, 0), "downwards": (1, 0), "lower": (1, 0)}
+CLAUSE_SPLIT = re.compile(r"\s*(?:;|\.\s|,?\s+and then\s+|,?\s+then\s+|,\s*and\s+|\s+and\s+(?=(?:also\s+)?(?:make|turn|"
+                          r"change|recolou?r|paint|colou?r|move|shift|slide|put|place|remove|delete|erase|add|swap|"
+                          r"switch|duplicate|copy|resize|shrink|enlarge|replace|give|let|set|get rid)\b))\s*")
+
+
+class Unclear(ValueError):
+    """A reference the scene cannot settle: it matches nothing, or several objects where one was meant."""
+
+
+# ----------------------------------------------------------------------------- reference phrases
+@dataclass
+class Reference:
+    """What a phrase says of the object(s) it means; None attributes are unsaid."""
+
+    text: str
+    start: int
+    end: int
+    shape: str | None = None
+    color: str | None = None
+    size: str | None = None
+    cell: str | None = None  # a named cell ("top left"), or a row/column word kept in `extremes`
+    extremes: list[tuple[str, str]] = field(default_factory=list)
+    ordinal: int | None = None
+    axis: str = "x"  # what an ordinal counts along: "x" from the left, "-x" from the right, "y", "-y"
+    every: bool = False
+    pronoun: str | None = None
+    other: bool = False
+    head_end: int = 0  # where the phrase ends before a trailing place ("the triangle| at the top left")
+    tail: str = ""  # that trailing place, which a move may mean as where the object goes
+
+
+def _cell(words: str) -> str | None:
+    """The 3×3 cell a phrase names exactly ("top left", "bottom", "center"), or None."""
+    pos, _, _ = sc.find_position(words if words.startswith("the ") else "the " + words)
+    return pos
+
+
+def find_references(text: str) -> list[Reference]:
+    """Every definite reference to objects in (normalised) `text`, in order, with its span."""
+    out: list[Reference] = []
+    for m in REF_RE.finditer(text):
+        det, mods, noun = m.group("det"), m.group("mods").replace("-", " ").split(), m.group("noun")
+        ref = Reference(m.group(0), m.start(), m.end(), head_end=m.end())
+        plural = noun.endswith("s") and noun not in ("its",) and (noun not in sc.SHAPE_WORDS or
+                                                                   sc.SHAPE_WORDS[noun] != noun)
+        ref.shape = sc.SHAPE_WORDS.get(noun)
+        ref.every = det.startswith(("every", "each", "all", "both")) or (plural and det in ("the", "these", "those"))
+        ref.other = "other" in mods
+        ref.every |= any(w in ("two", "three", "2", "3") for w in mods)  # "the two circles"
+        joined = " ".join(mods)
+        cell = _cell(joined) if re.search(r"\b(?:top|bottom|upper|lower)\b.*\b(?:left|right)\b", joined) else None
+        for w in mods:
+            if w in sc.COLOR_WORDS:
+                ref.color = sc.COLOR_WORDS[w]
+            elif w in ("small", "little", "tiny"):
+                ref.size = "small"
+            elif w in ("large", "big", "huge"):
+                ref.size = "large"
+            elif w in ORDINAL:
+                ref.ordinal = ORDINAL[w]
+            elif w in EXTREME and not cell:
+                ref.extremes.append(EXTREME[w])
+        ref.cell = cell
+        tail = text[m.end():m.end() + 60]
+        t = POSITION_TAIL.match(tail)
+        if t:
+            where = t.group("where")
+            if ref.ordinal is not None and t.group(0).strip().startswith("from"):
+                ref.axis = {"left": "x", "right": "-x", "top": "y", "bottom": "-y"}.get(where.split()[-1]
+                                                                                         if where.split()[-1] not in
+                                                                                         ("side", "edge") else
+                                                                                         where.split()[0], "x")
+            else:
+                ref.cell = _cell(where)
+                if ref.cell in ("left", "right", "top", "bottom", "center"):  # a side, not a cell: relative
+                    ref.extremes.append(EXTREME[ref.cell])
+                    ref.cell = None
+            ref.end = m.end() + t.end()
+            ref.text, ref.tail = text[ref.start:ref.end], t.group(0)
+        c = COLOR_TAIL.match(text[ref.end:])
+        if c:
+            ref.color = sc.COLOR_WORDS[c.group("c")]
+            ref.end += c.end()
+        out.append(ref)
+    for m in PRONOUN_RE.finditer(text):
+        if any(r.start <= m.start() < r.end for r in out):
+            continue
+        if m.group("p") == "both" and re.match(r"\s+(?:of\s+)?(?:the\s+)?\w", text[m.end():]) and \
+                re.match(rf"\s+(?:of\s+)?(?:the\s+)?(?:\w+\s+){{0,2}}{NOUN}\b", text[m.end():]):
+            continue  # "both circles" is a phrase REF_RE has read
+        p = m.group("p")
+        every = p not in ("it", "its", "itself")
+        out.append(Reference(p, m.start(), m.end(), every=every, pronoun=p))
+    return sorted(out, key=lambda r: r.start)
+
+
+# ----------------------------------------------------------------------------- resolving
+def _centre(o: SceneObject) -> tuple[float, float]:
+    if o.box:
+        return (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
+    r, c = POSITION_CELL.get(o.position or "center", (1, 1))
+    return c * 21.3 + 10.7, r * 21.3 + 10.7
+
+
+def _side(o: SceneObject) -> float:
+    return max(o.box[2] - o.box[0], o.box[3] - o.box[1]) if o.box else (28.0 if o.size == "large" else 14.0)
+
+
+def _key(o: SceneObject, attr: str) -> float:
+    x, y = _centre(o)
+    if attr == "x":
+        return x
+    if attr == "y":
+        return y
+    if attr == "side":
+        return _side(o)
+    return abs(x - 32) + abs(y - 32)  # "mid": distance from the centre of a 64 px panel
+
+
+def _matches(ref: Reference, objects: list[SceneObject]) -> list[SceneObject]:
+    """The objects whose shape, colour and cell fit `ref` (what it says of them, nothing relative)."""
+    return [o for o in objects if ref.shape in (None, o.shape) and ref.color in (None, o.color)
+            and ref.cell in (None, o.position)]
+
+
+def listing(objects: list[SceneObject]) -> str:
+    """What an image holds, as a clarification lists it: "a green triangle at the top left, ..."."""
+    return ", ".join(sc.thing_text(sc.Thing(o.shape, o.color, None, o.position)) for o in objects) or "no objects"
+
+
+def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), image: str = "the image",
+            many: bool = False) -> list[int]:
+    """The ids of the objects `ref` means. `focus`: the objects the conversation last acted on (what "it" means).
+    `many`: the op takes several (a swap's pair is read as two references, so it is False there)."""
+    if ref.pronoun:
+        if ref.pronoun in ("it", "its", "itself"):
+            if focus and len(focus) == 1:
+                return list(focus)
+            if len(objects) == 1:
+                return [objects[0].id]
+            if focus:
+                return list(focus)
+            raise Unclear(f"'{ref.text}' could be any of the {len(objects)} objects in {image} "
+                          f"({listing(objects)}); which one did you mean?")
+        if ref.pronoun in ("them", "they") and focus and len(focus) > 1:
+            return list(focus)
+        return [o.id for o in objects]
+    hits = [o for o in objects if (ref.shape is None or o.shape == ref.shape)
+            and (ref.color is None or o.color == ref.color) and (ref.cell is None or o.position == ref.cell)]
+    if ref.size and len({o.size for o in hits}) > 1:
+        hits = [o for o in hits if o.size == ref.size]
+    if ref.other and focus:
+        hits = [o for o in hits if o.id not in focus] or hits
+    named = ref.text.strip()
+    if not hits:
+        raise Unclear(f"there is no {named.removeprefix('the ').strip()} in {image}; it holds {listing(objects)}. "
+                      f"Which object did you mean?")
+    for attr, end in ref.extremes:  # "the left one", "the bigger square": the one at that end, if one is
+        if len(hits) < 2:
+            break
+        keys = [_key(o, attr) for o in hits]
+        best = min(keys) if end == "min" else max(keys)
+        close = 2.0 if attr == "side" else 6.0  # px: closer than this is a tie, not an end
+        hits = [o for o, k in zip(hits, keys) if abs(k - best) < close]
+    if ref.ordinal is not None and not ref.every:
+        sign = -1 if ref.axis.startswith("-") else 1
+        order = sorted(hits, key=lambda o: (sign * _key(o, ref.axis.strip("-")), _key(o, "y" if "x" in ref.axis
+                                                                                      else "x")))
+        k = ref.ordinal
+        if not -len(order) <= (k - 1 if k > 0 else k) < len(order):
+            raise Unclear(f"{image} has only {len(order)} such object(s) ({listing(order)}); there is no "
+                          f"{named.removeprefix('the ')}")
+        return [order[k - 1 if k > 0 else k].id]
+    if ref.every or many:
+        return [o.id for o in hits]
+    if len(hits) > 1:
+        raise Unclear(f"'{named}' could be any of {len(hits)} objects in {image} ({listing(hits)}); which one "
+                      f"did you mean? Say its position or colour, e.g. "
+                      f"'{named.removeprefix('the ')} at the {hits[0].position.replace('-', ' ')}'")
+    return [hits[0].id]
+
+
+# ----------------------------------------------------------------------------- the ops of one clause
+def _new_thing(text: str) -> sc.Thing | None:
+    """The look a phrase gives a new or changed object: "into a red circle" → Thing(circle, red)."""
+    ms = sc.mentions(text)
+    return ms[0].thing if ms else None
+
+
+def _colors(text: str) -> list[str]:
+    return [sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", text) if w in sc.COLOR_WORDS]
+
+
+def _target_cell(text: str, current: str | None) -> str | None:
+    """Where a move goes: a named cell ("to the top right"), or one step in a direction ("move it left")."""
+    pos, _, _ = sc.find_position(text)
+    m = re.search(r"\b(?:(?:one|a|1)\s+(?:step|cell|space|notch|bit|little)\s+)?(?:to the\s+)?"
+                  r"(?P<d>left|right|up|down|upwards?|downwards?|leftwards?|rightwards?|higher|lower)\b", text)
+    bare = m and not re.search(rf"\bthe\s+(?:\w+\s+)?{m.group('d')}\b", text)
+    if m and current and (bare or not pos):
+        dr, dc = DIRECTION[m.group("d")]
+        r, c = POSITION_CELL[current]
+        return POSITIONS[min(2, max(0, r + dr))][min(2, max(0, c + dc))]
+    return pos
+
+
+def _near_cell(ref_ids: list[int], objects: list[SceneObject], taken: set[str]) -> str | None:
+    """A free cell beside the objects `ref_ids` name ("next to the triangle")."""
+    cells = [POSITION_CELL[o.position] for o in objects if o.id in ref_ids and o.position]
+    for r, c in cells:
+        for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1)):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < 3 and 0 <= cc < 3 and POSITIONS[rr][cc] not in taken:
+                return POSITIONS[rr][cc]
+    return None
+
+
+def _free_cell(objects: list[SceneObject]) -> str | None:
+    taken = {o.position for o in objects}
+    free = [p for row in POSITIONS for p in row if p not in taken]
+    if not free:
+        return None
+    # farthest from every object, as compose places an unplaced object
+    def gap(p: str) -> float:
+        r, c = POSITION_CELL[p]
+        return min((abs(r - POSITION_CELL[o.position][0]) + abs(c - POSITION_CELL[o.position][1])
+                    for o in objects if o.position), default=0)
+    return max(free, key=gap)
+
+
+def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], image: str) -> list[ObjectEdit]:
+    """The object edits of one clause ("make the top left triangle red"); [] when it is not an object edit."""
+    refs = find_references(clause)
+    rest = clause
+    for r in reversed(refs):  # what is left once the references are cut out names the new values
+        rest = rest[:r.start] + " # " + rest[r.end:]
+    after = rest.split("#", 1)[1] if "#" in rest else rest
+    if BACKGROUND_RE.search(clause):
+        bg = sc.find_background(clause) or next((sc.BACKGROUND_WORDS[w] for w in re.findall(r"[a-z]+", clause)
+                                                 if w in sc.BACKGROUND_WORDS and w not in ("dark", "light")), None)
+        refs = [r for r in refs if r.shape or r.pronoun not in (None, "it", "its")]
+        if bg and not [r for r in refs if r.shape]:
+            return [ObjectEdit(op="background", color=bg)]
+    if SWAP_RE.search(clause):
+        pair = [r for r in refs if not r.pronoun] or refs
+        if len(pair) < 2:  # "swap the square and circle": the second noun goes without its article
+            pair = [Reference(clause[m.start:m.end], m.start, m.end, shape=m.thing.shape, color=m.thing.color)
+                    for m in sc.mentions(clause)] or pair
+        ids: list[int] = []
+        if len(pair) >= 2:
+            for r in pair[:2]:
+                ids += resolve(r, objects, focus, image)
+        elif pair and pair[0].every:
+            ids = resolve(pair[0], objects, focus, image, many=True)
+        if len(ids) != 2:
+            raise Unclear(f"a swap needs two objects; {image} holds {listing(objects)}. Which two?")
+        return [ObjectEdit(op="swap", targets=ids)]
+    sel = next((r for r in refs), None)
+    # "make a copy of the pink diamond on the top right", "have the red circle at the top": the place named after
+    # the only object of that look is where it goes, not which one is meant
+    misplaced = bool(sel and sel.tail and sc.find_position(sel.tail)[0] and not _matches(sel, objects)
+                     and len(_matches(find_references(clause[sel.start:sel.head_end])[0], objects)) == 1)
+    if misplaced:
+        after, sel = sel.tail + " " + after, find_references(clause[sel.start:sel.head_end])[0]
+    if DUPLICATE_RE.search(clause):
+        new = _new_thing(re.sub(r"^.*?\b(?:another|a second|one more|a copy of)\b", "", clause)) if not sel else None
+        ref = sel or (Reference(new.shape, 0, 0, shape=new.shape, color=new.color) if new else None)
+        if ref is not None:
+            ids = resolve(ref, objects, focus, image)
+            taken = {o.position for o in objects}
+            cell = _target_cell(after, None)
+            cell = cell if cell and cell not in taken else None
+            return [ObjectEdit(op="duplicate", targets=[i], position=cell) for i in ids[:1]]
+    if REMOVE_RE.search(clause) and sel is not None:
+        m = re.search(r"\b(?:leave only|keep only|only keep|but|except(?: for)?|other than|apart from|save)\b", clause)
+        if m:  # "remove everything except the square": the reference after the exception is what stays
+            kept = [r for r in refs if r.start >= m.end() and not r.pronoun]
+            if not kept:
+                return [ObjectEdit(op="remove", targets=resolve(sel, objects, focus, image))]
+            keep = [i for r in kept for i in resolve(r, objects, focus, image, many=True)]
+            if len(keep) == len(objects):
+                return []
+            return [ObjectEdit(op="remove", targets=[o.id for o in objects if o.id not in keep])]
+        return [ObjectEdit(op="remove", targets=resolve(sel, objects, focus, image))]
+    adding = ADD_RE.search(clause) and re.search(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b",
+                                                 clause)
+    if adding and (sel is None or re.search(rf"\b(?:an?|one|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b",
+                                            clause[:sel.start])):
+        m = re.search(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b", clause)
+        new = _new_thing(m.group(0))
+        taken = {o.position for o in objects}
+        cell = _target_cell(clause[m.end():], None)
+        if sel is not None and re.search(r"\b(?:next to|beside|near|by|alongside|close to)\s*$",
+                                         clause[:sel.start]):
+            cell = _near_cell(resolve(sel, objects, focus, image, many=True), objects, taken)
+        elif sel is not None and re.search(r"\b(?:above|over|on top of)\s*$", clause[:sel.start]):
+            cell = _shifted(sel, objects, focus, image, -1, taken)
+        elif sel is not None and re.search(r"\b(?:below|under|beneath|underneath)\s*$", clause[:sel.start]):
+            cell = _shifted(sel, objects, focus, image, 1, taken)
+        if cell in taken:
+            raise Unclear(f"the {cell.replace('-', ' ')} of {image} is taken ({listing(objects)}); where should "
+                          f"the new {new.shape} go?")
+        cell = cell or _free_cell(objects)
+        if cell is None:
+            raise Unclear(f"{image} has no free place left for another object ({listing(objects)})")
+        return [ObjectEdit(op="add", shape=new.shape, color=new.color, size=new.size, position=cell)]
+    if sel is None:
+        return []
+    if MOVE_RE.search(clause) or re.search(r"\bto the (?:top|bottom|left|right|center|middle)", after) or misplaced:
+        # (misplaced: "have the pink diamond at the top right" names the only pink diamond where it should be)
+        if sel.tail and not sc.find_position(after)[0] and re.match(r"\s*(?:in|at|on|into|to|onto|towards)\b",
+                                                                     sel.tail):
+            # "put the diamond in the top right corner": the only place named is where it goes, not which one
+            after, sel = sel.tail, find_references(clause[sel.start:sel.head_end])[0]
+        ids = resolve(sel, objects, focus, image)
+        where = after
+        cur = next(o.position for o in objects if o.id == ids[0])
+        cell = _target_cell(where, cur)
+        if cell and not (len(ids) > 1):
+            return [ObjectEdit(op="move", targets=ids, position=cell)]
+    edits: list[ObjectEdit] = []
+    ids = resolve(sel, objects, focus, image)
+    new = _new_thing(after)
+    if new is not None and new.shape and re.search(r"\b(?:into|to|with|for|as|by|become|becomes|be)\s+(?:an?\s+)?"
+                                                   rf"(?:\w+\s+){{0,2}}(?:{_shape_alt})\b", after):
+        edits.append(ObjectEdit(op="reshape", targets=ids, shape=new.shape, color=new.color,
+                                size=new.size))
+    else:
+        colors = _colors(after) or [c for c in _colors(rest) if c != sel.color]
+        if colors:
+            edits.append(ObjectEdit(op="recolor", targets=ids, color=colors[-1]))
+    if BIGGER_RE.search(clause):
+        edits.append(ObjectEdit(op="resize", targets=ids, size="large"))
+    elif SMALLER_RE.search(clause):
+        edits.append(ObjectEdit(op="resize", targets=ids, size="small"))
+    return edits
+
+
+def _shifted(sel: Reference, objects, focus, image, dr: int, taken: set[str]) -> str | None:
+    ids = resolve(sel, objects, focus, image, many=True)
+    o = next(o for o in objects if o.id == ids[0])
+    r, c = POSITION_CELL[o.position]
+    return POSITIONS[r + dr][c] if 0 <= r + dr < 3 and POSITIONS[r + dr][c] not in taken else None
+
+
+# ----------------------------------------------------------------------------- a whole instruction
+def apply(objects: list[SceneObject], edits: list[ObjectEdit]) -> list[SceneObject]:
+    """The objects after `edits` (boxes dropped where an object changes place or size: they are re-read later)."""
+    objs = {o.id: o for o in objects}
+    next_id = max(objs, default=0) + 1
+    for e in edits:
+        if e.op == "remove":
+            for i in e.targets:
+                objs.pop(i, None)
+        elif e.op == "add":
+            objs[next_id] = SceneObject(id=min(next_id, 9), shape=e.shape, color=e.color, size=e.size,
+                                        position=e.position)
+            next_id += 1
+        elif e.op == "duplicate":
+            o = objs[e.targets[0]]
+            taken = [x.position for x in objs.values()]
+            cell = e.position or _free_cell(list(objs.values()))
+            if cell and cell not in taken:
+                objs[next_id] = o.model_copy(update={"id": min(next_id, 9), "position": cell, "box": None})
+                next_id += 1
+        elif e.op == "swap":
+            a, b = (objs[i] for i in e.targets)
+            objs[a.id] = a.model_copy(update={"position": b.position, "box": None})
+            objs[b.id] = b.model_copy(update={"position": a.position, "box": None})
+        elif e.op != "background":
+            for i in e.targets:
+                upd = {k: getattr(e, k) for k in ("shape", "color", "size", "position") if getattr(e, k)}
+                if e.op == "move":
+                    upd["box"] = None
+                objs[i] = objs[i].model_copy(update=upd)
+    return list(objs.values())
+
+
+def diff_edits(objects: list[SceneObject], background: str | None, after: sc.Scene) -> list[ObjectEdit]:
+    """The object edits that turn `objects` into the phrase-level scene `after` (what a phrase edit produced,
+    read back at object level), so that the objects it did not change are not redrawn. Things are matched in
+    order, as the phrase edits keep them; [] when they cannot be matched."""
+    things = list(after.things)
+    if any(t.count != 1 for t in things) or len(things) > len(objects) + 3:
+        return []
+    edits: list[ObjectEdit] = []
+    kept = list(objects)
+    if len(things) < len(objects):  # removed ones: those no remaining thing names
+        for o in objects:
+            if len(kept) > len(things) and not any(_same(o, t) for t in things):
+                edits.append(ObjectEdit(op="remove", targets=[o.id]))
+                kept.remove(o)
+        if len(kept) != len(things):
+            return []
+    for o, t in zip(kept, things):
+        if t.shape != o.shape:
+            edits.append(ObjectEdit(op="reshape", targets=[o.id], shape=t.shape, color=t.color
+                                    if t.color != o.color else None))
+        elif t.color and t.color != o.color:
+            edits.append(ObjectEdit(op="recolor", targets=[o.id], color=t.color))
+        if t.size and t.size != o.size:
+            edits.append(ObjectEdit(op="resize", targets=[o.id], size=t.size))
+        if t.position and t.position != o.position:
+            edits.append(ObjectEdit(op="move", targets=[o.id], position=t.position))
+    taken = {o.position for o in kept}
+    for t in things[len(kept):]:
+        cell = t.position if t.position and t.position not in taken else _free_cell(
+            kept + [SceneObject(id=1, shape=t.shape, position=p) for p in taken if p])
+        if cell is None:
+            return []
+        taken.add(cell)
+        edits.append(ObjectEdit(op="add", shape=t.shape, color=t.color, size=t.size, position=cell))
+    if after.background and after.background != (background or "white"):
+        edits.append(ObjectEdit(op="background", color=after.background))
+    return edits
+
+
+def _same(o: SceneObject, t: sc.Thing) -> bool:
+    return t.shape == o.shape and t.color in (None, o.color)
+
+
+def edited_scene(objects: list[SceneObject], background: str | None, edits: list[ObjectEdit]) -> sc.Scene:
+    """The scene the edits leave, every object named with its cell, for the output's description."""
+    bg = next((e.color for e in reversed(edits) if e.op == "background"), background)
+    things = tuple(sc.Thing(o.shape, o.color, o.size, o.position) for o in apply(objects, edits))
+    return sc.Scene(things, bg if bg and bg != "white" else None)
+
+
+def touched(edits: list[ObjectEdit]) -> list[int]:
+    """The ids an instruction acted on: what "it" means in the next turn."""
+    return list(dict.fromkeys(i for e in edits for i in e.targets))
+
+
+def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
+                 image: str = "the image") -> list[ObjectEdit]:
+    """The object edits of a whole (normalised) edit instruction, clause by clause; a pronoun in a later clause
+    means what the clause before acted on. [] when the instruction is not an edit of these objects."""
+    edits: list[ObjectEdit] = []
+    focus = list(focus)
+    current = list(objects)
+    for clause in (c for c in CLAUSE_SPLIT.split(text) if c and c.strip()):
+        got = clause_edits(clause, current, focus, image)
+        if got:
+            edits += got
+            focus = touched(got) or focus
+            # later clauses see the scene as this one left it, by the same ids
+            current = [o for o in apply(current, got) if o.id in {x.id for x in current} or True]
+    return edits

@@ -1,0 +1,115 @@
+"""Object references and object-level edits (agents/references.py), and the parse that carries them."""
+import pytest
+
+from ditflow.agents import references as rf
+from ditflow.agents import scene as sc
+from ditflow.agents.parsing import Context, GalleryItem, next_gallery, parse_rules
+from ditflow.schemas import InputImage, ObjectEdit, SceneObject
+
+O = SceneObject
+TRIANGLES = [O(id=1, shape="triangle", color="green", size="small", position="top-left", box=(4, 1, 23, 21)),
+             O(id=2, shape="triangle", color="green", size="large", position="top-right", box=(36, 5, 60, 30)),
+             O(id=3, shape="triangle", color="green", size="large", position="bottom-right", box=(36, 37, 57, 59))]
+MIXED = [O(id=1, shape="circle", color="red", size="small", position="top-left", box=(4, 4, 18, 18)),
+         O(id=2, shape="square", color="blue", size="large", position="center", box=(18, 18, 46, 46)),
+         O(id=3, shape="circle", color="yellow", size="large", position="bottom-right", box=(40, 40, 62, 62))]
+
+
+def edits(text, objects, focus=()):
+    return [e.model_dump(exclude_none=True, exclude_defaults=True)
+            for e in rf.object_edits(sc.normalise(text), objects, list(focus))]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("make the top left triangle red", [{"op": "recolor", "targets": [1], "color": "red"}]),
+    ("Could you paint the lower right triangle yellow?", [{"op": "recolor", "targets": [3], "color": "yellow"}]),
+    ("turn the triangle at the top left into a red circle",
+     [{"op": "reshape", "targets": [1], "shape": "circle", "color": "red"}]),
+    ("make every triangle blue", [{"op": "recolor", "targets": [1, 2, 3], "color": "blue"}]),
+    ("remove the bottom right triangle", [{"op": "remove", "targets": [3]}]),
+    ("make the smaller triangle bigger", [{"op": "resize", "targets": [1], "size": "large"}]),
+    ("move the small triangle to the bottom left", [{"op": "move", "targets": [1], "position": "bottom-left"}]),
+])
+def test_references_pick_one_of_three_alike(text, want):
+    assert edits(text, TRIANGLES) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("make the red one blue", [{"op": "recolor", "targets": [1], "color": "blue"}]),
+    ("change the color of the square to green", [{"op": "recolor", "targets": [2], "color": "green"}]),
+    ("get rid of the yellow circle", [{"op": "remove", "targets": [3]}]),
+    ("swap the red circle and the blue square", [{"op": "swap", "targets": [1, 2]}]),
+    ("add a purple diamond at the bottom left",
+     [{"op": "add", "shape": "diamond", "color": "purple", "position": "bottom-left"}]),
+    ("make both circles orange", [{"op": "recolor", "targets": [1, 3], "color": "orange"}]),
+    ("duplicate the blue square", [{"op": "duplicate", "targets": [2]}]),
+    ("move the yellow circle up", [{"op": "move", "targets": [3], "position": "right"}]),
+    ("make the background black", [{"op": "background", "color": "black"}]),
+    ("put the red circle in the bottom left corner", [{"op": "move", "targets": [1], "position": "bottom-left"}]),
+    ("place the blue square at the top right", [{"op": "move", "targets": [2], "position": "top-right"}]),
+    ("move the circle on the left to the bottom", [{"op": "move", "targets": [1], "position": "bottom"}]),
+    ("the blue square should be in the top right", [{"op": "move", "targets": [2], "position": "top-right"}]),
+    ("I want the blue square at the bottom left", [{"op": "move", "targets": [2], "position": "bottom-left"}]),
+    ("swap the positions of the square and yellow circle", [{"op": "swap", "targets": [2, 3]}]),
+    ("let the square be pink", [{"op": "recolor", "targets": [2], "color": "pink"}]),
+    ("the circle on the right should be red", [{"op": "recolor", "targets": [3], "color": "red"}]),
+    ("remove everything except the square", [{"op": "remove", "targets": [1, 3]}]),
+    ("make the top left circle red and move it to the bottom left",
+     [{"op": "recolor", "targets": [1], "color": "red"}, {"op": "move", "targets": [1], "position": "bottom-left"}]),
+])
+def test_references_by_attribute_position_and_kind(text, want):
+    assert edits(text, MIXED) == want
+
+
+def test_ordinal_counts_along_the_named_axis():
+    row = [O(id=k + 1, shape="circle", color="red", position=p, box=(x, 26, x + 12, 38))
+           for k, (p, x) in enumerate([("left", 4), ("center", 26), ("right", 48)])]
+    assert edits("make the second circle from the left blue", row)[0]["targets"] == [2]
+    assert edits("make the first circle from the right blue", row)[0]["targets"] == [3]
+    assert edits("make the last circle blue", row)[0]["targets"] == [3]
+
+
+def test_a_pronoun_means_what_the_last_turn_acted_on():
+    assert edits("make it blue", MIXED, focus=[3]) == [{"op": "recolor", "targets": [3], "color": "blue"}]
+    with pytest.raises(rf.Unclear, match="which one"):
+        edits("make it blue", MIXED)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("make the triangle red", r"could be any of 3 objects .*green triangle at the top left"),
+    ("remove the blue circle", r"there is no blue circle .*it holds .*red circle at the top left"),
+])
+def test_an_unclear_reference_asks_and_lists_the_scene(text, match):
+    objects = TRIANGLES if "triangle" in text else MIXED
+    with pytest.raises(rf.Unclear, match=match):
+        edits(text, objects)
+
+
+def test_the_parse_names_every_object_and_edits_only_the_one_meant():
+    image = InputImage(index=1, description="three green triangles", objects=TRIANGLES, background="black")
+    p = parse_rules(Context(instruction="make the top left triangle red", inputs=[image]))
+    out = p.request.outputs[0]
+    assert out.edits == [ObjectEdit(op="recolor", targets=[1], color="red")]
+    assert out.description == ("a small red triangle at the top left, a large green triangle at the top right and a "
+                               "large green triangle at the bottom right on a black background")
+    ask = parse_rules(Context(instruction="make the triangle red", inputs=[image])).request
+    assert ask.clarification and "top right" in ask.clarification
+
+
+def test_a_follow_up_pronoun_reaches_the_object_edited_before():
+    image = InputImage(index=1, description="", objects=MIXED, background="white")
+    first = parse_rules(Context(instruction="move the yellow circle to the bottom", inputs=[image]))
+    gallery = next_gallery([], first, ["out/0001.png"])
+    moved = [o.model_copy(update={"position": "bottom", "box": (22, 42, 44, 62)}) if o.id == 3 else o for o in MIXED]
+    gallery = [g.model_copy(update={"objects": moved}) for g in gallery]  # as the graph reads the new image
+    assert [(f.shape, f.color, f.position) for f in gallery[0].focus] == [("circle", "yellow", "bottom")]
+    second = parse_rules(Context(instruction="make it blue", gallery=gallery)).request
+    assert second.outputs[0].edits == [ObjectEdit(op="recolor", targets=[3], color="blue")]
+
+
+def test_edits_are_checked_against_their_op():
+    with pytest.raises(ValueError, match="swap takes 2"):
+        ObjectEdit(op="swap", targets=[1])
+    with pytest.raises(ValueError, match="needs the shape"):
+        ObjectEdit(op="add", position="top")
+    assert GalleryItem(description="x").focus == []
