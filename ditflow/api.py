@@ -162,11 +162,12 @@ class Session:
         overrides = dict(model=model, llm=llm, home=home, seed=seed, verify=verify, max_repairs=max_repairs,
                          device=device, dtype=dtype)
         if settings is None:
+            self.settings = Settings.load(**overrides)
             if model is None and pipeline is not None:  # an injected pipeline names itself in records
                 from ditflow.pipelines.loading import info_of
 
-                overrides["model"] = info_of(pipeline).name
-            self.settings = Settings.load(**overrides)
+                # model_copy, not a check: the name is a label (a host app's own pipeline), never loaded
+                self.settings = self.settings.model_copy(update={"model": info_of(pipeline).name})
         else:
             self.settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
             Settings.model_validate(self.settings.model_dump())  # re-check the overrides
@@ -522,6 +523,9 @@ class _TurnGuard:
 def load_model(settings: Settings):
     """The pipeline named by `settings.model`: `tiny` builds a random one offline, anything else goes through
     `ditflow.pipelines.loading.load_pipeline` (builtin, local folder, or hub id)."""
+    from ditflow.logs import route_libraries
+
+    route_libraries()  # before diffusers and transformers are first imported: their warnings go to the log
     if settings.model == TINY_MODEL:
         from ditflow.pipelines.tiny import tiny_flux_pipeline
 

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ditflow.schemas import MAX_INSTRUCTION_CHARS, SafeId, Strict
 from ditflow.sessions import write_json_atomic
@@ -50,6 +50,20 @@ def _out_of_space(e: BaseException, out: Path, task_id: str) -> OutOfSpace | Non
     return OutOfSpace(e.errno, f"no space left in {out} while writing task {task_id!r} ({e.strerror}); free some "
                                "space, then run the same command with --resume")
 MAX_WORKERS = 64
+# what `ditflow batch --help` shows of a task file; tests load these very lines
+TASKS_HELP = """task file: one task a line (JSONL), or the same tasks in YAML (a list, or {tasks: [...]}):
+  {"id": "circle", "instruction": "a red circle on the left", "seed": 1}
+  {"id": "bluer", "instruction": "make the circle blue", "images": ["in/circle.png"], "model": "builtin-small"}
+
+  - id: circle
+    instruction: a red circle on the left
+    seed: 1
+fields: id (its output folder's name), instruction; optional: images (paths relative to the task file),
+  seed (default 0), model (default --model)
+
+examples:
+  ditflow batch tasks.jsonl -o out/batch --workers 2
+  ditflow batch tasks.jsonl -o out/batch --resume     # after a kill or a failure: only what is not done"""
 
 
 class BatchTask(Strict):
@@ -58,6 +72,13 @@ class BatchTask(Strict):
     images: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     model: str | None = Field(None, min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:  # checked as the file loads, not when the task's turn comes
+        from ditflow.config import check_model
+
+        return v if v is None else check_model(v)
 
 
 class TaskState(BaseModel):
@@ -103,8 +124,11 @@ def load_tasks(path: str | Path) -> list[BatchTask]:
 
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from e
+        except yaml.YAMLError as e:  # one line: the line and column where the parser stopped, and why
+            mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            why = f"{problem} at column {mark.column + 1}" if mark and problem else str(e).splitlines()[0]
+            raise ValueError(f"{where}: not valid YAML ({why})") from e
         if isinstance(data, dict) and "tasks" in data:
             data = data["tasks"]
         if not isinstance(data, list):
@@ -206,8 +230,9 @@ def _fsync_dir(path: Path) -> None:
 _WORKER: _Engines | None = None
 
 
-def _worker_init(settings_json: str, threads: int) -> None:
-    """Per worker process: die with the parent (so a killed batch leaves no writer behind), share the cores."""
+def _worker_init(settings_json: str, threads: int, verbose: bool | None = None) -> None:
+    """Per worker process: die with the parent (so a killed batch leaves no writer behind), share the cores, and
+    log where the parent does (`verbose` None: the parent did not set up logging)."""
     global _WORKER
     if sys.platform.startswith("linux"):
         import ctypes
@@ -216,6 +241,10 @@ def _worker_init(settings_json: str, threads: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     import torch
 
+    if verbose is not None:
+        from ditflow import logs
+
+        logs.setup(verbose)
     torch.set_num_threads(threads)
     _WORKER = _Engines(settings_json)
 
@@ -328,9 +357,11 @@ def _run_pool(pending, out, settings, workers, states, save, finished) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from ditflow.logs import is_verbose
+
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(settings.model_dump_json(), threads)) as pool:
+                             initargs=(settings.model_dump_json(), threads, is_verbose())) as pool:
         queue, running = list(pending), {}
         while queue or running:
             while queue and len(running) < workers:  # keep exactly `workers` tasks in flight, in file order
@@ -357,9 +388,11 @@ def cli(argv: list[str], command: str = "batch") -> int:
     from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OK, EXIT_STATUS_HELP
     from ditflow.cli_run import add_engine_args
     from ditflow.config import Settings
+    from ditflow.logs import add_verbose_flag
 
     p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0],
-                                epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=f"{TASKS_HELP}\n\n{EXIT_STATUS_HELP}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", type=Path, help="JSONL or YAML task file")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (one sub-folder per task)")
     p.add_argument("--resume", action="store_true", help="continue a killed or finished batch in DIR")
@@ -369,6 +402,7 @@ def cli(argv: list[str], command: str = "batch") -> int:
                    help="fan tasks out over Ray: a cluster address, auto (RAY_ADDRESS or the cluster running here), "
                         "or local (start one on this machine, loopback only)")
     add_engine_args(p)
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     settings = Settings.load(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
                              verify=args.verify, max_repairs=args.max_repairs)

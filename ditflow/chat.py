@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ditflow.api import Session, Turn, TurnCancelled
 from ditflow.progress import RichProgress
+from ditflow.schemas import one_line
 
 PROMPT = "you › "
 READY = "ready"  # printed once the prompt is about to appear; tests and the latency bench wait for it
@@ -209,7 +210,11 @@ class Chat:
                 self.say(f"saved {len(last.record.images)} image(s) and {manifest.name} to {manifest.parent}")
         elif name == "/model":
             if args:
-                s.set_model(args[0])
+                try:
+                    s.set_model(args[0])  # checked as named: an unknown model never reaches a turn
+                except ValueError as e:
+                    self.say(f"error: {one_line(e)}", "red")
+                    return True
                 self.say(f"model: {args[0]} (loads with the next turn)")
                 self._warm_up()
             else:

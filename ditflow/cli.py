@@ -38,20 +38,36 @@ class UserError(Exception):
     """A problem with what the user asked; printed as one line, exit code 2, no traceback."""
 
 
+EXAMPLES = """examples:
+  ditflow run "a red circle on the left" -o out/circle
+  ditflow run "a four-page picture book about a red circle that turns blue" -o out/book
+  ditflow chat
+  ditflow run --help"""
+
+
+def usage() -> str:
+    from ditflow.logs import VERBOSE_HELP
+
+    names = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+    return (f"usage: ditflow [-v] COMMAND [ARGS]\n\ncommands:\n{names}\n\noptions (every command):\n"
+            f"  -v, --verbose  {VERBOSE_HELP}\n\n{EXAMPLES}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from ditflow import logs
+
+    argv, verbose = logs.take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: ditflow COMMAND [ARGS]\n\ncommands:")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<10} {text}")
+        print(usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"ditflow: unknown command {name!r}; see `ditflow --help`", file=sys.stderr)
         return EXIT_USAGE
-    module = importlib.import_module(COMMANDS[name][0])
+    logs.setup(verbose)
     try:
+        module = importlib.import_module(COMMANDS[name][0])
         return int(module.cli(rest, command=name) or 0)
     except KeyboardInterrupt:
         print("ditflow: interrupted", file=sys.stderr)
@@ -62,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = one_line(e)
         print(f"ditflow {name}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        logs.reset()
 
 
 if __name__ == "__main__":  # run through the package module, so UserError is the class others raise

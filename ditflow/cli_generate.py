@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ditflow.cli import UserError
+from ditflow.logs import add_verbose_flag
+from ditflow.pipelines.loading import check_model_name
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_PANELS, MAX_PROMPT_CHARS, GenerateSpec, GroupSpec, ProgressEvent
 
@@ -50,12 +52,19 @@ def check_prompt(prompt: str, where: str = "prompt") -> str:
     return prompt
 
 
+def examples(doc: str, command: str) -> str:
+    """The `ditflow COMMAND ...` example lines of a module docstring, as an --help epilog."""
+    lines = [ln[2:] for ln in doc.splitlines() if ln.lstrip().startswith(f"ditflow {command} ")]
+    return "examples:\n" + "\n".join(lines)
+
+
 def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="builtin", help="builtin | builtin-small | a diffusers folder | a hub id")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's own)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_verbose_flag(ap)
 
 
 def load_model(name: str):
@@ -84,7 +93,9 @@ def progress_bar(enabled: bool = True):
 
 # ----------------------------------------------------------------------------- generate
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ditflow generate", description="text → image(s) with a FLUX-family pipeline")
+    ap = argparse.ArgumentParser(prog="ditflow generate", description="text → image(s) with a FLUX-family pipeline",
+                                 epilog=examples(__doc__, "generate"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompt", nargs="?", help="what to draw")
     ap.add_argument("-o", "--out", required=True, help="output image (or folder with --prompts-file / --panels)")
     ap.add_argument("--prompts-file", help="one prompt per line → OUT/0001.png, OUT/0002.png, ...")
@@ -206,6 +217,7 @@ def cli(argv: list[str], command: str = "generate") -> int:
     from ditflow.images import save_image_atomic
 
     args = _parser().parse_args(argv)
+    check_model_name(args.model)  # now: the model loads only after every other check
     prompts = _prompts(args)
     size = parse_size(args.size)
     out = Path(args.out)
@@ -238,6 +250,9 @@ def cli(argv: list[str], command: str = "generate") -> int:
     if group is not None and args.prompts_file:
         raise UserError("--panels takes one PROMPT, not --prompts-file")
 
+    from ditflow.logs import route_libraries
+
+    route_libraries()  # before the toolkit imports diffusers: its warnings go to the log
     from ditflow.toolkit.generate import generate, generate_group
 
     with progress_bar(not args.quiet) as progress:

@@ -13,7 +13,9 @@ import argparse
 from pathlib import Path
 
 from ditflow.cli import UserError
-from ditflow.cli_generate import add_model_args, check_prompt, load_model, progress_bar
+from ditflow.cli_generate import add_model_args, check_prompt, examples, load_model, progress_bar
+from ditflow.logs import route_libraries
+from ditflow.pipelines.loading import check_model_name
 from ditflow.schemas import EditSpec, RestoreSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -46,9 +48,9 @@ def _offset(text: str | None) -> tuple[int, int] | None:
 
 def edit_cli(argv: list[str]) -> int:
     from ditflow.images import load_image, save_image_atomic
-    from ditflow.toolkit.edit import edit, shapes_edit
 
-    ap = argparse.ArgumentParser(prog="ditflow edit", description="edit an image: SDEdit, inpaint, in-context")
+    ap = argparse.ArgumentParser(prog="ditflow edit", description="edit an image: SDEdit, inpaint, in-context",
+                                 epilog=examples(__doc__, "edit"), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image")
     ap.add_argument("instruction", help="what the result shows, or a shapes-world edit ('make the red circle blue')")
     ap.add_argument("-o", "--out", required=True)
@@ -64,10 +66,14 @@ def edit_cli(argv: list[str]) -> int:
                                                                    "1.0 for inpainting)")
     add_model_args(ap)
     args = ap.parse_args(argv)
+    check_model_name(args.model)
     instruction = check_prompt(args.instruction, "the instruction")
     out = _out_path(args.out)
     if args.strength is not None and not 0 < args.strength <= 1:
         raise UserError(f"--strength {args.strength}: use a value in (0, 1]")
+    route_libraries()  # before the toolkit imports diffusers: its warnings go to the log
+    from ditflow.toolkit.edit import edit, shapes_edit
+
     image = load_image(args.image)
     mask = load_image(args.mask, min_side=1).convert("L") if args.mask else None
     box = _box(args.box)
@@ -136,9 +142,10 @@ def _object_edits(image, instruction: str):
 
 def restore_cli(argv: list[str]) -> int:
     from ditflow.images import load_image, save_image_atomic
-    from ditflow.toolkit.restore import restore
 
-    ap = argparse.ArgumentParser(prog="ditflow restore", description="restore a degraded image with the model prior")
+    ap = argparse.ArgumentParser(prog="ditflow restore", description="restore a degraded image with the model prior",
+                                 epilog=examples(__doc__, "restore"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image")
     ap.add_argument("-o", "--out", required=True)
     ap.add_argument("--degradation", choices=("auto", "noise", "blur", "sr2", "sr4", "jpeg", "inpaint"),
@@ -149,7 +156,11 @@ def restore_cli(argv: list[str]) -> int:
     ap.add_argument("--prompt", default="", help="optional caption of the image, to steer the prior")
     add_model_args(ap)
     args = ap.parse_args(argv)
+    check_model_name(args.model)
     out = _out_path(args.out)
+    route_libraries()  # before the toolkit imports diffusers: its warnings go to the log
+    from ditflow.toolkit.restore import restore
+
     image = load_image(args.image)
     mask = load_image(args.mask, min_side=1) if args.mask else None
     if mask is not None and mask.size != image.size:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from ditflow.schemas import DEFAULT_REPAIRS, MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_REPAIRS
 
@@ -24,8 +25,38 @@ Preview = Literal["auto", "kitty", "sixel", "blocks", "none"]
 
 
 def default_home() -> Path:
-    """`$DITFLOW_HOME`, else `~/.local/share/ditflow`: sessions, chat history and checkpoints live here."""
+    """`$DITFLOW_HOME`, else `~/.local/share/ditflow`: sessions, chat history, checkpoints and logs live here."""
     return Path(os.environ.get(ENV_PREFIX + "HOME") or DEFAULT_HOME).expanduser()
+
+
+def check_model(model: str) -> str:
+    """`model` if it can name a pipeline (see `Settings.model`); else a ValueError that lists what can. Checked when
+    the model is named, not after the agents have started."""
+    from ditflow.pipelines.loading import check_model_name
+
+    return check_model_name(model, also=(TINY_MODEL,))
+
+
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot run on `device` ("cuda", "cuda:1", "mps"), or None when it can."""
+    import torch
+
+    base, _, index = device.partition(":")
+    if base == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            why = "torch was built without CUDA" if torch.version.cuda is None else "none is visible"
+            return f"this machine has no CUDA device ({why}); use --device cpu"
+        if index and int(index) >= count:
+            return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    if base == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no MPS (Apple GPU) device; use --device cpu"
+    return None
+
+
+def _invalid(kind: str, text: str) -> PydanticCustomError:
+    """A validation error that reads as written; a plain ValueError's gets pydantic's "Value error, " prefix."""
+    return PydanticCustomError(kind, "{text}", {"text": text})
 
 
 class Settings(BaseModel):
@@ -33,9 +64,9 @@ class Settings(BaseModel):
 
     Args:
         model: `builtin`, `builtin-small`, `tiny` (random weights), a local diffusers folder, or a hub id such as
-            `black-forest-labs/FLUX.1-dev`.
+            `black-forest-labs/FLUX.1-dev`; checked when set (`check_model`).
         llm: `rules` (deterministic, offline), `local` (GGUF + xgrammar), `openai`, or an `http(s)://.../v1` URL.
-        device: `cpu`, `cuda`, `cuda:N` or `mps`; None picks cuda when available.
+        device: `cpu`, `cuda`, `cuda:N` or `mps`, checked against this machine; None picks cuda when available.
         dtype: weights dtype; `auto` is bfloat16 on GPU, float32 on CPU.
         home: folder for sessions and chat history.
         output_dir: default folder for `ditflow run` outputs.
@@ -65,6 +96,14 @@ class Settings(BaseModel):
     max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1, le=MAX_INSTRUCTION_CHARS)
     allow_pickle: bool = False
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        try:
+            return check_model(v)
+        except ValueError as e:
+            raise _invalid("model", str(e)) from None
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str | None) -> str | None:
@@ -72,7 +111,9 @@ class Settings(BaseModel):
             return None
         base, _, index = v.partition(":")
         if base not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-            raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N, mps, auto")
+            raise _invalid("device", f"device {v!r} is not one of cpu, cuda, cuda:N, mps, auto")
+        if base != "cpu" and (problem := device_problem(v)):  # now, not after the agents have started
+            raise _invalid("device", f"{v}: {problem}")
         return v
 
     @field_validator("home", "output_dir")

@@ -61,6 +61,26 @@ def test_references_by_attribute_position_and_kind(text, want):
     assert edits(text, MIXED) == want
 
 
+ROW = [O(id=1, shape="circle", color="red", position="left", box=(4, 24, 18, 38)),
+       O(id=2, shape="circle", color="green", position="right", box=(44, 24, 58, 38)),
+       O(id=3, shape="square", color="blue", position="top", box=(26, 4, 38, 16))]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("color the circles purple and the square orange",
+     [{"op": "recolor", "targets": [1, 2], "color": "purple"}, {"op": "recolor", "targets": [3], "color": "orange"}]),
+    ("swap the colors of the circles",
+     [{"op": "recolor", "targets": [1], "color": "green"}, {"op": "recolor", "targets": [2], "color": "red"}]),
+    ("switch the places of the two circles", [{"op": "swap", "targets": [1, 2]}]),
+    ("move both circles to the top",
+     [{"op": "move", "targets": [1], "position": "top-left"}, {"op": "move", "targets": [2], "position": "top-right"}]),
+    ("make the left circle and the square red", [{"op": "recolor", "targets": [1, 3], "color": "red"}]),
+    ("make a copy of the red circle on the top right", [{"op": "duplicate", "targets": [1], "position": "top-right"}]),
+])
+def test_several_objects_in_one_clause(text, want):
+    assert edits(text, ROW) == want
+
+
 def test_ordinal_counts_along_the_named_axis():
     row = [O(id=k + 1, shape="circle", color="red", position=p, box=(x, 26, x + 12, 38))
            for k, (p, x) in enumerate([("left", 4), ("center", 26), ("right", 48)])]

@@ -313,9 +313,10 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             return [ObjectEdit(op="background", color=bg)]
     if SWAP_RE.search(clause):
         pair = [r for r in refs if not r.pronoun] or refs
-        if len(pair) < 2:  # "swap the square and circle": the second noun goes without its article
+        named = sc.mentions(clause)
+        if len(pair) < 2 and len(named) >= 2:  # "swap the square and circle": the second noun has no article
             pair = [Reference(clause[m.start:m.end], m.start, m.end, shape=m.thing.shape, color=m.thing.color)
-                    for m in sc.mentions(clause)] or pair
+                    for m in named]
         ids: list[int] = []
         if len(pair) >= 2:
             for r in pair[:2]:
@@ -324,6 +325,10 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             ids = resolve(pair[0], objects, focus, image, many=True)
         if len(ids) != 2:
             raise Unclear(f"a swap needs two objects; {image} holds {listing(objects)}. Which two?")
+        if re.search(r"\bcolou?rs?\b", clause):  # "swap the colours of the circles": each takes the other's
+            a, b = (next(o for o in objects if o.id == i) for i in ids)
+            return [ObjectEdit(op="recolor", targets=[a.id], color=b.color),
+                    ObjectEdit(op="recolor", targets=[b.id], color=a.color)]
         return [ObjectEdit(op="swap", targets=ids)]
     sel = next((r for r in refs), None)
     # "make a copy of the pink diamond on the top right", "have the red circle at the top": the place named after
@@ -382,14 +387,18 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
                                                                      sel.tail):
             # "put the diamond in the top right corner": the only place named is where it goes, not which one
             after, sel = sel.tail, find_references(clause[sel.start:sel.head_end])[0]
-        ids = resolve(sel, objects, focus, image)
-        where = after
-        cur = next(o.position for o in objects if o.id == ids[0])
-        cell = _target_cell(where, cur)
-        if cell and not (len(ids) > 1):
-            return [ObjectEdit(op="move", targets=ids, position=cell)]
+        ids, _ = _joined_ids(clause, refs, sel, objects, focus, image)
+        moves = []
+        for i in ids:  # several objects keep their own row or column: "move both circles to the top"
+            cur = next(o.position for o in objects if o.id == i)
+            cell = _target_cell(after, cur) if len(ids) == 1 else _edge_cell(after, cur)
+            if cell and cell != cur:
+                moves.append(ObjectEdit(op="move", targets=[i], position=cell))
+        if moves:
+            return moves
     edits: list[ObjectEdit] = []
-    ids = resolve(sel, objects, focus, image)
+    ids, end = _joined_ids(clause, refs, sel, objects, focus, image)
+    after = clause[end:] if end is not None else after
     new = _new_thing(after)
     if new is not None and new.shape and re.search(r"\b(?:into|to|with|for|as|by|become|becomes|be)\s+(?:an?\s+)?"
                                                    rf"(?:\w+\s+){{0,2}}(?:{_shape_alt})\b", after):
@@ -404,6 +413,35 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
     elif SMALLER_RE.search(clause):
         edits.append(ObjectEdit(op="resize", targets=ids, size="small"))
     return edits
+
+
+def _joined_ids(clause: str, refs: list[Reference], sel: Reference, objects, focus,
+                image) -> tuple[list[int], int | None]:
+    """The ids of `sel` and of the references joined to it by "and" or a comma ("the left circle and the
+    square"), and where the last joined one ends (None when none is joined)."""
+    ids, end = resolve(sel, objects, focus, image), None
+    k = refs.index(sel) if sel in refs else len(refs)
+    for a, b in zip(refs[k:], refs[k + 1:]):
+        if not re.fullmatch(r"\s*(?:,|and|, and|as well as|plus)\s*", clause[a.end:b.start]):
+            break
+        ids += [i for i in resolve(b, objects, focus, image) if i not in ids]
+        end = b.end
+    return ids, end
+
+
+def _edge_cell(text: str, current: str) -> str | None:
+    """Where one of several objects goes when they move together: a side keeps its other coordinate ("to the
+    top": each to the top of its own column), a step moves each one cell."""
+    m = re.search(r"\b(?:to|towards|at|on|in)\s+the\s+(top|bottom|left|right)\b(?![\s-]+(?:left|right))", text)
+    if not m:
+        return _target_cell(text, current) if re.search(r"\b(?:up|down|left|right|upwards?|downwards?|higher|"
+                                                          r"lower)\b", text) and not sc.find_position(text)[0] \
+            else None
+    r, c = POSITION_CELL[current]
+    side = m.group(1)
+    r = 0 if side == "top" else 2 if side == "bottom" else r
+    c = 0 if side == "left" else 2 if side == "right" else c
+    return POSITIONS[r][c]
 
 
 def _shifted(sel: Reference, objects, focus, image, dr: int, taken: set[str]) -> str | None:
@@ -508,11 +546,30 @@ def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
     edits: list[ObjectEdit] = []
     focus = list(focus)
     current = list(objects)
-    for clause in (c for c in CLAUSE_SPLIT.split(text) if c and c.strip()):
+    clauses = [c for part in CLAUSE_SPLIT.split(text) if part and part.strip() for c in _distributed(part)]
+    for clause in clauses:
         got = clause_edits(clause, current, focus, image)
         if got:
             edits += got
             focus = touched(got) or focus
             # later clauses see the scene as this one left it, by the same ids
-            current = [o for o in apply(current, got) if o.id in {x.id for x in current} or True]
+            current = apply(current, got)
     return edits
+
+
+PAIR_SPLIT = re.compile(r",?\s+and\s+(?=(?:the|every|each|both|all)\b)|,\s*(?=(?:the|every|each|both|all)\b)")
+
+
+def _distributed(clause: str) -> list[str]:
+    """"colour the circles purple and the square orange" → each reference with its own value, the verb carried
+    over: ["colour the circles purple", "colour the square orange"]. A swap's two references stay together."""
+    if SWAP_RE.search(clause) or re.search(r"\bbetween\b", clause):
+        return [clause]
+    parts = PAIR_SPLIT.split(clause)
+    first = find_references(parts[0])
+    if len(parts) < 2 or not first or not all(_colors(p) or re.search(rf"\b(?:{_shape_alt})\b.*\b(?:{_shape_alt})\b", p)
+                                              for p in parts):
+        return [clause]
+    verb = parts[0][:first[0].start]
+    return [parts[0]] + [p if re.match(r"\s*(?:make|turn|colou?r|paint|change|recolou?r)\b", p) else verb + p
+                         for p in parts[1:]]

@@ -568,6 +568,11 @@ def repair_node(state: dict, runtime) -> dict:
                  "verdict": None, "tool_call": None}
         try:
             made = {**passed, i: image}
+            if origin is not None and origin.tool in ("edit", "inpaint", "restore"):
+                for r in origin.refs:  # an edit of an earlier output redoes from that output, passed or not
+                    if r.kind == "output" and r.index not in made:
+                        made[r.index] = load_image(out_dir / (best(cands[r.index])["file"] if r.index in cands
+                                                              else state["files"][str(r.index)]))
             cand, rec = run_repair(pipe, rep, image, desc, origin, req, inputs or [], made, i, seed, progress,
                                    steps=steps_each, candidates=candidates, pick=picker(verifier, i))
             name = f"{REPAIR_DIR}/{i:04d}-{attempt}.png"

@@ -561,11 +561,12 @@ def _intro(scene: sc.Scene, path: bool, book: bool, journey: bool = False) -> st
     return f"Once upon a time there was {said}." if book else f"First there is {said}."
 
 
-def _unique(phrases: list[str]) -> list[str]:
-    out: list[str] = []
-    for p in phrases:
-        out.append(p[:-1] + " once more." if p in out else p)
-    return out
+def _unique(pages: list[Page]) -> tuple[Page, ...]:
+    """The pages with no sentence said twice (the connectors cycle, so a long book can repeat a quiet page)."""
+    said: list[str] = []
+    for p in pages:
+        said.append(p.happens[:-1] + " once more." if p.happens in said else p.happens)
+    return tuple(replace(p, happens=h) for p, h in zip(pages, said))
 
 
 def _friend(hero: sc.Thing) -> sc.Thing:
@@ -785,14 +786,14 @@ def tell(text: str, base: sc.Scene, n: int) -> Story | None:
         fresh = ([None] if first else []) + [None if beat else _fresh(p, base) for p, beat in zip(parts[1:], later)]
         pages = _keyframes(base, beats, fresh, n, book)
         events = [e for beat in beats for e in beat]
-        return Story(tuple(pages), _overview(base, events, [], n), True)
+        return Story(_unique(pages), _overview(base, events, [], n), True)
     events = [e for e in find_events(text) if e.kind != "arrive" or _arrives(e, base)]
     palette = _palette(text, base)
     if events or palette:
         pages = _spread(base, events, n, book, palette)
-        return Story(tuple(pages), _overview(base, events, palette, n), bool(events))
+        return Story(_unique(pages), _overview(base, events, palette, n), bool(events))
     if JOURNEY_RE.search(text) or book:
-        return Story(tuple(_journey(base, n)), _overview(base, [], [], n), True)
+        return Story(_unique(_journey(base, n)), _overview(base, [], [], n), True)
     return None
 
 

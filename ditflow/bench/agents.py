@@ -161,6 +161,10 @@ def cli(argv: list[str]) -> int:
         from ditflow.bench.verification import cli as verification_cli
 
         return verification_cli(argv)
+    if any(a == "--cases" or a.startswith("--cases=") for a in argv):  # issue 30: judged end to end, per category
+        from ditflow.bench.cases import cli as cases_cli
+
+        return cases_cli([a.replace("--cases", "--set", 1) if a.startswith("--cases") else a for a in argv])
     ap = argparse.ArgumentParser(prog="ditflow bench agents")
     ap.add_argument("--split", default="test", choices=("dev", "test", "all"))
     ap.add_argument("--backends", default="rules,local", help="comma-separated: rules, local, openai, or a URL")
@@ -169,6 +173,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--e2e", action="store_true", help="also time a four-page picture book end to end")
     ap.add_argument("--model", default="builtin", help="pipeline for --e2e: builtin, tiny, or a path")
     ap.add_argument("--e2e-llm", default="local", help="LLM backend for --e2e")
+    ap.add_argument("--cases", metavar="SET",
+                    help="instead: whole turns on a judged set (heldout_others, edits_dev), per category (bench/cases.py)")
     ap.add_argument("--verify", choices=("on", "off", "both"),
                     help="instead: full turns with verify/repair on, off, or both side by side (bench/verification.py)")
     args = ap.parse_args(argv)

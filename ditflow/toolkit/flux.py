@@ -6,6 +6,7 @@ FLUX latents are packed: the VAE gives (B, C, h, w) and the transformer sees (B,
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -164,12 +165,15 @@ def strength_for(pipe, steps: int, sigma_start: float, width: int, height: int) 
 
 
 def derived(pipe, cls):
-    """`cls.from_pipe(pipe)` (img2img, inpaint, fill), made once per pipeline: it shares the modules, so anything
+    """`cls` (img2img, inpaint, fill) over `pipe`'s own modules, made once per pipeline: it shares them, so anything
     applied to the pipeline (attention processors, T-Stitch, clause routing) applies to it too."""
     cache = pipe.__dict__.setdefault("_ditflow_derived", {})
     key = (cls, id(pipe.transformer), id(pipe.vae))  # a swapped module means a fresh derived pipeline
     if key not in cache:
-        cache[key] = cls.from_pipe(pipe)
+        # not `cls.from_pipe(pipe)`: it casts the shared modules to its `dtype` (float32 unless told), which turned
+        # a bfloat16 pipeline float32 on its first edit, and warned about it
+        wanted = inspect.signature(cls).parameters
+        cache[key] = cls(**{k: v for k, v in pipe.components.items() if k in wanted})
         cache[key].set_progress_bar_config(disable=True)
         track_captions(cache[key])  # clause routing, when on, follows the shared transformer
     return cache[key]
