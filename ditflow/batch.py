@@ -124,10 +124,12 @@ def load_tasks(path: str | Path) -> list[BatchTask]:
 
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as e:  # one line: the line and column where the parser stopped, and why
+        except yaml.YAMLError as e:  # one line: where the parser stopped and why, and where what it read began
             mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             why = f"{problem} at column {mark.column + 1}" if mark and problem else str(e).splitlines()[0]
+            if getattr(e, "context", None) and e.context_mark:  # e.g. "while parsing a flow sequence", an open "["
+                why += f"; {e.context} that began on line {e.context_mark.line + 1}"
             raise ValueError(f"{where}: not valid YAML ({why})") from e
         if isinstance(data, dict) and "tasks" in data:
             data = data["tasks"]

@@ -29,12 +29,20 @@ def default_home() -> Path:
     return Path(os.environ.get(ENV_PREFIX + "HOME") or DEFAULT_HOME).expanduser()
 
 
+def validation_error(kind: str, text: str) -> PydanticCustomError:
+    """For a pydantic validator: an error whose message reads as written (a ValueError's gets "Value error, ")."""
+    return PydanticCustomError(kind, "{text}", {"text": text})
+
+
 def check_model(model: str) -> str:
-    """`model` if it can name a pipeline (see `Settings.model`); else a ValueError that lists what can. Checked when
-    the model is named, not after the agents have started."""
+    """`model` if it can name a pipeline (see `Settings.model`); else a ValueError that lists what can, and reads
+    as written in a pydantic validator. Checked when the model is named, not after the agents have started."""
     from ditflow.pipelines.loading import check_model_name
 
-    return check_model_name(model, also=(TINY_MODEL,))
+    try:
+        return check_model_name(model, also=(TINY_MODEL,))
+    except ValueError as e:
+        raise validation_error("model", str(e)) from None
 
 
 def device_problem(device: str) -> str | None:
@@ -52,11 +60,6 @@ def device_problem(device: str) -> str | None:
     if base == "mps" and not torch.backends.mps.is_available():
         return "this machine has no MPS (Apple GPU) device; use --device cpu"
     return None
-
-
-def _invalid(kind: str, text: str) -> PydanticCustomError:
-    """A validation error that reads as written; a plain ValueError's gets pydantic's "Value error, " prefix."""
-    return PydanticCustomError(kind, "{text}", {"text": text})
 
 
 class Settings(BaseModel):
@@ -99,10 +102,7 @@ class Settings(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        try:
-            return check_model(v)
-        except ValueError as e:
-            raise _invalid("model", str(e)) from None
+        return check_model(v)
 
     @field_validator("device")
     @classmethod
@@ -111,9 +111,9 @@ class Settings(BaseModel):
             return None
         base, _, index = v.partition(":")
         if base not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-            raise _invalid("device", f"device {v!r} is not one of cpu, cuda, cuda:N, mps, auto")
+            raise validation_error("device", f"device {v!r} is not one of cpu, cuda, cuda:N, mps, auto")
         if base != "cpu" and (problem := device_problem(v)):  # now, not after the agents have started
-            raise _invalid("device", f"{v}: {problem}")
+            raise validation_error("device", f"{v}: {problem}")
         return v
 
     @field_validator("home", "output_dir")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 
@@ -73,10 +73,14 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
 
 def write_atomic(path: str | os.PathLike, write) -> Path:
     """Call `write(binary_file)` on a temp file in the same folder, fsync, then `os.replace`: readers see all or
-    nothing, and a failure leaves no temp file behind. Every atomic write in ditflow goes through here."""
+    nothing, and a failure leaves no temp file behind. Every atomic write in ditflow goes through here.
+
+    The file gets the mode any new file gets (0o666 less the umask: 0644 under the usual 022), as `open` would
+    give it; `tempfile.mkstemp` makes 0600 files, private to their owner."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL: never another writer's file
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -84,7 +88,7 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

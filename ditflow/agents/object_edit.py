@@ -136,7 +136,8 @@ class ObjectEditor:
         return (3 * (len(inside) == 1) + 2 * (d.shape == thing.shape) + 2 * (thing.color in (None, d.color))
                 + (thing.size in (None, d.size)) + (d.position == thing.position) + (_iou(d.box, like) if like else 0))
 
-    def _flatten(self, image: Image.Image, region: np.ndarray, thing: sc.Thing | None) -> tuple[Image.Image, Box | None]:
+    def _flatten(self, image: Image.Image, region: np.ndarray,
+                 thing: sc.Thing | None) -> tuple[Image.Image, Box | None]:
         """On a plain background: inside the region, everything but the largest object becomes the background."""
         _, dets = world.detect(image)
         inside = [d for d in dets if _in_region(d, region)]

@@ -689,7 +689,8 @@ def _clauses(text: str, refs: Refs, chosen: list[int]) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- follow-ups
-PRONOUN_RE = re.compile(rf"\b(?:it|its|them|they|this|that|these|those|both|all of them|each|previous|last|"
+PRONOUN_RE = re.compile(rf"\b(?:it|its|him|his|her|he|she|them|they|this|that|these|those|both|all of them|each|"
+                        rf"previous|last|"
                         rf"again|same|another|more|undo|(?:{_ord_alt}|last) ones?|(?:page|image|picture|panel|"
                         rf"frame|photo)s? \d+|the (?:{_ord_alt}) (?:page|image|picture|panel|frame|one))\b")
 

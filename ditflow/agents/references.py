@@ -41,10 +41,11 @@ MODIFIER = (rf"(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|l
             r"two|three|2|3|-)")
 # "the top left triangle", "both green circles", "the second circle from the left", "the red one"
 REF_RE = re.compile(rf"\b(?P<det>{DETERMINER})\s+(?P<mods>(?:{MODIFIER}[\s-]+){{0,4}})(?P<noun>{NOUN})\b")
-PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|them|they|both|all of them|everything|all objects|all shapes"
+PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|him|his|her|he|she|them|they|both|all of them|everything|"
+                        r"all objects|all shapes"
                         r"|each of them|every shape|every object)\b")
-POSITION_TAIL = re.compile(r"^\s*(?:(?:that|which) (?:is|sits) |that's |(?:should|must|needs? to|has to|to) (?:be|go|sit)"
-                           r" |goes |located |sitting |placed )?(?:at|in|on|near|from|"
+POSITION_TAIL = re.compile(r"^\s*(?:(?:that|which) (?:is|sits) |that's |(?:should|must|needs? to|has to|to) "
+                           r"(?:be|go|sit) |goes |located |sitting |placed )?(?:at|in|on|near|from|"
                            r"towards|along|by)\s+(?:the\s+)?(?P<where>(?:very\s+)?(?:top|bottom|upper|lower|left|right|"
                            r"middle|center|centre)(?:[\s-]+(?:left|right|middle|center))?(?:[\s-]+(?:hand))?"
                            r"(?:\s+(?:corner|side|edge|area|part|half|row|column))?)")
@@ -62,8 +63,8 @@ DUPLICATE_RE = re.compile(r"\b(?:duplicate|copy|clone|replicate|double up|anothe
 BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|increase (?:the |its )?size|scale (?:it |them )?up|"
                        r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?:it|them|the"
                        r" [\w ]+?) (?:big|large|huge))\b")
-SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|reduce (?:the |its )?size|scale (?:it |them )?down|half (?:the|its)"
-                        r" size|make (?:it|them|the [\w ]+?) (?:small|tiny|little))\b")
+SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|reduce (?:the |its )?size|scale (?:it |them )?down|"
+                        r"half (?:the|its) size|make (?:it|them|the [\w ]+?) (?:small|tiny|little))\b")
 BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
 DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
              "rightwards": (0, 1), "up": (-1, 0), "upward": (-1, 0), "upwards": (-1, 0), "higher": (-1, 0),
@@ -71,6 +72,9 @@ DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right"
 CLAUSE_SPLIT = re.compile(r"\s*(?:;|\.\s|,?\s+and then\s+|,?\s+then\s+|,\s*and\s+|\s+and\s+(?=(?:also\s+)?(?:make|turn|"
                           r"change|recolou?r|paint|colou?r|move|shift|slide|put|place|remove|delete|erase|add|swap|"
                           r"switch|duplicate|copy|resize|shrink|enlarge|replace|give|let|set|get rid)\b))\s*")
+
+
+SINGULAR = ("it", "its", "itself", "him", "his", "her", "he", "she")  # people's pronouns for a shape, too
 
 
 class Unclear(ValueError):
@@ -159,7 +163,7 @@ def find_references(text: str) -> list[Reference]:
                 re.match(rf"\s+(?:of\s+)?(?:the\s+)?(?:\w+\s+){{0,2}}{NOUN}\b", text[m.end():]):
             continue  # "both circles" is a phrase REF_RE has read
         p = m.group("p")
-        every = p not in ("it", "its", "itself")
+        every = p not in SINGULAR
         out.append(Reference(p, m.start(), m.end(), every=every, pronoun=p))
     return sorted(out, key=lambda r: r.start)
 
@@ -203,7 +207,7 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
     """The ids of the objects `ref` means. `focus`: the objects the conversation last acted on (what "it" means).
     `many`: the op takes several (a swap's pair is read as two references, so it is False there)."""
     if ref.pronoun:
-        if ref.pronoun in ("it", "its", "itself"):
+        if ref.pronoun in SINGULAR:
             if focus and len(focus) == 1:
                 return list(focus)
             if len(objects) == 1:
@@ -308,7 +312,7 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
     if BACKGROUND_RE.search(clause):
         bg = sc.find_background(clause) or next((sc.BACKGROUND_WORDS[w] for w in re.findall(r"[a-z]+", clause)
                                                  if w in sc.BACKGROUND_WORDS and w not in ("dark", "light")), None)
-        refs = [r for r in refs if r.shape or r.pronoun not in (None, "it", "its")]
+        refs = [r for r in refs if r.shape or r.pronoun not in (None, *SINGULAR)]
         if bg and not [r for r in refs if r.shape]:
             return [ObjectEdit(op="background", color=bg)]
     if SWAP_RE.search(clause):

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import pydoc
 import sys
+from pathlib import Path
 
 
 def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
+def measures(name: str) -> str:
+    """What benchmark `name` measures: its module docstring's first line, after the "`ditflow bench NAME`: " that
+    opens it; read from the source, so --help imports no benchmark."""
+    line = pydoc.synopsis(str(Path(__file__).with_name(f"{name}.py"))) or ""
+    return line.split("`: ", 1)[-1]
+
+
+def usage() -> str:
+    names = available()
+    rows = "\n".join(f"  {name:<13} {measures(name)}" for name in names)
+    return (f"usage: ditflow bench {{{','.join(names)}}} [ARGS]\n\nbenchmarks:\n{rows}\n\n"
+            "examples:\n  ditflow bench shapes --model builtin --n 40 --steps 20\n  ditflow bench toolkit --help")
+
+
 def cli(argv: list[str], command: str = "bench") -> int:
     names = available()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: ditflow bench {" + ",".join(names) + "} [ARGS]")
+        print(usage())
         return 0
     if argv[0] not in names:
         print(f"ditflow bench: unknown benchmark {argv[0]!r}; choose from {', '.join(names)}", file=sys.stderr)

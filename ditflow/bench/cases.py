@@ -218,7 +218,8 @@ def report(results: list[Result]) -> str:
                      + f"{sum(r.seconds for r in rs) / len(rs):>8.1f}")
     n, k = len(results), sum(r.satisfied for r in results)
     lo, hi = wilson(k, n)
-    lines.append(f"satisfied {k}/{n} = {k / n:.1%} (95% interval {lo:.1%}–{hi:.1%}; goal ≥ {GOALS['satisfied']:.0%})")
+    lines.append(f"satisfied {k}/{n} = {k / n:.1%} (95% interval {lo:.1%}–{hi:.1%}; "
+                 f"goal ≥ {GOALS['satisfied']:.0%})")
     return "\n".join(lines)
 
 

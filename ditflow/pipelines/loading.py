@@ -173,7 +173,10 @@ def check_model_name(model: str, also: tuple[str, ...] = ()) -> str:
     too), or a hub id owner/name. Otherwise a `ModelLoadError` that lists what can, without loading anything."""
     if model in also:
         return model
-    source, _ = _resolve(model)
+    try:
+        source, _ = _resolve(model)
+    except (OSError, ValueError) as e:  # a name too long for a path, or with a NUL in it
+        raise ModelLoadError(f"{model[:80]!r} is not a model ({e})") from None
     if isinstance(source, Path):
         _check_folder(source, ())  # "model folder ... does not exist"
     elif not HUB_ID.fullmatch(source):

@@ -17,6 +17,7 @@ def cli(argv: list[str], command: str = "train") -> int:
         print("usage: ditflow train {" + ",".join(TARGETS) + "} [ARGS]")
         for name, (_, text) in TARGETS.items():
             print(f"  {name:<12} {text}")
+        print("\nexamples:\n  ditflow train builtin --help\n  ditflow train classifiers --help")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(TARGETS[argv[0]][0])
     return int(module.cli(argv[1:]) or 0)
