@@ -35,7 +35,9 @@ NOT_OBJECTS = frozenset("""picture pictures image images photo photos photograph
     objects color colors colour colours style time times step steps bit lot few couple pair duo trio handful dozen
     same different new other another more way kind sort type size sizes position positions place places end start
     short long simple empty blank first second third fourth fifth sixth last next previous per background backdrop field
-    """.split())
+    adventure adventures journey journeys trip trips voyage quest visit walk ride day days night story-time lesson
+    lessons life dream dreams game games friend friends friendship change changes surprise
+    """.split())  # the last two rows: what a story tells, not objects (a story's friend is a world object, story.py)
 WORLD_WORDS = frozenset({*sc.COLOR_WORDS, *sc.SIZE_WORDS, *sc.SHAPE_WORDS, *sc.BACKGROUND_WORDS, *sc.COUNT_WORDS})
 _POSITION_RES = [re.compile(r"\b(?:" + p + r")\b") for p, _ in sc.POSITION_PHRASES]
 _TOKEN = re.compile(r"\||[a-z0-9][a-z0-9'-]*|[^\sa-z0-9|]")
