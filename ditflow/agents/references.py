@@ -319,8 +319,8 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
         pair = [r for r in refs if not r.pronoun] or refs
         named = sc.mentions(clause)
         if len(pair) < 2 and len(named) >= 2:  # "swap the square and circle": the second noun has no article
-            pair = [Reference(clause[m.start:m.end], m.start, m.end, shape=m.thing.shape, color=m.thing.color)
-                    for m in named]
+            pair = [Reference(clause[m.start:m.end], m.start, m.end, shape=m.thing.shape, color=m.thing.color,
+                              every=m.thing.count > 1) for m in named]
         ids: list[int] = []
         if len(pair) >= 2:
             for r in pair[:2]:

@@ -1,0 +1,76 @@
+"""Object edits on the builtin model (agents/object_edit.py): each op changes the objects it names, as it says, and
+leaves every other object exactly as it was."""
+import random
+
+import numpy as np
+import pytest
+
+from ditflow.agents.describe import scene_objects
+from ditflow.agents.object_edit import SHAPES_CANDIDATES, edit_objects
+from ditflow.pipelines import world
+from ditflow.schemas import InputImage, ObjectEdit
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from ditflow.pipelines.loading import load_pipeline
+
+    return load_pipeline("builtin", device="cpu")
+
+
+def scene(background="white"):
+    spec = world.PanelSpec((world.ObjectSpec("red", "circle", "small", "top-left"),
+                            world.ObjectSpec("blue", "square", "small", "center"),
+                            world.ObjectSpec("yellow", "triangle", "large", "bottom-right")), background)
+    image = world.render(world.CanvasSpec((spec,)), random.Random(7))
+    bg, objects = scene_objects(image)
+    return image, InputImage(index=1, description="", background=bg, objects=objects)
+
+
+def same_pixels(a, b, box, grow=2):
+    x0, y0, x1, y1 = box
+    sl = np.s_[max(0, y0 - grow):y1 + grow, max(0, x0 - grow):x1 + grow]
+    return np.array_equal(np.asarray(a.convert("RGB"))[sl], np.asarray(b.convert("RGB"))[sl])
+
+
+def seen(image):
+    return sorted((d.color, d.shape, d.position) for d in world.detect(image)[1])
+
+
+@pytest.mark.parametrize("edit, want, kept", [
+    (ObjectEdit(op="remove", targets=[2]), [("red", "circle", "top-left"), ("yellow", "triangle", "bottom-right")],
+     [1, 3]),
+    (ObjectEdit(op="move", targets=[1], position="bottom-left"),
+     [("blue", "square", "center"), ("red", "circle", "bottom-left"), ("yellow", "triangle", "bottom-right")], [2, 3]),
+    (ObjectEdit(op="duplicate", targets=[2], position="top-right"),
+     [("blue", "square", "center"), ("blue", "square", "top-right"), ("red", "circle", "top-left"),
+      ("yellow", "triangle", "bottom-right")], [1, 2, 3]),
+    (ObjectEdit(op="swap", targets=[1, 2]),
+     [("blue", "square", "top-left"), ("red", "circle", "center"), ("yellow", "triangle", "bottom-right")], [3]),
+    (ObjectEdit(op="recolor", targets=[3], color="green"),
+     [("blue", "square", "center"), ("green", "triangle", "bottom-right"), ("red", "circle", "top-left")], [1, 2]),
+])
+def test_an_op_changes_what_it_names_and_nothing_else(pipe, edit, want, kept):
+    image, source = scene()
+    out, records = edit_objects(pipe, image, source, [edit], seed=0, candidates=SHAPES_CANDIDATES)
+    assert seen(out) == want
+    for o in source.objects:
+        if o.id in kept:
+            assert same_pixels(out, image, o.box), f"object {o.id} ({o.color} {o.shape}) changed"
+    assert records[-1].tool == "object-edit" and records[-1].spec["edits"][0]["op"] == edit.op
+
+
+def test_a_new_background_keeps_every_object(pipe):
+    image, source = scene()
+    out, _ = edit_objects(pipe, image, source, [ObjectEdit(op="background", color="black")], seed=0)
+    bg, dets = world.detect(out)
+    assert bg == "black" and seen(out) == seen(image)
+
+
+def test_an_add_draws_one_new_object_in_a_free_cell(pipe):
+    image, source = scene("gray")
+    out, _ = edit_objects(pipe, image, source, [ObjectEdit(op="add", shape="diamond", color="purple",
+                                                           position="top-right")], seed=0,
+                          candidates=SHAPES_CANDIDATES)
+    assert ("purple", "diamond", "top-right") in seen(out) and len(seen(out)) == 4
+    assert all(same_pixels(out, image, o.box) for o in source.objects)
