@@ -242,6 +242,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--no-verify", dest="verify", action="store_false")
     ap.add_argument("--show-failures", action="store_true", help="one line per unsatisfied case")
+    ap.add_argument("--show-all", action="store_true", help="one line per case, as it finishes")
     ap.add_argument("--json", type=Path, help="also write every result here")
     args = ap.parse_args(argv)
     from ditflow.pipelines.loading import load_pipeline
@@ -253,11 +254,11 @@ def cli(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="ditflow-bench-cases-") as tmp:
         for c in cases:
             results.append(run_case(c, pipe, Path(tmp), args.llm, args.verify))
-            if args.show_failures and not results[-1].satisfied:
-                r = results[-1]
-                print(f"  {r.id} [{r.category}] {r.why}", flush=True)
+            r = results[-1]
+            if args.show_all or (args.show_failures and not r.satisfied):
+                print(f"  {r.id} [{r.category}] {'ok' if r.satisfied else r.why} ({r.seconds:.1f} s)", flush=True)
+            if args.json:  # kept up to date, so a run cut short still counts what it did
+                args.json.write_text(json.dumps([x.__dict__ for x in results], indent=1))
     print(f"set={args.set} model={args.model} llm={args.llm} verify={args.verify} n={len(cases)}")
     print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
     return 0
