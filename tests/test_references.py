@@ -73,6 +73,8 @@ ROW = [O(id=1, shape="circle", color="red", position="left", box=(4, 24, 18, 38)
      [{"op": "recolor", "targets": [1], "color": "green"}, {"op": "recolor", "targets": [2], "color": "red"}]),
     ("switch the places of the two circles", [{"op": "swap", "targets": [1, 2]}]),
     ("swap the circles", [{"op": "swap", "targets": [1, 2]}]),
+    ("switch the circles to squares", [{"op": "reshape", "targets": [1, 2], "shape": "square"}]),
+    ("switch the red circle to green", [{"op": "recolor", "targets": [1], "color": "green"}]),
     ("move both circles to the top",
      [{"op": "move", "targets": [1], "position": "top-left"}, {"op": "move", "targets": [2], "position": "top-right"}]),
     ("make the left circle and the square red", [{"op": "recolor", "targets": [1, 3], "color": "red"}]),

@@ -315,7 +315,9 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
         refs = [r for r in refs if r.shape or r.pronoun not in (None, *SINGULAR)]
         if bg and not [r for r in refs if r.shape]:
             return [ObjectEdit(op="background", color=bg)]
-    if SWAP_RE.search(clause):
+    # "switch the circles to squares" changes them; "swap the circle with the square" swaps them
+    if SWAP_RE.search(clause) and not re.search(rf"\b(?:to|into|for|with)\s+(?!the\b)(?:an?\s+)?(?:\w+\s+){{0,2}}"
+                                                rf"(?:{_shape_alt}|{_color_alt})\b", clause):
         pair = [r for r in refs if not r.pronoun] or refs
         named = sc.mentions(clause)
         if len(pair) < 2 and len(named) >= 2:  # "swap the square and circle": the second noun has no article
