@@ -51,7 +51,7 @@ def _out_of_space(e: BaseException, out: Path, task_id: str) -> OutOfSpace | Non
                                "space, then run the same command with --resume")
 MAX_WORKERS = 64
 # what `ditflow batch --help` shows of a task file; tests load these very lines
-TASKS_HELP = """task file: one task a line (JSONL), or the same tasks in YAML (a list, or {tasks: [...]}):
+TASKS_HELP = """task file: one task a line (JSONL), or YAML (a list, or {tasks: [...]}); two tasks, then the first in YAML:
   {"id": "circle", "instruction": "a red circle on the left", "seed": 1}
   {"id": "bluer", "instruction": "make the circle blue", "images": ["in/circle.png"], "model": "builtin-small"}
 

@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+from ditflow import logs
+
 # subcommand → (module with `cli(argv)`, one-line help)
 COMMANDS = {
     "run": ("ditflow.cli_run", "run one instruction end to end and write images, plan and manifest"),
@@ -46,16 +48,12 @@ EXAMPLES = """examples:
 
 
 def usage() -> str:
-    from ditflow.logs import VERBOSE_HELP
-
     names = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
     return (f"usage: ditflow [-v] COMMAND [ARGS]\n\ncommands:\n{names}\n\noptions (every command):\n"
-            f"  -v, --verbose  {VERBOSE_HELP}\n\n{EXAMPLES}")
+            f"  -v, --verbose  {logs.VERBOSE_HELP}\n\n{EXAMPLES}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ditflow import logs
-
     argv, verbose = logs.take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not argv or argv[0] in ("-h", "--help"):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ditflow.cli import UserError
-from ditflow.logs import add_verbose_flag
+from ditflow.logs import add_verbose_flag, route_libraries
 from ditflow.pipelines.loading import check_model_name
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_PANELS, MAX_PROMPT_CHARS, GenerateSpec, GroupSpec, ProgressEvent
@@ -249,8 +249,6 @@ def cli(argv: list[str], command: str = "generate") -> int:
     group = _group_spec(prompts[0], args.panels, args) if args.panels is not None else None
     if group is not None and args.prompts_file:
         raise UserError("--panels takes one PROMPT, not --prompts-file")
-
-    from ditflow.logs import route_libraries
 
     route_libraries()  # before the toolkit imports diffusers: its warnings go to the log
     from ditflow.toolkit.generate import generate, generate_group

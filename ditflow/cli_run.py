@@ -16,13 +16,24 @@ from pathlib import Path
 
 from ditflow.api import MANIFEST_FILE, Session, Turn, numbered
 from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
+from ditflow.logs import add_verbose_flag
 from ditflow.progress import RichProgress
 from ditflow.schemas import CLARIFY, DEFAULT_REPAIRS, OUT_OF_WORLD, ProgressEvent, TurnRecord
 
 
+EXAMPLES = """examples:
+  ditflow run "three green triangles on a black background" -o out/tri
+  ditflow run "make the top left triangle red" -i out/tri/0001.png -o out/red
+  ditflow run "a four-page picture book about a red circle that turns blue" -o out/book
+  ditflow run "this picture is really noisy, can you clean it up?" -i noisy.png -o out/clean
+
+"""
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Options shared by run, chat and batch; None means "use the setting / environment / default"."""
-    p.add_argument("--model", help="builtin (default), builtin-small, tiny, a diffusers folder, or a hub id")
+    p.add_argument("--model", help="builtin (default: the embedded shapes-world model), builtin-small, tiny (random "
+                                   "weights, for smoke runs), a diffusers folder, or a hub id")
     p.add_argument("--llm", help="rules (default), local, openai, or an http(s)://host/v1 endpoint")
     p.add_argument("--seed", type=int, help="base seed (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
@@ -32,14 +43,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=EXIT_STATUS_HELP,
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=EXAMPLES + EXIT_STATUS_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("instruction", help="what to make, in plain words")
     p.add_argument("-i", "--image", dest="images", action="append", default=[], metavar="IMG",
                    help="input image (repeat for several; numbered 1, 2, ... in the instruction)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in DIR")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the output paths")
+    add_verbose_flag(p)
     add_engine_args(p)
     return p
 

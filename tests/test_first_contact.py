@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -146,3 +147,21 @@ def test_chat_model_command_checks_the_name(tmp_path):
         assert session.settings.model == "tiny"
     said = console.file.getvalue().strip()
     assert said.startswith("error: model: 'nonexistent' is not a model") and "\n" not in said
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_chat_loads_its_model_in_the_background_without_printing_over_the_prompt(tmp_path):
+    from ditflow.bench.interfaces import Tmux, ditflow_cmd
+    from ditflow.chat import PROMPT, READY
+
+    env = {"DITFLOW_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"],
+           "TERM": "xterm-256color"}
+    with Tmux(ditflow_cmd("chat", "--model", "tiny", "--preview", "none", "--no-verify"), env) as t:
+        t.wait_for(READY, timeout=60)
+        t.type("a red circle")
+        t.wait_for("turn 1 done", timeout=120)
+        screen = t.wait_for_prompt(PROMPT)
+        t.type("/exit")
+        t.wait_for("EXIT=0")
+    for noise in ("[transformers]", "torchvision", "Warning", "Loading", "it/s]", "diffusers"):
+        assert noise not in screen, screen

@@ -98,6 +98,19 @@ def test_fill_channel_models_use_the_fill_pipeline():
     assert rec.details["method"] == "fill" and targets[0].size == (32, 32)
 
 
+def test_derived_pipelines_share_the_modules_and_keep_their_dtype():
+    from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline
+
+    half = tiny_flux_pipeline()
+    for module in (half.transformer, half.vae, half.text_encoder):
+        module.to(torch.bfloat16)  # as a FLUX.1 pipeline on a GPU (diffusers' from_pipe made such a one float32)
+    for cls in (FluxImg2ImgPipeline, FluxInpaintPipeline, FluxFillPipeline):
+        d = flux.derived(half, cls)
+        assert d.transformer is half.transformer and d.vae is half.vae and d.tokenizer is half.tokenizer
+        assert flux.derived(half, cls) is d
+    assert {half.transformer.dtype, half.vae.dtype, half.text_encoder.dtype} == {torch.bfloat16}
+
+
 def test_inpaint_keeps_everything_outside_the_mask(pipe):
     scene = world.sample(random.Random(5), "two")
     img = scene.image
