@@ -343,7 +343,8 @@ class Session:
                                     seed=self.settings.seed if seed is None else seed)
             turn = Turn(record, out)
             turn.save(out, settings=self.settings, task=task)
-            self._emit(ProgressEvent(stage="save", message=f"{len(record.images)} image(s)"))
+            if record.images:
+                self._emit(ProgressEvent(stage="save", message=f"{len(record.images)} image(s)"))
             return turn
 
     def stream(self, instruction: str, images: Iterable[str | Path] = (), **kwargs) -> Iterator[ProgressEvent | Turn]:

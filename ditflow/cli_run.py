@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ditflow.agents.parsing import check_instruction
 from ditflow.api import MANIFEST_FILE, Session, Turn, numbered
 from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
 from ditflow.logs import add_verbose_flag
@@ -99,6 +100,7 @@ def mismatches(record: TurnRecord) -> list[str]:
 
 def cli(argv: list[str], command: str = "run") -> int:
     args = parser(f"ditflow {command}").parse_args(argv)
+    check_instruction(args.instruction)  # before any display or folder: a rejected instruction leaves nothing
     prepare_out(args.out, args.overwrite)
     made_out = not args.out.exists()  # a run that ends with nothing to show leaves no folder it made
     staging = Path(tempfile.mkdtemp(prefix=".run-", dir=_mkdir(args.out)))
