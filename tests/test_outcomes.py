@@ -163,8 +163,8 @@ def test_an_unreachable_llm_costs_one_line_and_no_retries(tmp_path, capfd):
     m = read_manifest(out)
     assert len(m.images) == 4 and m.timings.parse_s < 2.0  # no seconds of backoff against a refused connection
     told = [line for line in err.splitlines() if line.startswith("ditflow run:") and "unreachable" in line]
-    assert told == [f"ditflow run: note: parse: the LLM gave no valid answer (LLM {url} unreachable (ConnectError: "
-                    "connection refused)); using the rules parse"]
+    assert told == [f"ditflow run: note: parse: the LLM gave no valid answer (LLM {url} unavailable: unreachable "
+                    "(ConnectError: connection refused)); using the rules parse"]
     # the planner and the article writer fell back too: recorded, but not told again
     assert sum("unreachable" in n for n in m.notes) == 3
 

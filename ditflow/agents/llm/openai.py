@@ -208,7 +208,8 @@ class OpenAIBackend:
             try:
                 r = self._http.request(method, path, json=body)
             except httpx.ConnectError as e:  # refused, unknown host, no route: nobody to wait for
-                raise LLMUnavailable(f"LLM {self.base_url} unreachable ({type(e).__name__}: {_reason(e)})") from e
+                raise LLMUnavailable(f"LLM {self.base_url} unavailable: unreachable ({type(e).__name__}: "
+                                     f"{_reason(e)})") from e
             except httpx.TransportError as e:  # reset, dropped, and every kind of timeout
                 last = f"{type(e).__name__}: {e}"
             else:
