@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
@@ -139,13 +138,7 @@ def compose(pipe, description: str, seed: int, progress=None, steps: int | None 
         image = choose(images, k)
         records.append(rec)
     if repaint:  # everything but the objects' own pixels becomes the plain background asked for
-        _, seen = detections(image)
-        keep = np.zeros((image.height, image.width), bool)
-        for d in seen:
-            keep |= world.object_mask(image, d.box)
-        a = np.asarray(image).copy()
-        a[~keep] = world.BACKGROUNDS[background]
-        image = Image.fromarray(a)
+        image = world.repaint_background(image, [d.box for d in detections(image)[1]], background)
     records.append(ToolRecord(tool="compose", spec={"prompt": description, "seed": seed, "steps": steps},
                               seconds=time.perf_counter() - t0,
                               details={"layout": [{"prompt": text(t), "box": b and [round(x) for x in b]}

@@ -49,6 +49,10 @@ def _centre(box: Box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
+def _moved(box: Box, dx: int, dy: int) -> Box:
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+
+
 def _iou(a: Box, b: Box) -> float:
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -116,12 +120,7 @@ class ObjectEditor:
         """The image with its plain background (everything but the objects) in `background`."""
         if background == self.background:
             return self.image
-        keep = np.zeros((self.h, self.w), bool)
-        for i in self.boxes:
-            keep |= self._lift(i)
-        a = np.asarray(self.image).copy()
-        a[~keep] = world.BACKGROUNDS[background]
-        return Image.fromarray(a)
+        return world.repaint_background(self.image, list(self.boxes.values()), background)
 
     def _score(self, image: Image.Image, region: np.ndarray, thing: sc.Thing | None, like: Box | None) -> float:
         """How well a candidate's region shows `thing`: one object of its shape, colour, size and cell, and, for a
@@ -229,8 +228,7 @@ class ObjectEditor:
             lift = self._lift(i)
             src = self.image
             self.image = paste(self._fill_behind([lift]), src, lift, offset)
-            b = self.boxes[i]
-            self.boxes[i] = (b[0] + offset[0], b[1] + offset[1], b[2] + offset[0], b[3] + offset[1])
+            self.boxes[i] = _moved(self.boxes[i], *offset)
 
     def _duplicate(self, e: ObjectEdit) -> None:
         from ditflow.agents.references import _free_cell
@@ -242,38 +240,29 @@ class ObjectEditor:
             raise ValueError("no free cell is left for the copy")
         offset = self._cell_offset(i, cell, list(self.boxes.values()))
         self.image = paste(self.image, self.image, self._lift(i), offset)
-        b = self.boxes[i]
         new_id = max(self.objects, default=0) + 1
         self.objects[new_id] = self.objects[i].model_copy(update={"id": min(new_id, 9), "position": cell})
-        self.boxes[new_id] = (b[0] + offset[0], b[1] + offset[1], b[2] + offset[0], b[3] + offset[1])
+        self.boxes[new_id] = _moved(self.boxes[i], *offset)
 
     def _swap(self, e: ObjectEdit) -> None:
         from ditflow.toolkit.edit import paste
 
         a, b = e.targets
         (ax, ay), (bx, by) = _centre(self.boxes[a]), _centre(self.boxes[b])
+        dx, dy = round(bx - ax), round(by - ay)
         la, lb = self._lift(a), self._lift(b)
         src = self.image
-        out = self._fill_behind([la, lb])
-        out = paste(out, src, la, (round(bx - ax), round(by - ay)))
-        self.image = paste(out, src, lb, (round(ax - bx), round(ay - by)))
+        out = paste(self._fill_behind([la, lb]), src, la, (dx, dy))
+        self.image = paste(out, src, lb, (-dx, -dy))
         pa, pb = self.objects[a].position, self.objects[b].position
         self.objects[a] = self.objects[a].model_copy(update={"position": pb})
         self.objects[b] = self.objects[b].model_copy(update={"position": pa})
-        ba, bb = self.boxes[a], self.boxes[b]
-        dx, dy = round(bx - ax), round(by - ay)
-        self.boxes[a] = (ba[0] + dx, ba[1] + dy, ba[2] + dx, ba[3] + dy)
-        self.boxes[b] = (bb[0] - dx, bb[1] - dy, bb[2] - dx, bb[3] - dy)
+        self.boxes[a], self.boxes[b] = _moved(self.boxes[a], dx, dy), _moved(self.boxes[b], -dx, -dy)
 
     def _background(self, e: ObjectEdit) -> None:
         if not self.plain:
             raise ValueError("a background change keeps the objects only on a plain background")
-        keep = np.zeros((self.h, self.w), bool)
-        for i in self.boxes:
-            keep |= self._lift(i)
-        a = np.asarray(self.image).copy()
-        a[~keep] = world.BACKGROUNDS[e.color]
-        self.image = Image.fromarray(a)
+        self.image = world.repaint_background(self.image, list(self.boxes.values()), e.color)
         self.background = e.color
 
 

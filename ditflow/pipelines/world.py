@@ -452,6 +452,16 @@ def object_mask(panel: Image.Image, box: tuple[int, int, int, int]) -> np.ndarra
     return out
 
 
+def repaint_background(image: Image.Image, boxes, background: str) -> Image.Image:
+    """`image` with everything but the silhouettes of the objects in `boxes` set to the plain `background`."""
+    keep = np.zeros((image.height, image.width), bool)
+    for box in boxes:
+        keep |= object_mask(image, box)
+    a = np.asarray(image.convert("RGB")).copy()
+    a[~keep] = BACKGROUNDS[background]
+    return Image.fromarray(a)
+
+
 def cell_of(box: tuple[float, float, float, float], w: int, h: int) -> str:
     """The 3×3 position name of the cell that holds the centre of `box` (x0, y0, x1, y1) in a w×h panel."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
