@@ -180,7 +180,10 @@ class Plan(Strict):
     article: bool = False
 
     def check_against(self, parsed: ParsedRequest) -> "Plan":
-        """Every output produced exactly once; refs only to inputs that exist or outputs made earlier."""
+        """Every output produced exactly once; refs only to inputs that exist or outputs made earlier; an article
+        exactly when the request asks for one."""
+        if self.article != (parsed.task == "article"):
+            raise ValueError(f"plan says article={self.article}, but the request's task is {parsed.task}")
         made: list[int] = []
         for s in self.steps:
             for r in s.refs:

@@ -146,6 +146,16 @@ def test_rules_plans_make_every_output_once_with_bounded_canvases(n, shared):
         assert [s.tool for s in plan.steps] == ["generate"] * n
 
 
+def test_a_plan_that_drops_the_article_is_refused():
+    # a small LLM planner once returned the right steps for a picture book without `article`: no article.md
+    req = ParsedRequest(task="article", num_inputs=0, num_outputs=2, shared="a red circle",
+                        outputs=[OutputSpec(index=i + 1, description="a red circle") for i in range(2)])
+    plan = plan_rules(req)
+    assert plan.article
+    with pytest.raises(ValueError, match="article"):
+        plan.model_copy(update={"article": False}).check_against(req)
+
+
 # ----------------------------------------------------------------------------- the labelled dev split
 def test_dev_split_accuracy_and_every_plan_valid():
     """Regression guard on the dev split (the test split is only for `ditflow bench agents`)."""

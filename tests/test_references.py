@@ -84,6 +84,32 @@ def test_several_objects_in_one_clause(text, want):
     assert edits(text, ROW) == want
 
 
+@pytest.mark.parametrize("text, want", [
+    # a replacement said in two clauses is a reshape where the old object was, as "replace ... with ..." is
+    ("take out the left circle and put a square there instead", [{"op": "reshape", "targets": [1], "shape": "square"}]),
+    ("remove the green circle and add a pink diamond in its place",
+     [{"op": "reshape", "targets": [2], "shape": "diamond", "color": "pink"}]),
+    ("replace the square with a yellow triangle", [{"op": "reshape", "targets": [3], "shape": "triangle",
+                                                    "color": "yellow"}]),
+    ("make the left one a diamond", [{"op": "reshape", "targets": [1], "shape": "diamond"}]),
+    ("make the square a big red circle", [{"op": "reshape", "targets": [3], "shape": "circle", "color": "red",
+                                           "size": "large"}]),
+    # shapes spoken of as bodies
+    ("make the square fatter", [{"op": "resize", "targets": [3], "size": "large"}]),
+    ("let the red circle bulk up", [{"op": "resize", "targets": [1], "size": "large"}]),
+    ("the square should lose some weight", [{"op": "resize", "targets": [3], "size": "small"}]),
+    # a new object placed by one already there, named before or after it
+    ("give the square a purple circle beside it", [{"op": "add", "shape": "circle", "color": "purple",
+                                                    "position": "top-right"}]),
+    ("give the square an orange triangle under it", [{"op": "add", "shape": "triangle", "color": "orange",
+                                                      "position": "center"}]),
+    ("put a small pink diamond just below the blue square", [{"op": "add", "shape": "diamond", "color": "pink",
+                                                              "size": "small", "position": "center"}]),
+])
+def test_replacements_bodies_and_new_objects_placed_by_others(text, want):
+    assert edits(text, ROW) == want
+
+
 def test_ordinal_counts_along_the_named_axis():
     row = [O(id=k + 1, shape="circle", color="red", position=p, box=(x, 26, x + 12, 38))
            for k, (p, x) in enumerate([("left", 4), ("center", 26), ("right", 48)])]

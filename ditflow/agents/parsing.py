@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
@@ -221,12 +221,19 @@ def _number(word: str) -> tuple[int, bool]:
     return VAGUE[word], False
 
 
+# what a listed series varies from picture to picture: "in three colours: ...", "on different backgrounds - ..."
+VARIED_RE = re.compile(r"\b(?:colou?rs?|positions?|places?|spots?|locations?|corners?|backgrounds?|backdrops?|sizes?)"
+                       r"\s*(?::|\s[-–—]\s)")
+
+
 def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
+    listed = items and (task == "article" or VARIED_RE.search(text))
     m = COUNT_RE.search(text)
     if m:
         n, explicit = _number(m.group("num"))
-        return Count(n, explicit, m.group(0))
+        if explicit or not listed:  # "a set of pictures ...: A, B and C" is as many as it lists
+            return Count(n, explicit, m.group(0))
     parts = story.steps(text)
     if len(parts) > 1:  # "draw X, then a second picture where ...": a page per step (and one for the setting)
         return Count(len(parts) + bool(story.find_events(parts[0])), True, "steps")
@@ -235,7 +242,7 @@ def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
                        r"different colou?rs", text):
         n, explicit = _number(m.group("num"))
         return Count(n, explicit, m.group(0))
-    if items and (task == "article" or re.search(r"colou?rs?\s*:", text)):
+    if listed:
         return Count(len(items), True, "listed items")
     if task == "article":
         return Count(DEFAULT_BOOK_PAGES, False, "default pages")
@@ -250,11 +257,16 @@ def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     return None
 
 
+# "in different positions - the top left, the center and the bottom right": a dash, too, opens a list
+LIST_OPEN = re.compile(r":|\s[-–—]\s")
+
+
 def list_items(text: str) -> list[str]:
-    """Items after a colon: "...: a red circle, a blue square and a green triangle" → three items."""
-    if ":" not in text:
+    """Items after a colon (or a dash): "...: a red circle, a blue square and a green triangle" → three items."""
+    m = LIST_OPEN.search(text)
+    if not m:
         return []
-    tail = text.split(":", 1)[1].strip().rstrip(".!")
+    tail = text[m.end():].strip().rstrip(".!")
     items = [s.strip() for s in re.split(r",\s*(?:and\s+)?|\s+and\s+(?=(?:a|an|the|they|it|then)\b|\w+$)|;", tail)]
     return [s for s in items if s] if len(items) > 1 else []
 
@@ -423,6 +435,9 @@ class Generated:
     derived_from: list[int | None]  # the earlier output each step is an edit of
 
 
+BACKDROPS_RE = re.compile(r"\b(?:backgrounds?|backdrops?)\s*(?::|\s[-–—]\s)")
+
+
 def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> Generated:
     """Self-contained descriptions for n new images, what they share, and what happens from one to the next."""
     # the objects the story starts with; its events and later steps say the rest (one picture shows everything)
@@ -457,8 +472,15 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
         for item in items:
             s = sc.parse_scene(item)
             cols = [sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", item) if w in sc.COLOR_WORDS]
+            where = sc.find_position(item if item.startswith("the ") else "the " + item)[0]
+            bg = sc.find_background(f"on a {item} background") if BACKDROPS_RE.search(text) else None
             if s.things:
                 out.append(sc.scene_text(sc.Scene(s.things, s.background or base.background)))
+            elif bg and base.things:  # "on different backgrounds: white, gray and black"
+                out.append(sc.scene_text(replace(base, background=bg)))
+            elif where and base.things:  # "in different places: the top left, the center, ..."
+                out.append(sc.scene_text(replace(base, things=(replace(base.things[0], position=where),
+                                                               *base.things[1:]))))
             elif cols and base.things:
                 out.append(sc.scene_text(sc.recolor(base, cols[0])))
             elif re.match(r"(?:they|it|both|together)\b", item) and base.things:

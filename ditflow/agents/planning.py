@@ -176,6 +176,7 @@ def make_plan(req: ParsedRequest, backend=None, prompt: str | None = None) -> Pl
 
     try:
         proposed = backend.complete(plan_messages(req, prompt or load_prompt("plan")), Plan, task="plan")
+        proposed.article = req.task == "article"  # the task decides it, not the LLM (small ones drop the flag)
         return Planned(proposed.check_against(req), source=backend.name)
     except (LLMError, ValidationError, ValueError) as e:
         note = f"plan: the LLM's plan was not usable ({one_line(e, 200)}); using the rules plan"

@@ -54,16 +54,25 @@ COLOR_TAIL = re.compile(rf"^\s*(?:that is|which is|that's)\s+(?P<c>{_color_alt})
 ADD_RE = re.compile(r"\b(?:add|adds|adding|insert|include|draw in|draw|drop in|put|place|put in|place in|give|"
                     r"there should be|i want|let there be|introduce)\b")
 REMOVE_RE = re.compile(r"\b(?:remove|delete|erase|take out|take away|get rid of|drop|eliminate|clear|rid|omit|"
-                       r"lose|cut out|wipe out|wipe)\b|\bdisappear|\bvanish|\bgo away\b|\bleave only\b")
+                       r"lose(?!\s+(?:some\s+|a\s+(?:bit|little)\s+(?:of\s+)?)?weight)|cut out|wipe out|wipe)\b|\bdisappear|\bvanish|\bgo away\b|\bleave only\b")
 MOVE_RE = re.compile(r"\b(?:move|moves|moving|shift|slide|push|drag|relocate|reposition|put|place|bring|send|"
                      r"transfer|nudge|carry)\b")
+NEW_THING_RE = re.compile(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b")
+RELATION = r"(?:next to|beside|near|by|alongside|close to|above|over|on top of|below|under|beneath|underneath)"
+# "remove the middle circle and put a triangle in its place": the new object takes the removed one's place
+IN_PLACE_RE = re.compile(r"\b(?:there|in (?:its|his|her|their) (?:place|spot|stead)|in place|instead|"
+                         r"where (?:it|he|she) (?:was|used to be|stood)|in the same (?:place|spot))\b")
 SWAP_RE = re.compile(r"\b(?:swap|switch|exchange|trade|interchange)\b")
 DUPLICATE_RE = re.compile(r"\b(?:duplicate|copy|clone|replicate|double up|another one like|one more like|mirror)\b"
                           r"|\b(?:add|put|place|draw|insert)\s+(?:another|a second|one more|a copy)\b")
-BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|increase (?:the |its )?size|scale (?:it |them )?up|"
+# people speak of shapes as of bodies too: "make the square gain weight", "let the circle slim down"
+BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|fatter|fatten|chubbier|gain(?:s)? (?:some )?weight|"
+                       r"put(?:s)? on (?:some )?weight|bulk(?:s)? up|beef(?:s)? up|puff(?:s)? up|swell|expand|"
+                       r"increase (?:the |its )?size|scale (?:it |them )?up|"
                        r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?:it|them|the"
                        r" [\w ]+?) (?:big|large|huge))\b")
-SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|reduce (?:the |its )?size|scale (?:it |them )?down|"
+SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|thinner|slimmer|skinnier|slim(?:s)? down|"
+                        r"lose(?:s)? (?:some )?weight|reduce (?:the |its )?size|scale (?:it |them )?down|"
                         r"half (?:the|its) size|make (?:it|them|the [\w ]+?) (?:small|tiny|little))\b")
 BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
 DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
@@ -363,21 +372,18 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
                 return []
             return [ObjectEdit(op="remove", targets=[o.id for o in objects if o.id not in keep])]
         return [ObjectEdit(op="remove", targets=resolve(sel, objects, focus, image))]
-    adding = ADD_RE.search(clause) and re.search(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b",
-                                                 clause)
-    if adding and (sel is None or re.search(rf"\b(?:an?|one|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b",
-                                            clause[:sel.start])):
-        m = re.search(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b", clause)
+    m = ADD_RE.search(clause) and NEW_THING_RE.search(clause)
+    # "give the circle a blue triangle next to it": the new object comes after the one it is placed by
+    placed_by_sel = bool(m and sel is not None and m.start() > sel.end
+                         and re.match(rf"\s*(?:right\s+|just\s+)?{RELATION}\s+(?:it|him|her|them)\b", clause[m.end():]))
+    if m and (sel is None or placed_by_sel or NEW_THING_RE.search(clause[:sel.start])):
         new = _new_thing(m.group(0))
         taken = {o.position for o in objects}
         cell = _target_cell(clause[m.end():], None)
-        if sel is not None and re.search(r"\b(?:next to|beside|near|by|alongside|close to)\s*$",
-                                         clause[:sel.start]):
-            cell = _near_cell(resolve(sel, objects, focus, image, many=True), objects, taken)
-        elif sel is not None and re.search(r"\b(?:above|over|on top of)\s*$", clause[:sel.start]):
-            cell = _shifted(sel, objects, focus, image, -1, taken)
-        elif sel is not None and re.search(r"\b(?:below|under|beneath|underneath)\s*$", clause[:sel.start]):
-            cell = _shifted(sel, objects, focus, image, 1, taken)
+        relation = (re.match(rf"\s*(?:right\s+|just\s+)?({RELATION})", clause[m.end():]) if placed_by_sel else
+                    re.search(rf"\b({RELATION})\s*$", clause[:sel.start]) if sel is not None else None)
+        if relation:
+            cell = _related_cell(relation.group(1), sel, objects, focus, image, taken)
         if cell in taken:
             raise Unclear(f"the {cell.replace('-', ' ')} of {image} is taken ({listing(objects)}); where should "
                           f"the new {new.shape} go?")
@@ -406,15 +412,19 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
     ids, end = _joined_ids(clause, refs, sel, objects, focus, image)
     after = clause[end:] if end is not None else after
     new = _new_thing(after)
-    if new is not None and new.shape and re.search(r"\b(?:into|to|with|for|as|by|become|becomes|be)\s+(?:an?\s+)?"
-                                                   rf"(?:\w+\s+){{0,2}}(?:{_shape_alt})\b", after):
+    # "turn it into a circle", "make the left one a diamond"
+    if new is not None and new.shape and (re.search(r"\b(?:into|to|with|for|as|by|become|becomes|be)\s+(?:an?\s+)?"
+                                                    rf"(?:\w+\s+){{0,2}}(?:{_shape_alt})\b", after)
+                                          or re.match(rf"\s*(?:an?|one)\s+(?:\w+\s+){{0,2}}(?:{_shape_alt})\b", after)):
         edits.append(ObjectEdit(op="reshape", targets=ids, shape=new.shape, color=new.color,
                                 size=new.size))
     else:
         colors = _colors(after) or [c for c in _colors(rest) if c != sel.color]
         if colors:
             edits.append(ObjectEdit(op="recolor", targets=ids, color=colors[-1]))
-    if BIGGER_RE.search(clause):
+    if edits and edits[-1].size:  # "make the square a big red circle": the reshape has sized it
+        pass
+    elif BIGGER_RE.search(clause):
         edits.append(ObjectEdit(op="resize", targets=ids, size="large"))
     elif SMALLER_RE.search(clause):
         edits.append(ObjectEdit(op="resize", targets=ids, size="small"))
@@ -448,6 +458,15 @@ def _edge_cell(text: str, current: str) -> str | None:
     r = 0 if side == "top" else 2 if side == "bottom" else r
     c = 0 if side == "left" else 2 if side == "right" else c
     return POSITIONS[r][c]
+
+
+def _related_cell(relation: str, sel: Reference, objects, focus, image, taken: set[str]) -> str | None:
+    """The free cell a relation word names with respect to the object(s) `sel` means ("below the circle")."""
+    if relation in ("above", "over", "on top of"):
+        return _shifted(sel, objects, focus, image, -1, taken)
+    if relation in ("below", "under", "beneath", "underneath"):
+        return _shifted(sel, objects, focus, image, 1, taken)
+    return _near_cell(resolve(sel, objects, focus, image, many=True), objects, taken)
 
 
 def _shifted(sel: Reference, objects, focus, image, dr: int, taken: set[str]) -> str | None:
@@ -553,8 +572,16 @@ def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
     focus = list(focus)
     current = list(objects)
     clauses = [c for part in CLAUSE_SPLIT.split(text) if part and part.strip() for c in _distributed(part)]
+    before = current
     for clause in clauses:
         got = clause_edits(clause, current, focus, image)
+        if (len(got) == 1 and got[0].op == "add" and edits and edits[-1].op == "remove"
+                and len(edits[-1].targets) == 1 and IN_PLACE_RE.search(clause)):
+            # a replacement said in two clauses is one reshape, where the old object was, as "replace ... with"
+            gone, new = edits.pop(), got[0]
+            got, current = [ObjectEdit(op="reshape", targets=gone.targets, shape=new.shape, color=new.color,
+                                       size=new.size)], before
+        before = current
         if got:
             edits += got
             focus = touched(got) or focus

@@ -200,7 +200,7 @@ def _who(text: str, at: int, ments: list[sc.Mention]) -> sc.Thing | None:
     return None if CLAUSE_END.search(between) or re.search(r"\b(?:it|they|he|she)\b", between) else m.thing
 
 
-_SEG_END = re.compile(r"\s+(?:in|over|while|on|with|against|set|and|at the same)\s+|$")
+_SEG_END = re.compile(r"\s+(?:in|over|while|on|with|against|set|and|along|across|at the same)\s+|$")
 
 
 def _cell_at(window: str, at: int, stop: int | None = None) -> tuple[str | None, int]:
@@ -228,8 +228,39 @@ def _path(text: str, m: re.Match) -> Event:
         b, end = lr.group(1), lr.end()
     if kind == "across" and (ac := re.match(r"\s*across\b", window)):
         end = max(end, ac.end())
+    if lane := LANE_RE.search(window):  # "rolls along the bottom from right to left": the path keeps to that row
+        a, b = _in_lane(kind, a, b, lane.group("side"))
+        end = max(end, lane.end())
     return Event("path", m.start(), m.end() + (end if a or b or kind == "across" else 0), m.group(0), None,
                  (kind, a, b))
+
+
+LANE_RE = re.compile(r"\b(?:along|across|over|on|at|by|near|down|up)\s+the\s+(?:very\s+)?(?P<side>top|bottom|upper|"
+                     r"lower|left|right)(?:[\s-]+hand)?(?:\s+(?:edge|side|row|column|border|part|half))?"
+                     r"(?:\s+of\s+the\s+(?:frame|page|picture|image|canvas|panel|scene))?(?!\s*(?:left|right|corner))\b")
+
+
+def _in_lane(kind: str, a: str | None, b: str | None, side: str) -> tuple[str | None, str | None]:
+    """The ends of a path that keeps to one edge: a top or bottom lane fixes the row of a sideways path, a left or
+    right lane the column of an upward or downward one."""
+    side = {"upper": "top", "lower": "bottom"}.get(side, side)
+    rows = side in ("top", "bottom")
+    fixed = {"top": 0, "bottom": 2, "left": 0, "right": 2}[side]
+    if rows == (kind in ("down", "up")):  # a lane along the path's own direction says nothing of the other axis
+        return a, b
+    if a is None and b is None:
+        a, b = ("left", "right") if rows else (("top", "bottom") if kind != "up" else ("bottom", "top"))
+    elif a is None or b is None:  # one end named: the path starts (or ends) at the far end of the lane
+        r, c = POSITION_CELL[a or b]
+        far = POSITIONS[r][2 - c if c != 1 else 0] if rows else POSITIONS[2 - r if r != 1 else 0][c]
+        a, b = (far, b) if a is None else (a, far)
+
+    def put(cell: str | None) -> str | None:
+        if cell is None:
+            return None
+        r, c = POSITION_CELL[cell]
+        return POSITIONS[fixed][c] if rows else POSITIONS[r][fixed]
+    return put(a), put(b)
 
 
 def _newcomer(text: str, m: re.Match, hero: sc.Thing | None) -> tuple[sc.Thing | None, bool]:
