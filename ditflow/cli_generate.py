@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("prompt", nargs="?", help="what to draw")
     ap.add_argument("-o", "--out", required=True, help="output image (or folder with --prompts-file / --panels)")
     ap.add_argument("--prompts-file", help="one prompt per line → OUT/0001.png, OUT/0002.png, ...")
-    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 16 (default: the model's panel size)")
+    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 16, of the image or, with --panels, of each panel "
+                    "(default: the model's panel size)")
     ap.add_argument("--panels", type=int, default=None,
                     help=f"an in-context group of N panels (≤{MAX_PANELS}); the prompt is the overview, or "
                          f"'overview | panel 1 | panel 2 ...'")
@@ -209,8 +210,9 @@ def _group_spec(prompt: str, n: int, args) -> GroupSpec:
         raise UserError(f"--panels {n} but the prompt gives {len(clauses)} panel clauses after the overview")
     if any(not c for c in clauses):
         raise UserError("a panel clause is empty; write 'overview | panel 1 | panel 2 ...'")
+    w, h = parse_size(args.size) or (None, None)  # with --panels, --size is one panel's
     return GroupSpec(overview=overview, panel_prompts=clauses, n_refs=0, max_panels=args.max_panels, seed=args.seed,
-                     steps=args.steps, guidance_scale=args.cfg)
+                     steps=args.steps, guidance_scale=args.cfg, width=w, height=h)
 
 
 def cli(argv: list[str], command: str = "generate") -> int:

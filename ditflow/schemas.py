@@ -226,6 +226,15 @@ class GroupSpec(ToolSpec):
     panel_prompts: list[str] = Field(min_length=1, max_length=MAX_PANELS)
     n_refs: int = Field(0, ge=0, le=MAX_PANELS - 1)
     max_panels: int = Field(4, ge=1, le=MAX_PANELS)
+    # one panel's size, px; None: the model's native panel, shrunk so the canvas stays near its native area
+    height: int | None = Field(None, ge=16, le=4096, multiple_of=16)
+    width: int | None = Field(None, ge=16, le=4096, multiple_of=16)
+
+    @model_validator(mode="after")
+    def _both_sides_or_neither(self) -> GroupSpec:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("a panel size needs both width and height")
+        return self
 
 
 class EditSpec(ToolSpec):

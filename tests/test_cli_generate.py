@@ -127,9 +127,11 @@ def test_prompts_file_and_panels_write_numbered_images(model_dir, tmp_path):
                  "32x32", *FAST]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0001.png", "0002.png", "0003.png"]
     group = tmp_path / "group"
+    # a diffusers folder's native panel is FLUX's 512 px: --size sets each panel's, so the test stays small
     assert main(["generate", "--panels", "3", "the same circle | a red circle | a blue circle | a green circle",
-                 "-o", str(group), "--model", str(model_dir), *FAST]) == 0
+                 "-o", str(group), "--model", str(model_dir), "--size", "32x48", *FAST]) == 0
     assert sorted(p.name for p in group.iterdir()) == ["0001.png", "0002.png", "0003.png"]
+    assert {Image.open(p).size for p in group.iterdir()} == {(32, 48)}
 
 
 def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):

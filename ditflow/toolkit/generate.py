@@ -123,8 +123,12 @@ def generate_group(pipe, spec: GroupSpec, refs: list[Image.Image] | None = None,
     canvases = []
     for k, (ref_ids, target_ids) in enumerate(plans):
         used = ref_ids + target_ids
-        layout = cv.plan_layout(len(used), native_area=info.native_area, panel=info.panel, aspect=aspect,
-                                max_panels=spec.max_panels, multiple=token_px(pipe))
+        if spec.width and spec.height:  # the caller's panel size
+            layout = cv.Layout(*cv.choose_grid(len(used), spec.width / spec.height, spec.max_panels),
+                               spec.width, spec.height, len(used))
+        else:
+            layout = cv.plan_layout(len(used), native_area=info.native_area, panel=info.panel, aspect=aspect,
+                                    max_panels=spec.max_panels, multiple=token_px(pipe))
         spare = layout.cells - len(used)
         fill_ids = [ref_ids[j % len(ref_ids)] for j in range(spare)] if ref_ids else [None] * spare
         cells = used + fill_ids
