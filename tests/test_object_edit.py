@@ -74,3 +74,16 @@ def test_an_add_draws_one_new_object_in_a_free_cell(pipe):
                           candidates=SHAPES_CANDIDATES)
     assert ("purple", "diamond", "top-right") in seen(out) and len(seen(out)) == 4
     assert all(same_pixels(out, image, o.box) for o in source.objects)
+
+
+def test_an_add_beside_a_large_object_slides_clear_of_it_within_its_cell(pipe):
+    # the large circle at the top reaches into the centre cell: a small square "below it" must sit low in that cell
+    spec = world.PanelSpec((world.ObjectSpec("red", "circle", "large", "top"),
+                            world.ObjectSpec("purple", "diamond", "small", "bottom-left")), "white")
+    image = world.render(world.CanvasSpec((spec,)), random.Random(3))
+    bg, objects = scene_objects(image)
+    source = InputImage(index=1, description="", background=bg, objects=objects)
+    out, _ = edit_objects(pipe, image, source, [ObjectEdit(op="add", shape="square", color="cyan", size="small",
+                                                           position="center")], seed=0, candidates=SHAPES_CANDIDATES)
+    assert ("cyan", "square", "center") in seen(out) and len(seen(out)) == 3
+    assert all(same_pixels(out, image, o.box) for o in source.objects)

@@ -110,6 +110,20 @@ def test_replacements_bodies_and_new_objects_placed_by_others(text, want):
     assert edits(text, ROW) == want
 
 
+@pytest.mark.parametrize("text, want", [
+    # headline wording, without articles
+    ("delete left circle", [{"op": "remove", "targets": [1]}]),
+    ("make green circle blue", [{"op": "recolor", "targets": [2], "color": "blue"}]),
+    ("remove right circle and put a diamond in place", [{"op": "reshape", "targets": [2], "shape": "diamond"}]),
+    ("make blue square big", [{"op": "resize", "targets": [3], "size": "large"}]),
+    ("paint left circle yellow and move it down", [{"op": "recolor", "targets": [1], "color": "yellow"},
+                                                   {"op": "move", "targets": [1], "position": "bottom-left"}]),
+    ("make a big red triangle", []),  # a new object, not a reference
+])
+def test_references_without_an_article(text, want):
+    assert edits(text, ROW) == want
+
+
 def test_ordinal_counts_along_the_named_axis():
     row = [O(id=k + 1, shape="circle", color="red", position=p, box=(x, 26, x + 12, 38))
            for k, (p, x) in enumerate([("left", 4), ("center", 26), ("right", 48)])]

@@ -60,6 +60,22 @@ def _iou(a: Box, b: Box) -> float:
     return w * h / union if union > 0 else 0.0
 
 
+def _clear_of(box: Box, keep: list[Box], position: str, w: int, h: int) -> Box:
+    """`box` slid, as little as it takes, off the kept objects' boxes and inside the panel, its centre still in
+    `position`'s cell: "a small square below the large circle" has room once it sits low in its cell, where the
+    circle's box reaches into the cell's top. None when no such place exists."""
+    g = world.OBJECT_GAP  # the gap the world leaves between objects, so the detector reads two, not one
+
+    def clear(b: Box) -> bool:
+        return (b[0] >= 0 and b[1] >= 0 and b[2] <= w and b[3] <= h and world.cell_of(b, w, h) == position
+                and not any(b[0] < k[2] + g and k[0] - g < b[2] and b[1] < k[3] + g and k[1] - g < b[3]
+                            for k in keep))
+    reach = max(w, h) // 3  # a cell
+    shifts = sorted(((dx, dy) for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1)),
+                    key=lambda d: (abs(d[0]) + abs(d[1]), d))
+    return next((_moved(box, dx, dy) for dx, dy in shifts if clear(_moved(box, dx, dy))), None)
+
+
 def _in_region(d: world.Detection, region: np.ndarray) -> bool:
     x, y = _centre(d.box)
     return bool(region[min(region.shape[0] - 1, int(y)), min(region.shape[1] - 1, int(x))])
@@ -213,12 +229,39 @@ class ObjectEditor:
 
         side = world.mean_side(e.size) * min(self.w, self.h) / world.PANEL
         box = tuple(round(v) for v in cell_box(e.position, side, self.w, self.h))
+        keep = self._others()
+        thing = sc.Thing(e.shape, e.color, e.size, e.position)
+        clear = _clear_of(box, keep, e.position, self.w, self.h)
+        drawn = None
+        if clear not in (box, None) and self.plain:
+            # a neighbour reaches into the cell: the model draws at the cell's centre, so draw it there on an
+            drawn = self._draw_apart_and_place(box, keep, thing)  # empty panel and set it down clear of them
+        if drawn is None:
+            drawn = self._redraw(box, keep, thing)
         new_id = max(self.objects, default=0) + 1
-        drawn = self._redraw(box, self._others(), sc.Thing(e.shape, e.color, e.size, e.position))
         self.objects[new_id] = SceneObject(id=min(new_id, 9), shape=e.shape, color=e.color, size=e.size,
                                            position=e.position)
         if drawn:
             self.boxes[new_id] = drawn
+
+    def _draw_apart_and_place(self, box: Box, keep: list[Box], thing: sc.Thing) -> Box | None:
+        from ditflow.toolkit.edit import paste
+
+        scene_image = self.image
+        self.image = Image.new("RGB", scene_image.size, world.BACKGROUNDS[self.background])
+        try:
+            found = self._redraw(box, [], thing)
+            alone = self.image
+        finally:
+            self.image = scene_image
+        if found is None:
+            return None
+        target = _clear_of(found, keep, thing.position, self.w, self.h)
+        if target is None:
+            return None
+        offset = target[0] - found[0], target[1] - found[1]
+        self.image = paste(self.image, alone, world.object_mask(alone, found), offset)
+        return target
 
     def _move(self, e: ObjectEdit) -> None:
         from ditflow.toolkit.edit import paste

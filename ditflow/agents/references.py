@@ -13,7 +13,7 @@ Read bottom-up: vocabulary → reference phrases → resolving → the ops of on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ditflow.agents import scene as sc
 from ditflow.pipelines.world import POSITION_CELL, POSITIONS
@@ -41,6 +41,12 @@ MODIFIER = (rf"(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|l
             r"two|three|2|3|-)")
 # "the top left triangle", "both green circles", "the second circle from the left", "the red one"
 REF_RE = re.compile(rf"\b(?P<det>{DETERMINER})\s+(?P<mods>(?:{MODIFIER}[\s-]+){{0,4}})(?P<noun>{NOUN})\b")
+# headline wording drops the article: "remove middle circle", "make left triangle red"; only right after an edit
+# verb, and with a word that picks it out, so "add a red circle" is never read as a reference
+BARE_REF_RE = re.compile(rf"\b(?:remove|delete|erase|make|turn|paint|colou?r|recolou?r|change|move|shift|put|place|"
+                         rf"swap|switch|replace|shrink|enlarge|resize|duplicate|copy|rotate|flip)\s+"
+                         rf"(?P<ref>(?P<mods>(?:(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|large|"
+                         rf"big|huge)[\s-]+){{1,3}})(?P<noun>{_shape_alt})\b)")
 PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|him|his|her|he|she|them|they|both|all of them|everything|"
                         r"all objects|all shapes"
                         r"|each of them|every shape|every object)\b")
@@ -69,11 +75,10 @@ DUPLICATE_RE = re.compile(r"\b(?:duplicate|copy|clone|replicate|double up|anothe
 BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|fatter|fatten|chubbier|gain(?:s)? (?:some )?weight|"
                        r"put(?:s)? on (?:some )?weight|bulk(?:s)? up|beef(?:s)? up|puff(?:s)? up|swell|expand|"
                        r"increase (?:the |its )?size|scale (?:it |them )?up|"
-                       r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?:it|them|the"
-                       r" [\w ]+?) (?:big|large|huge))\b")
+                       r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?!an?\s)[\w ]+? (?:big|large|huge))\b")
 SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|thinner|slimmer|skinnier|slim(?:s)? down|"
                         r"lose(?:s)? (?:some )?weight|reduce (?:the |its )?size|scale (?:it |them )?down|"
-                        r"half (?:the|its) size|make (?:it|them|the [\w ]+?) (?:small|tiny|little))\b")
+                        r"half (?:the|its) size|make (?!an?\s)[\w ]+? (?:small|tiny|little))\b")
 BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
 DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
              "rightwards": (0, 1), "up": (-1, 0), "upward": (-1, 0), "upwards": (-1, 0), "higher": (-1, 0),
@@ -165,6 +170,11 @@ def find_references(text: str) -> list[Reference]:
             ref.color = sc.COLOR_WORDS[c.group("c")]
             ref.end += c.end()
         out.append(ref)
+    for m in BARE_REF_RE.finditer(text):
+        k = m.start("ref")
+        if not any(r.start <= k < r.end for r in out):  # read as if it had its article
+            r = find_references("the " + text[k:])[0]
+            out.append(replace(r, start=k, end=r.end + k - 4, head_end=r.head_end + k - 4))
     for m in PRONOUN_RE.finditer(text):
         if any(r.start <= m.start() < r.end for r in out):
             continue
