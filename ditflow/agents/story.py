@@ -89,6 +89,10 @@ SHAPE_RE = re.compile(rf"\b(?P<verb>(?:turns?|turning|turned|changes?|changing|c
 GROW_RE = re.compile(r"\b(?:grows?(?! into)|growing(?! into)|grew|grown|growth|gets? (?:bigger|larger)|"
                      r"getting (?:bigger|larger)|got (?:bigger|larger)|expands?|expanding|swells?|swelling|"
                      r"becomes? (?:big|bigger|large|larger|huge))\b")
+# "grows into a large red square", "shrinks down to a small one": the size it ends at, not a second object
+SIZE_TO_RE = re.compile(rf"\b(?:grows?|growing|grew|shrinks?|shrinking|shrank|shrunk)\s+(?:down\s+|up\s+)?"
+                        rf"(?:into|to|until it is|until it's)\s+(?:a|an)\s+(?P<size>small|little|tiny|large|big|huge)"
+                        rf"(?:\s+(?:{_COLOR}))?(?:\s+(?:{_SHAPE}|one))?\b")
 SHRINK_RE = re.compile(r"\b(?:shrinks?|shrinking|shrank|shrunk|gets? (?:smaller|tiny)|getting smaller|got smaller|"
                        r"becomes? (?:small|smaller|tiny))\b")
 SPLIT_RE = re.compile(rf"\b(?P<verb>becomes?|becoming|became|turns? into|turning into|turned into|splits? into|"
@@ -246,7 +250,10 @@ def _in_lane(kind: str, a: str | None, b: str | None, side: str) -> tuple[str | 
     side = {"upper": "top", "lower": "bottom"}.get(side, side)
     rows = side in ("top", "bottom")
     fixed = {"top": 0, "bottom": 2, "left": 0, "right": 2}[side]
-    if rows == (kind in ("down", "up")):  # a lane along the path's own direction says nothing of the other axis
+    ra, ca = POSITION_CELL[a] if a else (None, None)
+    rb, cb = POSITION_CELL[b] if b else (None, None)
+    vertical = kind in ("down", "up") or (a and b and ca == cb and ra != rb)
+    if rows == bool(vertical):  # a lane along the path's own direction says nothing of the other axis
         return a, b
     if a is None and b is None:
         a, b = ("left", "right") if rows else (("top", "bottom") if kind != "up" else ("bottom", "top"))
@@ -322,9 +329,15 @@ def find_events(text: str) -> list[Event]:
         if free(m.start(), m.end()):
             found.append(Event("color", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
                                (None, None, sc.SHAPE_WORDS[m.group("shape")])))
+    for m in SIZE_TO_RE.finditer(text):
+        if free(m.start(), m.end()):
+            end = "small" if m.group("size") in ("small", "little", "tiny") else "large"
+            found.append(Event("size", m.start(), m.end(), m.group(0).split()[0], _who(text, m.start(), ments),
+                               ("large" if end == "small" else "small", end)))
     for rx, sizes in ((GROW_RE, ("small", "large")), (SHRINK_RE, ("large", "small"))):
         for m in rx.finditer(text):
-            if free(m.start(), m.end()):
+            said = any(e.kind == "size" and e.value == sizes for e in found)  # "growth stages ... grows into"
+            if free(m.start(), m.end()) and not said:
                 found.append(Event("size", m.start(), m.end(), m.group(0), _who(text, m.start(), ments), sizes))
     around = re.search(rf"\b(?:{_AROUND})\b", text)
     if around and free(around.start(), around.end()):  # before "moving": "moving clockwise" goes around
@@ -803,12 +816,64 @@ def _overview(base: sc.Scene, events: list[Event], palette: list[str], n: int) -
     return sc.scene_text(replace(base, things=tuple(replace(t, position=None) for t in base.things)))
 
 
+_LINK = r"\s*(?:,\s*(?:and\s+)?(?:then\s+)?|(?:and\s+)?then\s+|to\s+|into\s+|->\s*|→\s*)(?:to\s+|into\s+)?"
+# "goes from green to blue to purple", "turns red, then yellow, then blue": three colours or more in a row
+COLOR_CHAIN_RE = re.compile(rf"\b(?:from\s+)?(?:{_COLOR})\b(?:{_LINK}(?:{_COLOR})\b(?!\s+(?:background|backdrop))){{2,}}")
+_COUNT = {"one": 1, "two": 2, "three": 3, "four": 4, "1": 1, "2": 2, "3": 3, "4": 4}
+_COUNT_ALT = "|".join(sorted(_COUNT, key=len, reverse=True))
+# "first one red circle, then two, then three": a count per page
+COUNT_CHAIN_RE = re.compile(rf"\b(?:first\s+)?(?P<first>{_COUNT_ALT}|an?|a single)\s+(?:\w+\s+){{0,2}}?(?:{_SHAPE})\b"
+                            rf"(?:\s*,?\s*(?:and\s+)?(?:then|next|finally|later|after that)\s+(?:{_COUNT_ALT})\b"
+                            rf"(?:\s+(?:\w+\s+){{0,2}}?(?:{_SHAPE}))?){{1,}}")
+
+
+def _chain(text: str, base: sc.Scene, n: int) -> list[Page] | None:
+    """Pages for a chain of colours or counts the instruction lists in order, one state after another, spread
+    over the n pages; None when it lists none."""
+    hero = base.things[0]
+    m = COLOR_CHAIN_RE.search(text)
+    if m:
+        seq = [sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", m.group(0)) if w in sc.COLOR_WORDS]
+        if hero.color and hero.color != seq[0] and not m.group(0).startswith("from") and len(seq) < n:
+            seq = [hero.color] + seq  # "a red circle turns orange, then yellow": red first
+        attr = "color"
+    elif (m := COUNT_CHAIN_RE.search(text)) and all(
+            t.thing.shape == hero.shape and t.thing.color in (None, hero.color) for t in sc.mentions(m.group(0))):
+        words = re.findall(r"[a-z0-9]+", m.group(0)[m.end("first") - m.start():])
+        seq = [_COUNT.get(m.group("first"), 1)] + [_COUNT[w] for w in words if w in _COUNT]
+        attr = "count"
+    else:
+        return None
+    states = [seq[round(i * (len(seq) - 1) / max(1, n - 1))] for i in range(n)]
+    pages: list[Page] = []
+    scene = base
+    for i, v in enumerate(states):
+        before = scene
+        scene = _set(scene, 0, **{attr: v, **({"position": None} if attr == "count" and v > 1 else {})})
+        if i == 0:
+            pages.append(Page(scene, _intro(scene, False, False)))
+            continue
+        t = scene.things[0]
+        if v == getattr(before.things[0], attr):
+            clause = _stay(scene, pages[0].scene)
+        elif attr == "color":
+            clause = f"{_name(before, 0)} turn{'' if before.things[0].count > 1 else 's'} {v}"
+        else:
+            clause = f"there are {sc.NUMBER_TEXT.get(v, str(v))} {t.shape}s"
+        # a colour change is an edit of the page before (the same object, recoloured); a new count is drawn afresh
+        pages.append(Page(scene, _sentence(i, n, [clause]), derived=attr == "color"))
+    return pages
+
+
 def tell(text: str, base: sc.Scene, n: int) -> Story | None:
     """One scene and one sentence per page for what the (normalised) instruction says happens to `base`, the
     scene it starts from; None when nothing happens from page to page."""
     if not base.things or n < 2:
         return None
     book = bool(BOOK_RE.search(text))
+    chained = _chain(text, base, n)
+    if chained:
+        return Story(_unique(chained), _overview(base, [], [], n), True)
     parts = steps(text)
     if len(parts) > 1:
         first = find_events(parts[0])
