@@ -146,6 +146,16 @@ def test_rules_plans_make_every_output_once_with_bounded_canvases(n, shared):
         assert [s.tool for s in plan.steps] == ["generate"] * n
 
 
+@pytest.mark.parametrize("text, want", [
+    ("two triangles, one yellow and the other purple", "a yellow triangle and a purple triangle"),
+    ("three circles, one red, one green and one blue", "a red circle, a green circle and a blue circle"),
+    ("Draw 2 diamonds: one is pink, the other one is cyan.", "a pink diamond and a cyan diamond"),
+])
+def test_a_counts_colours_are_given_out_one_per_object(text, want):
+    req = rules(text).request
+    assert req.num_outputs == 1 and req.outputs[0].description == want
+
+
 def test_a_plan_that_drops_the_article_is_refused():
     # a small LLM planner once returned the right steps for a picture book without `article`: no article.md
     req = ParsedRequest(task="article", num_inputs=0, num_outputs=2, shared="a red circle",

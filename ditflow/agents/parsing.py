@@ -228,7 +228,7 @@ VARIED_RE = re.compile(r"\b(?:colou?rs?|positions?|places?|spots?|locations?|cor
 
 def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
-    listed = items and (task == "article" or VARIED_RE.search(text))
+    listed = items and (task == "article" or VARIED_RE.search(text) or NUMBERED_RE.search(text))
     m = COUNT_RE.search(text)
     if m:
         n, explicit = _number(m.group("num"))
@@ -261,8 +261,17 @@ def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
 LIST_OPEN = re.compile(r":|\s[-–—]\s")
 
 
+NUMBERED_RE = re.compile(r"(?:^|[\s,;:])\(?(?P<k>[1-9])[).](?=\s)")
+
+
 def list_items(text: str) -> list[str]:
-    """Items after a colon (or a dash): "...: a red circle, a blue square and a green triangle" → three items."""
+    """Items after a colon (or a dash): "...: a red circle, a blue square and a green triangle" → three items;
+    numbered items ("1) a red square, 2) ...") wherever they are."""
+    marks = list(NUMBERED_RE.finditer(text))
+    if len(marks) >= 2 and [int(m.group("k")) for m in marks] == list(range(1, len(marks) + 1)):
+        ends = [m.start() for m in marks[1:]] + [len(text)]
+        items = [text[m.end():e].strip(" ,;.!").removesuffix(" and").strip() for m, e in zip(marks, ends)]
+        return [i for i in items if i]
     m = LIST_OPEN.search(text)
     if not m:
         return []
@@ -469,13 +478,19 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
     # Listed items: "...: a red circle, a blue square and a green triangle", or colours "in three colours: ...".
     if len(items) == n and not sequence:
         out = []
+        earlier: dict[str, str] = {}  # shape → the colour the items gave it so far
         for item in items:
             s = sc.parse_scene(item)
             cols = [sc.COLOR_WORDS[w] for w in re.findall(r"[a-z]+", item) if w in sc.COLOR_WORDS]
             where = sc.find_position(item if item.startswith("the ") else "the " + item)[0]
             bg = sc.find_background(f"on a {item} background") if BACKDROPS_RE.search(text) else None
             if s.things:
-                out.append(sc.scene_text(sc.Scene(s.things, s.background or base.background)))
+                # "2) the red square in the middle, 3) the square turns green": a colour said apart from the object,
+                # else the one it had before
+                things = tuple(replace(t, color=t.color or (cols[-1] if cols else earlier.get(t.shape)))
+                               for t in s.things)
+                earlier.update({t.shape: t.color for t in things if t.color})
+                out.append(sc.scene_text(sc.Scene(things, s.background or base.background)))
             elif bg and base.things:  # "on different backgrounds: white, gray and black"
                 out.append(sc.scene_text(replace(base, background=bg)))
             elif where and base.things:  # "in different places: the top left, the center, ..."
@@ -503,7 +518,7 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
 def parse_rules(ctx: Context) -> Parse:
     """Parse `ctx` deterministically. Never raises on content: unusable requests carry a clarification."""
     raw = check_instruction(ctx.instruction)
-    text = sc.normalise(raw)
+    text = sc.distribute(sc.normalise(raw))
     if INJECTION_RE.search(text):
         return Parse(_clarify("The instruction contains text addressed to the system (e.g. about schemas, prompts "
                               "or files). ditflow only makes images and writes only to this session's output "

@@ -60,7 +60,8 @@ COLOR_TAIL = re.compile(rf"^\s*(?:that is|which is|that's)\s+(?P<c>{_color_alt})
 ADD_RE = re.compile(r"\b(?:add|adds|adding|insert|include|draw in|draw|drop in|put|place|put in|place in|give|"
                     r"there should be|i want|let there be|introduce)\b")
 REMOVE_RE = re.compile(r"\b(?:remove|delete|erase|take out|take away|get rid of|drop|eliminate|clear|rid|omit|"
-                       r"lose(?!\s+(?:some\s+|a\s+(?:bit|little)\s+(?:of\s+)?)?weight)|cut out|wipe out|wipe)\b|\bdisappear|\bvanish|\bgo away\b|\bleave only\b")
+                       r"lose(?!\s+(?:some\s+|a\s+(?:bit|little)\s+(?:of\s+)?)?weight)|cut out|wipe out|wipe)\b"
+                       r"|\bdisappear|\bvanish|\bgo away\b|\bleave only\b")
 MOVE_RE = re.compile(r"\b(?:move|moves|moving|shift|slide|push|drag|relocate|reposition|put|place|bring|send|"
                      r"transfer|nudge|carry)\b")
 NEW_THING_RE = re.compile(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b")
@@ -75,7 +76,8 @@ DUPLICATE_RE = re.compile(r"\b(?:duplicate|copy|clone|replicate|double up|anothe
 BIGGER_RE = re.compile(r"\b(?:bigger|larger|enlarge|enlarged|grow|fatter|fatten|chubbier|gain(?:s)? (?:some )?weight|"
                        r"put(?:s)? on (?:some )?weight|bulk(?:s)? up|beef(?:s)? up|puff(?:s)? up|swell|expand|"
                        r"increase (?:the |its )?size|scale (?:it |them )?up|"
-                       r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|make (?!an?\s)[\w ]+? (?:big|large|huge))\b")
+                       r"blow (?:it |them )?up|twice (?:as big|the size)|double (?:the|its) size|"
+                       r"make (?!an?\s)[\w ]+? (?:big|large|huge))\b")
 SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|thinner|slimmer|skinnier|slim(?:s)? down|"
                         r"lose(?:s)? (?:some )?weight|reduce (?:the |its )?size|scale (?:it |them )?down|"
                         r"half (?:the|its) size|make (?!an?\s)[\w ]+? (?:small|tiny|little))\b")

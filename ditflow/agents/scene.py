@@ -6,6 +6,7 @@ the object-phrase parser are `ditflow.pipelines.phrases`, shared with clause rou
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 # the phrase vocabulary and parser live with the world; re-exported, so the agents read phrases through scene
@@ -29,6 +30,28 @@ class Scene:
 
     def __bool__(self) -> bool:
         return bool(self.things) or self.background is not None
+
+
+_COLOR_ALT = "|".join(sorted(COLOR_WORDS, key=len, reverse=True))
+_PLURAL_ALT = "|".join(sorted((w for w, s in SHAPE_WORDS.items() if w != s and w.endswith("s")), key=len, reverse=True))
+# "two squares, one blue and the other orange": one colour per object, said after the count
+DISTRIBUTED_RE = re.compile(
+    rf"\b(?P<n>two|three|2|3)\s+(?P<shape>{_PLURAL_ALT})\b\s*[,:(–-]?\s*(?P<list>(?:one|the first)\s+(?:is\s+)?"
+    rf"(?:{_COLOR_ALT})(?:\s*(?:,\s*and|,|and)\s+(?:one|another|the other|the second|the third|the last)\s+"
+    rf"(?:one\s+)?(?:is\s+)?(?:{_COLOR_ALT}))+)\)?")
+
+
+def distribute(text: str) -> str:
+    """(normalised) text with a count's colours given out one per object: "two squares, one blue and the other
+    orange" → "a blue square and an orange square"."""
+    def one_each(m: re.Match) -> str:
+        colors = [w for w in re.findall(r"[a-z]+", m.group("list")) if w in COLOR_WORDS]
+        if len(colors) != COUNT_WORDS.get(m.group("n"), int(m.group("n")) if m.group("n").isdigit() else 0):
+            return m.group(0)
+        shape = SHAPE_WORDS[m.group("shape")]
+        parts = [thing_text(Thing(shape, COLOR_WORDS[c])) for c in colors]
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+    return DISTRIBUTED_RE.sub(one_each, text)
 
 
 def parse_scene(text: str) -> Scene:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ditflow.agents import scene as sc
+from ditflow.pipelines.phrases import BACKGROUND_WORDS
 from ditflow.pipelines.world import COLORS, POSITION_CELL, POSITIONS, SHAPES
 
 
@@ -93,6 +94,12 @@ GROW_RE = re.compile(r"\b(?:grows?(?! into)|growing(?! into)|grew|grown|growth|g
 SIZE_TO_RE = re.compile(rf"\b(?:grows?|growing|grew|shrinks?|shrinking|shrank|shrunk)\s+(?:down\s+|up\s+)?"
                         rf"(?:into|to|until it is|until it's)\s+(?:a|an)\s+(?P<size>small|little|tiny|large|big|huge)"
                         rf"(?:\s+(?:{_COLOR}))?(?:\s+(?:{_SHAPE}|one))?\b")
+_BG = "|".join(sorted(BACKGROUND_WORDS, key=len, reverse=True))
+# "as the background turns from white to black": the backdrop changes over the pages
+BACKDROP_RE = re.compile(rf"\b(?:the\s+)?(?:background|backdrop|sky)\s+(?:slowly\s+|gradually\s+)?"
+                         rf"(?P<verb>turns?|turning|"
+                         rf"changes?|changing|goes|going|fades?|fading|shifts?|shifting|becomes?|becoming)\s+"
+                         rf"(?:from\s+(?P<old>{_BG})\s+)?(?:to\s+|into\s+)?(?P<new>{_BG})\b")
 SHRINK_RE = re.compile(r"\b(?:shrinks?|shrinking|shrank|shrunk|gets? (?:smaller|tiny)|getting smaller|got smaller|"
                        r"becomes? (?:small|smaller|tiny))\b")
 SPLIT_RE = re.compile(rf"\b(?P<verb>becomes?|becoming|became|turns? into|turning into|turned into|splits? into|"
@@ -108,7 +115,9 @@ ARRIVE_AFTER_RE = re.compile(rf"\b(?P<new>{_NEW})\s+(?P<verb>arrives?|arriving|a
 ARRIVE_BEFORE_RE = re.compile(rf"\b(?P<verb>(?:is )?joined by|meets?|meeting|met|finds?|finding|found|befriends?|"
                               rf"makes? friends with|making friends with|visits?|visiting|(?:is )?met by)\s+"
                               rf"(?P<new>{_NEW})")
-LEAVE_RE = re.compile(r"\b(?P<verb>leaves|leaving|disappears?|disappearing|vanish(?:es|ing)?|(?:goes|going|flies|"
+LEAVE_RE = re.compile(r"\b(?P<verb>leaves|leaving|(?:has|have) left|disappears?|disappearing|vanish(?:es|ing|ed)?|"
+                      r"(?:has|have) (?:driven|flown|rolled|walked|run|gone|moved|floated|drifted) (?:away|off)|"
+                      r"drove (?:away|off)|(?:goes|going|flies|"
                       r"flying|runs|running|rolls|rolling|walks|walking|floats|floating|drifts|drifting|moves|"
                       r"moving) (?:away|off)|fades? (?:away|out)|fading (?:away|out)|is gone|departs?|departing|"
                       r"exits?|exiting|says? goodbye)\b")
@@ -120,7 +129,9 @@ JOURNEY_RE = re.compile(r"\badventures?\b|\bjourney|\btrip\b|\bvoyage|\bquest\b|
 BOOK_RE = re.compile(r"picture[- ]?books?|story[- ]?books?|children'?s (?:book|story)|\bstory\b|\bfable\b|"
                      r"fairy ?tale|\bcomic|storyboard|tell (?:me )?a story")
 STEP_RE = re.compile(r"(?:^|[,;.!]\s*|\s)(?:and\s+)?(?:then|after that|afterwards|after this|finally|lastly|"
-                     r"in the end|eventually)\b[\s,:]*|(?:^|[,;.!]\s*)(?:and\s+)?next\b(?! to)[\s,:]*")
+                     r"in the end|eventually)\b[\s,:]*|(?:^|[,;.!]\s*)(?:and\s+)?next\b(?! to)[\s,:]*"
+                     rf"|(?P<picture>(?:^|[,;.!]\s*)(?:and\s+)?(?:in|on)\s+the\s+(?:next|following|second|third|last|"
+                     rf"final)\s+(?:(?!{_PICTURE}\b)\w+\s+)?{_PICTURE}\b[\s,:]*)")
 FIRST_RE = re.compile(r"\b(?:first(?:ly)?|at first|to begin with|to start with|in the beginning)\b")
 PICTURE_STEP_RE = re.compile(rf"\b(?:an?|another|the next|the following|one more|the last|the final)\s+"
                              rf"(?:\w+\s+)?{_PICTURE}\b|\bone (?:where|in which|with)\b")
@@ -299,7 +310,9 @@ def find_events(text: str) -> list[Event]:
 
     for m in LEAVE_RE.finditer(text):
         if free(m.start(), m.end()):
-            found.append(Event("leave", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments)))
+            one = re.search(r"\bone of (?:them|the \w+)\s+$", text[:m.start()])  # one of several goes
+            found.append(Event("leave", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
+                               ("one",) if one else ()))
     for rx, side in ((ARRIVE_AFTER_RE, "after"), (ARRIVE_BEFORE_RE, "before")):
         for m in rx.finditer(text):
             if free(m.start(), m.end()):
@@ -329,6 +342,10 @@ def find_events(text: str) -> list[Event]:
         if free(m.start(), m.end()):
             found.append(Event("color", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
                                (None, None, sc.SHAPE_WORDS[m.group("shape")])))
+    for m in BACKDROP_RE.finditer(text):
+        if free(m.start(), m.end()):
+            found.append(Event("background", m.start(), m.end(), m.group("verb"), None,
+                               (BACKGROUND_WORDS[m.group("new")], BACKGROUND_WORDS.get(m.group("old") or ""))))
     for m in SIZE_TO_RE.finditer(text):
         if free(m.start(), m.end()):
             end = "small" if m.group("size") in ("small", "little", "tiny") else "large"
@@ -360,17 +377,18 @@ def find_events(text: str) -> list[Event]:
 def steps(text: str) -> list[str]:
     """The instruction's steps ("draw X, then a second picture where ...", "first ..., then ..., finally ..."), or
     [text] when it is one scene (a later part that only names more objects is part of the same picture)."""
-    parts, at = [], 0
+    parts, at, pictures = [], 0, False
     for m in STEP_RE.finditer(text):
         if m.start() > at:
             parts.append(text[at:m.start()])
         at = m.end()
+        pictures |= bool(m.group("picture"))  # "...; in the next picture ...": a page per step, whatever it says
     parts.append(text[at:])
     parts = [p.strip(" ,;.:") for p in parts if p.strip(" ,;.:")]
     if len(parts) < 2:
         return [text]
     later = parts[1:]
-    if FIRST_RE.search(parts[0]) or any(PICTURE_STEP_RE.search(p) or _step_events(p) for p in later):
+    if pictures or FIRST_RE.search(parts[0]) or any(PICTURE_STEP_RE.search(p) or _step_events(p) for p in later):
         return parts
     return [text]
 
@@ -404,6 +422,8 @@ def _step_events(part: str) -> list[Event]:
               and not any(a <= w.start() < b for a, b in spans) and not re.match(r"\s+(?:background|backdrop)",
                                                                                part[w.end():])]
     out = []
+    if re.search(r"\bone of (?:them|the \w+)\b", part) and (GONE_RE.search(part) or LEAVE_RE.search(part)):
+        return [Event("leave", 0, len(part), "leaves", who, ("one",))]  # "one of them has driven away"
     if GONE_RE.search(part) and ments:
         return [Event("leave", 0, len(part), "leaves", who)]
     if colors:
@@ -427,7 +447,7 @@ def setting(text: str) -> str:
         text = parts[0]
     chars = list(text)
     for e in find_events(text):
-        if e.kind in ("path", "arrive", "ramp", "color", "size", "split"):
+        if e.kind in ("path", "arrive", "ramp", "color", "size", "split", "background"):
             chars[e.start:e.end] = " " * (e.end - e.start)
     return sc.normalise("".join(chars))
 
@@ -478,6 +498,10 @@ def _before(base: sc.Scene, events: list[Event]) -> sc.Scene:
     """The first page: what the events change from, where the instruction leaves it open ("grows": small)."""
     scene = base
     for e in events:
+        if e.kind == "background":  # "the background turns from white to black": white first
+            old = e.value[1] if len(e.value) > 1 else None
+            scene = replace(scene, background=old or scene.background)
+            continue
         i = _index(scene, e.who)
         if i is None:
             continue
@@ -512,6 +536,9 @@ def _apply(scene: sc.Scene, e: Event) -> tuple[sc.Scene, str]:
         return scene, ""
     t, who = scene.things[i], _name(scene, i)
     if e.kind == "leave":
+        if e.value == ("one",) and t.count > 1:  # one of several goes; the rest stay
+            left = _set(scene, i, count=t.count - 1)
+            return left, f"one of the {t.shape}s leaves"
         return replace(scene, things=scene.things[:i] + scene.things[i + 1:]), f"{who} {_third(e.verb, 'leaves')}"
     if e.kind == "color":
         _, color, shape = e.value
@@ -602,7 +629,9 @@ def _intro(scene: sc.Scene, path: bool, book: bool, journey: bool = False) -> st
     if path and hero.position:
         return f"{name} starts {sc.POSITION_TEXT[hero.position]}."
     said = sc.scene_text(replace(scene, background=None))
-    return f"Once upon a time there was {said}." if book else f"First there is {said}."
+    many = hero.count > 1  # "there are two circles"
+    return (f"Once upon a time there {'were' if many else 'was'} {said}." if book
+            else f"First there {'are' if many else 'is'} {said}.")
 
 
 def _unique(pages: list[Page]) -> tuple[Page, ...]:
@@ -818,7 +847,8 @@ def _overview(base: sc.Scene, events: list[Event], palette: list[str], n: int) -
 
 _LINK = r"\s*(?:,\s*(?:and\s+)?(?:then\s+)?|(?:and\s+)?then\s+|to\s+|into\s+|->\s*|→\s*)(?:to\s+|into\s+)?"
 # "goes from green to blue to purple", "turns red, then yellow, then blue": three colours or more in a row
-COLOR_CHAIN_RE = re.compile(rf"\b(?:from\s+)?(?:{_COLOR})\b(?:{_LINK}(?:{_COLOR})\b(?!\s+(?:background|backdrop))){{2,}}")
+COLOR_CHAIN_RE = re.compile(rf"\b(?:from\s+)?(?:{_COLOR})\b"
+                            rf"(?:{_LINK}(?:{_COLOR})\b(?!\s+(?:background|backdrop))){{2,}}")
 _COUNT = {"one": 1, "two": 2, "three": 3, "four": 4, "1": 1, "2": 2, "3": 3, "4": 4}
 _COUNT_ALT = "|".join(sorted(_COUNT, key=len, reverse=True))
 # "first one red circle, then two, then three": a count per page
