@@ -119,6 +119,11 @@ def test_replacements_bodies_and_new_objects_placed_by_others(text, want):
     ("paint left circle yellow and move it down", [{"op": "recolor", "targets": [1], "color": "yellow"},
                                                    {"op": "move", "targets": [1], "position": "bottom-left"}]),
     ("make a big red triangle", []),  # a new object, not a reference
+    # clauses without "and", and numbered steps
+    ("add a diamond, make the left circle blue", [{"op": "add", "shape": "diamond", "position": "bottom"},
+                                                 {"op": "recolor", "targets": [1], "color": "blue"}]),
+    ("step 1: make the square red. step 2: make it large.", [{"op": "recolor", "targets": [3], "color": "red"},
+                                                             {"op": "resize", "targets": [3], "size": "large"}]),
 ])
 def test_references_without_an_article(text, want):
     assert edits(text, ROW) == want

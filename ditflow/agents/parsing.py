@@ -55,8 +55,10 @@ DEFAULT_PLURAL = 2  # a bare plural ("pictures of ...")
 _num_alt = "|".join(sorted((re.escape(k) for k in NUMBERS), key=len, reverse=True))
 _vague_alt = "|".join(sorted((re.escape(k) for k in VAGUE), key=len, reverse=True))
 _ord_alt = "|".join(ORDINALS)
-COUNT_RE = re.compile(rf"\b(?P<num>\d+|{_num_alt}|{_vague_alt})(?!\s+(?:per|each|of (?:them|these|those)))(?:[\s-]+(?!\d|{_num_alt}\b)[a-z']+){{0,3}}?"
-                      rf"[\s-]+(?P<noun>{OUTPUT_NOUN})\b")
+# (never across an article: "turn it into a green one in a second picture" asks for no one picture)
+COUNT_RE = re.compile(rf"\b(?P<num>\d+|{_num_alt}|{_vague_alt})(?!\s+(?:per|each|of (?:them|these|those)))"
+                      rf"(?:[\s-]+(?!\d|{_num_alt}\b|(?:a|an|the|another|in|on|at)\b)[a-z']+){{0,3}}?"
+                      rf"[\s-]+(?P<noun>{OUTPUT_NOUN})\b(?!\s+(?:per|for each|for every)\b)")  # "one picture per line"
 MORE_RE = re.compile(rf"\b(?:(?P<num>\d+|{_num_alt})\s+(?:more|extra|additional|new)|(?P<another>another)"
                      rf"|(?P<onemore>one more))\b")
 ARTICLE_RE = re.compile(r"picture[- ]?books?|story[- ]?books?|children'?s (?:book|story)|illustrated (?:story|"
@@ -229,12 +231,17 @@ VARIED_RE = re.compile(r"\b(?:colou?rs?|positions?|places?|spots?|locations?|cor
 def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
     listed = items and (task == "article" or VARIED_RE.search(text) or NUMBERED_RE.search(text))
+    labelled = story.labelled_parts(text)
+    if labelled:  # "Image 1: ... Image 2: ...": a page per label
+        return Count(len(labelled), True, "labelled pictures")
     m = COUNT_RE.search(text)
+    parts = story.steps(text)
     if m:
         n, explicit = _number(m.group("num"))
-        if explicit or not listed:  # "a set of pictures ...: A, B and C" is as many as it lists
+        # "a set of pictures ...: A, B and C" is as many as it lists, "a series of images: first ..., then ..." as
+        # many as its steps
+        if explicit or not (listed or len(parts) > 1):
             return Count(n, explicit, m.group(0))
-    parts = story.steps(text)
     if len(parts) > 1:  # "draw X, then a second picture where ...": a page per step (and one for the setting)
         return Count(len(parts) + bool(story.find_events(parts[0])), True, "steps")
     m = re.search(rf"\b(?P<num>\d+|{_num_alt})\s+(?:\w+\s+)?(?:shapes|objects|things|colou?rs)\b", text)
@@ -262,6 +269,16 @@ LIST_OPEN = re.compile(r":|\s[-–—]\s")
 
 
 NUMBERED_RE = re.compile(r"(?:^|[\s,;:])\(?(?P<k>[1-9])[).](?=\s)")
+
+
+def numbered_lines(raw: str) -> str:
+    """A list written one item per line under a line that opens it ("one panel per line:\\n a ...\\n b ...") as
+    numbered items, which survive the whitespace normalising that would run the lines together."""
+    lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
+    k = next((i for i, ln in enumerate(lines) if ln.endswith(":")), None)
+    if k is None or len(lines) - k - 1 < 2 or NUMBERED_RE.search(raw):
+        return raw
+    return " ".join(lines[:k + 1]) + " " + ", ".join(f"{j}) {ln}" for j, ln in enumerate(lines[k + 1:], start=1))
 
 
 def list_items(text: str) -> list[str]:
@@ -518,7 +535,7 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
 def parse_rules(ctx: Context) -> Parse:
     """Parse `ctx` deterministically. Never raises on content: unusable requests carry a clarification."""
     raw = check_instruction(ctx.instruction)
-    text = sc.distribute(sc.normalise(raw))
+    text = sc.distribute(sc.normalise(numbered_lines(raw)))
     if INJECTION_RE.search(text):
         return Parse(_clarify("The instruction contains text addressed to the system (e.g. about schemas, prompts "
                               "or files). ditflow only makes images and writes only to this session's output "

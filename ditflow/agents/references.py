@@ -85,9 +85,11 @@ BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
 DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
              "rightwards": (0, 1), "up": (-1, 0), "upward": (-1, 0), "upwards": (-1, 0), "higher": (-1, 0),
              "down": (1, 0), "downward": (1, 0), "downwards": (1, 0), "lower": (1, 0)}
-CLAUSE_SPLIT = re.compile(r"\s*(?:;|\.\s|,?\s+and then\s+|,?\s+then\s+|,\s*and\s+|\s+and\s+(?=(?:also\s+)?(?:make|turn|"
-                          r"change|recolou?r|paint|colou?r|move|shift|slide|put|place|remove|delete|erase|add|swap|"
-                          r"switch|duplicate|copy|resize|shrink|enlarge|replace|give|let|set|get rid)\b))\s*")
+_EDIT_VERB = (r"(?:make|turn|change|recolou?r|paint|colou?r|move|shift|slide|put|place|remove|delete|erase|add|swap|"
+              r"switch|duplicate|copy|resize|shrink|enlarge|replace|give|let|set|get rid)")
+# clauses: "make it red; then move it", "add a triangle, make the square blue", "step 2: make it large"
+CLAUSE_SPLIT = re.compile(rf"\s*(?:;|\.\s|,?\s+and then\s+|,?\s+then\s+|,\s*and\s+|(?:\s+and|,)\s+(?=(?:also\s+)?"
+                          rf"{_EDIT_VERB}\b))\s*(?:step\s*[1-9]\s*:\s*)?")
 
 
 SINGULAR = ("it", "its", "itself", "him", "his", "her", "he", "she")  # people's pronouns for a shape, too

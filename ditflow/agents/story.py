@@ -131,13 +131,19 @@ BOOK_RE = re.compile(r"picture[- ]?books?|story[- ]?books?|children'?s (?:book|s
 STEP_RE = re.compile(r"(?:^|[,;.!]\s*|\s)(?:and\s+)?(?:then|after that|afterwards|after this|finally|lastly|"
                      r"in the end|eventually)\b[\s,:]*|(?:^|[,;.!]\s*)(?:and\s+)?next\b(?! to)[\s,:]*"
                      rf"|(?P<picture>(?:^|[,;.!]\s*)(?:and\s+)?(?:in|on)\s+the\s+(?:next|following|second|third|last|"
-                     rf"final)\s+(?:(?!{_PICTURE}\b)\w+\s+)?{_PICTURE}\b[\s,:]*)")
+                     rf"final)\s+(?:(?!{_PICTURE}\b)\w+\s+)?{_PICTURE}\b[\s,:]*"
+                     # "..., and a third where it is red"
+                     rf"|(?:,\s*|\s+)and\s+(?=(?:a|an|the)\s+(?:second|third|fourth|fifth|next|last|final)\s+"
+                     rf"(?:(?:\w+\s+)?{_PICTURE}|where|in which|showing|with)\b))")
 FIRST_RE = re.compile(r"\b(?:first(?:ly)?|at first|to begin with|to start with|in the beginning)\b")
 PICTURE_STEP_RE = re.compile(rf"\b(?:an?|another|the next|the following|one more|the last|the final)\s+"
                              rf"(?:\w+\s+)?{_PICTURE}\b|\bone (?:where|in which|with)\b")
 BIGGER_RE = re.compile(r"\b(?:bigger|larger|big|large|huge)\b")
 SMALLER_RE = re.compile(r"\b(?:smaller|small|tiny|little)\b")
-GONE_RE = re.compile(r"\b(?:without|removed?|gone|no longer|missing)\b")
+SWAP_RE = re.compile(r"\b(?:swap|switch|trade|exchange|change)(?:s|ped|ped|ed|ing|ping)?\s+(?:their\s+)?"
+                     r"(?:places|positions|sides|spots)\b")
+GONE_RE = re.compile(r"\b(?:without|removed?|gone|no longer|missing|take (?:away|out)|taken (?:away|out)|deleted?|"
+                     r"erased?|get rid of|got rid of)\b")
 ADD_RE = re.compile(r"\b(?:add|adds|added|plus|put|place|include|with)\b")
 COUNT_TEXT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 CONNECTORS = ("Then", "Next", "After that", "Soon", "Later", "A little later", "Now")
@@ -374,9 +380,39 @@ def find_events(text: str) -> list[Event]:
 
 
 # ----------------------------------------------------------------------------- steps
+_LABEL_NOUN = r"(?:image|picture|panel|frame|page|step|scene|shot|slide|photo|drawing)"
+# "Image 1: ... Image 2: ...", "First picture: ...", "Start image: ... End image: ...", "the second image with ..."
+LABEL_RE = re.compile(rf"(?:^|(?<=[\s,;.!:(]))(?:(?:{_LABEL_NOUN}\s*#?\s*(?:[1-9]|one|two|three|four|five|six)|"
+                      rf"(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|last|final|start(?:ing)?|end(?:ing)?|"
+                      rf"1st|2nd|3rd|4th)\s+{_LABEL_NOUN})\s*(?::|[-–]\s|(?=with\b|shows?\b|showing\b))"
+                      rf"|\(?(?P<num>[1-9])[).](?=\s))\s*")  # numbered captions, too: "1) ..., 2) ..."
+
+
+def labelled_parts(text: str) -> list[str]:
+    """The pictures an instruction labels one by one ("Image 1: a circle at the top left. Image 2: at the top
+    right."), each its text; [] when it labels fewer than two. Words before the first label that name objects
+    belong to the first picture."""
+    marks = list(LABEL_RE.finditer(text))
+    nums = [m.group("num") for m in marks if m.group("num")]
+    if nums and [int(k) for k in nums] != list(range(1, len(marks) + 1)):  # "1) 2) 3)", not "a 3. place"
+        return []
+    if len(marks) < 2:
+        return []
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    parts = [re.sub(r"(?:[\s,;.]+(?:and|then))?[\s,;.]*$", "", text[m.end():e]).strip(" ,;.")
+             for m, e in zip(marks, ends)]
+    before = text[:marks[0].start()].strip(" ,;.:")
+    if sc.mentions(before) and not sc.mentions(parts[0]):
+        parts[0] = f"{before} {parts[0]}"
+    return parts if all(parts) else []
+
+
 def steps(text: str) -> list[str]:
     """The instruction's steps ("draw X, then a second picture where ...", "first ..., then ..., finally ..."), or
     [text] when it is one scene (a later part that only names more objects is part of the same picture)."""
+    labelled = labelled_parts(text)
+    if labelled:
+        return labelled
     parts, at, pictures = [], 0, False
     for m in STEP_RE.finditer(text):
         if m.start() > at:
@@ -409,6 +445,10 @@ def _step_events(part: str) -> list[Event]:
     right", "bigger", "without the triangle") when it names no new object."""
     events = find_events(part)
     if events:
+        pos, start, _ = sc.find_position(part)
+        if pos and not any(e.kind == "path" or e.start <= start < e.end for e in events):
+            # "the orange square at the bottom right, now cyan": the place it is in now, too
+            events.append(Event("path", 0, len(part), "moves", None, ("across", None, pos)))
         return events
     ments = sc.mentions(part)
     new = [m for m in ments if not _definite(part, m)]  # a step's "the square" is the one of the steps before
@@ -422,6 +462,8 @@ def _step_events(part: str) -> list[Event]:
               and not any(a <= w.start() < b for a, b in spans) and not re.match(r"\s+(?:background|backdrop)",
                                                                                part[w.end():])]
     out = []
+    if SWAP_RE.search(part):  # "another photo where they have swapped places"
+        return [Event("swap", 0, len(part), "swap", None)]
     if re.search(r"\bone of (?:them|the \w+)\b", part) and (GONE_RE.search(part) or LEAVE_RE.search(part)):
         return [Event("leave", 0, len(part), "leaves", who, ("one",))]  # "one of them has driven away"
     if GONE_RE.search(part) and ments:
@@ -518,6 +560,10 @@ def _before(base: sc.Scene, events: list[Event]) -> sc.Scene:
 def _apply(scene: sc.Scene, e: Event) -> tuple[sc.Scene, str]:
     """The scene after one change event, and the clause that tells it ("it turns blue")."""
     i = _index(scene, e.who)
+    if e.kind == "swap" and len(scene.things) >= 2:
+        a, b = scene.things[0], scene.things[1]
+        scene = _set(_set(scene, 0, position=b.position), 1, position=a.position)
+        return scene, f"{_name(scene, 0)} and {_name(scene, 1)} swap places"
     if e.kind == "background":
         return replace(scene, background=e.value[0]), f"the background turns {e.value[0]}"
     if e.kind == "arrive":
