@@ -70,6 +70,11 @@ def test_the_worlds_own_captions_are_never_outside_it():
     ("draw 6 different shapes, one per image", ["6 different shapes, one per image, scene 1 of 2"] * 2, (), ()),
     ("three pictures: a red circle, a cat on a sofa, a blue square",
      ["a red circle", "a cat on a sofa", "a blue square"], (2,), ("a cat", "a sofa")),
+    # a shape in a colour the world's objects never have is not that object (the parse drops the colour)
+    ("a photo of a brown circle", ["a circle"], (1,), ("a brown circle",)),
+    ("two silver triangles on a gray background", ["two triangles on a gray background"], (1,),
+     ("two silver triangles",)),
+    ("a white circle on a black background", ["a circle on a black background"], (1,), ("a white circle",)),
 ])
 def test_what_lies_outside_the_shapes_world(instruction, descriptions, outside, left_out):
     found = scope.check(request(*descriptions), instruction)

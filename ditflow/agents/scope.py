@@ -6,7 +6,8 @@ So the graph checks each output drawn from words alone against the world's vocab
 - an output whose description names no shape and no background, only other words, is outside the world;
 - an object phrase of the instruction or of a description that is not the world's ("a cat" in "a red circle next
   to a cat") is left out of the drawing, and the turn says so.
-Edits and restorations of an input image are never outside: the image, not the words, says what is there.
+A shape in a colour no world object has ("a brown circle") is not that object: an output of only such shapes is
+outside. Edits and restorations of an input image are never outside: the image, not the words, says what is there.
 Pure functions of the request; the graph decides what a model is (`shapes_world`) and what to do (agents/graph.py).
 """
 from __future__ import annotations
@@ -38,6 +39,14 @@ NOT_OBJECTS = frozenset("""picture pictures image images photo photos photograph
     adventure adventures journey journeys trip trips voyage quest visit walk ride day days night story-time lesson
     lessons life dream dreams game games friend friends friendship change changes surprise
     """.split())  # the last two rows: what a story tells, not objects (a story's friend is a world object, story.py)
+# colours people name that the world's objects never have ("a brown circle"; black, white and gray are backgrounds)
+FOREIGN_COLORS = frozenset("""brown beige tan maroon olive khaki silver bronze copper black white gray grey cream ivory
+    peach salmon lavender mint coral ochre sepia charcoal rust burgundy""".split())
+_SIZE = r"(?:(?:small|little|tiny|large|big|huge)\s+)?"
+_FOREIGN_ALT = "|".join(sorted(FOREIGN_COLORS))
+_SHAPE_ALT = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))
+_FOREIGN_COLORED = re.compile(rf"\b(?:an?|the|one|two|three|some)?\s*{_SIZE}(?P<color>{_FOREIGN_ALT})\s+{_SIZE}"
+                              rf"(?P<shape>{_SHAPE_ALT})\b")
 WORLD_WORDS = frozenset({*sc.COLOR_WORDS, *sc.SIZE_WORDS, *sc.SHAPE_WORDS, *sc.BACKGROUND_WORDS, *sc.COUNT_WORDS})
 _POSITION_RES = [re.compile(r"\b(?:" + p + r")\b") for p, _ in sc.POSITION_PHRASES]
 _TOKEN = re.compile(r"\||[a-z0-9][a-z0-9'-]*|[^\sa-z0-9|]")
@@ -131,6 +140,13 @@ def check(req: ParsedRequest, instruction: str = "") -> Scope:
     left: list[str] = []
     for text in texts:
         left += [p for p in foreign_objects(text) if p not in left]
+    if req.num_inputs == 0:  # "a brown circle": a shape in a colour the world has not, so not that object at all
+        said = sc.normalise(instruction)
+        odd = [m.group(0).strip() for m in _FOREIGN_COLORED.finditer(said)
+               if not re.match(r"\s*(?:background|backdrop)\b", said[m.end():])]
+        if odd and len(odd) >= len(sc.mentions(said)):  # every object it names is one of them: nothing to draw
+            outside = [o.index for o in drawn]
+            left += [p for p in odd if p not in left]
     return Scope(tuple(outside), tuple(left))
 
 
