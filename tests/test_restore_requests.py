@@ -75,6 +75,8 @@ def test_upscale_returns_the_size_asked_for_and_beats_bicubic(tmp_path, clean):
     ("upscale it to 128x96", (128, 96)),
     ("upscale this 16x16 image to 48x48", (48, 48)),  # the input's own size is not the one asked for
     ("upscale this 16x16 image 2x", (32, 32)),
+    ("It is too small and fuzzy. Please make it 48 by 48.", (48, 48)),  # a full stop after the size
+    ("upscale it by 2.5x", (40, 40)),
 ])
 def test_the_size_a_request_names_reaches_the_restore_step(instruction, want):
     req = parse_rules(Context(instruction=instruction, inputs=[InputImage(index=1, description="a 16x16 photo")]))

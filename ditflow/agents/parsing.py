@@ -308,10 +308,11 @@ def restore_kind(text: str) -> str | None:
     return None
 
 
-RESTORE_SIZE_RE = re.compile(r"(?<![\w.])(\d{1,5}) ?(?:[x×]|by) ?(\d{1,5})(?![\w.])")  # "64x64", "64 by 64"
-RESTORE_SCALE_RE = re.compile(r"(?<![\w.])(\d{1,2}(?:\.\d+)?) ?[x×](?![\w.])"
-                              r"|(?<![\w.])[x×] ?(\d{1,2}(?:\.\d+)?)(?![\w.])"
-                              r"|\bby (?:a factor of )?(\d{1,2}|two|three|four|eight)\b"
+# "64x64", "64 by 64" (a full stop may end the sentence after it: "make it 64 by 64.")
+RESTORE_SIZE_RE = re.compile(r"(?<![\w.])(\d{1,5}) ?(?:[x×]|by) ?(\d{1,5})(?!\w|\.\d)")
+RESTORE_SCALE_RE = re.compile(r"(?<![\w.])(\d{1,2}(?:\.\d+)?) ?[x×](?!\w|\.\d)"
+                              r"|(?<![\w.])[x×] ?(\d{1,2}(?:\.\d+)?)(?!\w|\.\d)"
+                              r"|\bby (?:a factor of )?(\d{1,2}(?:\.\d+)?|two|three|four|eight)(?:[x×]|\b)(?!\.\d)"
                               r"|\b(twice|double|triple|quadruple|(?:two|three|four|eight) times)\b")
 SCALE_WORDS = {"two": 2, "three": 3, "four": 4, "eight": 8, "twice": 2, "double": 2, "triple": 3, "quadruple": 4}
 
