@@ -89,6 +89,24 @@ def test_edits_and_restorations_of_an_input_image_are_never_outside():
     assert not scope.check(request("a cat in the style of image 1", sources=[1]), "a cat like image 1")
 
 
+@pytest.mark.parametrize("instruction, look", [
+    ("Make it look like a watercolor painting", "watercolor"), ("what if it were snowing?", "snowing"),
+    ("show me this scene at night", "at night"), ("make the circle red", None),
+])
+def test_an_edit_to_a_look_the_world_lacks_is_outside_and_asks_nothing(instruction, look):
+    from ditflow.agents.parsing import Context, parse_rules
+    from ditflow.schemas import InputImage, SceneObject
+
+    objects = [SceneObject(id=1, shape="circle", color="orange", position="top", box=(24, 4, 40, 20)),
+               SceneObject(id=2, shape="square", color="blue", position="left", box=(4, 24, 18, 38))]
+    image = InputImage(index=1, description="an orange circle at the top and a blue square on the left",
+                       objects=objects, background="white")
+    req = parse_rules(Context(instruction=instruction, inputs=[image])).request
+    assert req.clarification is None  # not "which one did 'it' mean?"
+    found = scope.check(req, instruction)
+    assert found == (scope.Scope((1,), (look,)) if look else scope.Scope())
+
+
 def test_the_drawable_part_drops_empty_outputs_renumbers_and_notes_them():
     req = request("a red circle", "a cat on a sofa", "a blue square")
     found = scope.check(req)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from ditflow.agents import references as rf
+from ditflow.agents import scope
 from ditflow.agents import scene as sc
 from ditflow.agents import story
 from ditflow.pipelines.world import BACKGROUNDS, COLORS
@@ -572,6 +573,8 @@ def parse_rules(ctx: Context) -> Parse:
         if _has_edit_ops(re.sub(r"\b(?:restore|fix|clean|repair|enhance|denoise|deblur|sharpen)\b.*?"
                                 r"(?:\band then\b|\bthen\b|,)", " ", text)) and re.search(r"\bthen\b|\band\b", text):
             task = "edit"  # "restore it and then make the circle blue": restore first, then edit
+    elif n_in and scope.LOOK_RE.search(text):  # "make it a watercolor": a change of look, not of its objects
+        task = "edit"
     elif n_in and (_has_edit_ops(text) or refs.indices or _reads_as_object_edit(text, inputs)):
         task = "edit"
     elif n_in and re.search(r"\b(?:variations?|versions?|similar|like (?:this|it|these)|in the style of|based on|"
@@ -714,8 +717,9 @@ def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs,
             if task == "edit" and RESTORE_RE.search(clause):
                 clause = re.split(r"\bthen\b", clause)[-1]
             image = inputs[src - 1]
-            edits = _object_edits(clause, image, focus.get(src, []))
-            if not edits and image.objects:  # a wording the references do not read: the phrase edit, diffed
+            look = scope.LOOK_RE.search(clause)  # a new look changes no object: a phrase edit (FLUX can)
+            edits = [] if look else _object_edits(clause, image, focus.get(src, []))
+            if not edits and image.objects and not look:  # wording the references do not read: the phrase edit, diffed
                 edits = rf.diff_edits(image.objects, image.background, sc.parse_scene(apply_edit(base, clause)))
             desc = _edited_description(image, edits) if edits else apply_edit(base, clause)
         else:

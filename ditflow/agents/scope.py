@@ -7,7 +7,8 @@ So the graph checks each output drawn from words alone against the world's vocab
 - an object phrase of the instruction or of a description that is not the world's ("a cat" in "a red circle next
   to a cat") is left out of the drawing, and the turn says so.
 A shape in a colour no world object has ("a brown circle") is not that object: an output of only such shapes is
-outside. Edits and restorations of an input image are never outside: the image, not the words, says what is there.
+outside. An edit that asks for a look the world has no picture for ("make it a watercolor", "what if it were
+snowing") is outside; other edits and restorations never are: the image, not the words, says what is there.
 Pure functions of the request; the graph decides what a model is (`shapes_world`) and what to do (agents/graph.py).
 """
 from __future__ import annotations
@@ -47,6 +48,12 @@ _FOREIGN_ALT = "|".join(sorted(FOREIGN_COLORS))
 _SHAPE_ALT = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))
 _FOREIGN_COLORED = re.compile(rf"\b(?:an?|the|one|two|three|some)?\s*{_SIZE}(?P<color>{_FOREIGN_ALT})\s+{_SIZE}"
                               rf"(?P<shape>{_SHAPE_ALT})\b")
+# a look, medium, weather or time the world has no picture for: "make it a watercolor", "what if it were snowing"
+LOOK_RE = re.compile(r"\b(?:painting|painted|watercolou?rs?|oil paint|pencil|sketch(?:ed|y)?|cartoon|anime|manga|"
+                     r"pixel art|picasso|van gogh|monet|cubis[mt]|impressionis[mt]|photo-?realistic|realistic|vintage|"
+                     r"retro|sepia|black and white|grayscale|greyscale|noir|snow(?:ing|y|fall)?|rain(?:ing|y)?|"
+                     r"fog(?:gy)?|storm(?:y)?|sunset|sunrise|at night|night ?time|winter|summer|autumn|underwater|"
+                     r"in space|neon|glowing|metallic|wooden|made of glass|3d render)\b")
 WORLD_WORDS = frozenset({*sc.COLOR_WORDS, *sc.SIZE_WORDS, *sc.SHAPE_WORDS, *sc.BACKGROUND_WORDS, *sc.COUNT_WORDS})
 _POSITION_RES = [re.compile(r"\b(?:" + p + r")\b") for p, _ in sc.POSITION_PHRASES]
 _TOKEN = re.compile(r"\||[a-z0-9][a-z0-9'-]*|[^\sa-z0-9|]")
@@ -127,6 +134,10 @@ def _names_an_object(words: list[str]) -> bool:
 
 def check(req: ParsedRequest, instruction: str = "") -> Scope:
     """What of `req` (and the instruction it came from) lies outside the shapes world, by vocabulary alone."""
+    if req.task == "edit" and not req.clarification and not any(o.edits for o in req.outputs):
+        look = LOOK_RE.search(sc.normalise(instruction))
+        if look:  # "make it a picasso painting": a change the world has no picture for
+            return Scope(tuple(o.index for o in req.outputs), (look.group(0),))
     drawn = [o for o in req.outputs if not o.sources] if req.task in DRAWN_FROM_WORDS else []
     if not drawn or req.clarification:
         return Scope()
