@@ -231,7 +231,8 @@ VARIED_RE = re.compile(r"\b(?:colou?rs?|positions?|places?|spots?|locations?|cor
 
 def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
-    listed = items and (task == "article" or VARIED_RE.search(text) or NUMBERED_RE.search(text))
+    listed = items and (task == "article" or VARIED_RE.search(text) or NUMBERED_RE.search(text)
+                        or PLACES_RE.search(text) and not LIST_OPEN.search(text))
     labelled = story.labelled_parts(text)
     if labelled:  # "Image 1: ... Image 2: ...": a page per label
         return Count(len(labelled), True, "labelled pictures")
@@ -269,6 +270,10 @@ def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
 LIST_OPEN = re.compile(r":|\s[-–—]\s")
 
 
+_POS_ALT = "|".join(f"(?:{p})" for p, _ in sc.POSITION_PHRASES)
+# "pictures of a red circle at the left, the center and the right": one picture per place named
+PLACES_RE = re.compile(rf"\b(?:at|in|on)\s+(?:the\s+)?(?:{_POS_ALT})(?:\s*(?:,\s*(?:and\s+)?|\s+and\s+)(?:then\s+)?"
+                       rf"(?:at\s+|in\s+|on\s+)?(?:the\s+)?(?:{_POS_ALT})\b){{1,5}}")
 NUMBERED_RE = re.compile(r"(?:^|[\s,;:])\(?(?P<k>[1-9])[).](?=\s)")
 
 
@@ -291,6 +296,9 @@ def list_items(text: str) -> list[str]:
         items = [text[m.end():e].strip(" ,;.!").removesuffix(" and").strip() for m, e in zip(marks, ends)]
         return [i for i in items if i]
     m = LIST_OPEN.search(text)
+    places = PLACES_RE.search(text)
+    if not m and places and re.search(rf"\b{SERIES_NOUN}\b|\b(?:images|pictures|photos|drawings|series)\b", text):
+        return [p.strip() for p in re.split(r"\s*,\s*(?:and\s+)?|\s+and\s+", places.group(0)) if p.strip()]
     if not m:
         return []
     tail = text[m.end():].strip().rstrip(".!")
