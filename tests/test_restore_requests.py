@@ -85,6 +85,16 @@ def test_the_size_a_request_names_reaches_the_restore_step(instruction, want):
     assert output_size(Image.new("RGB", (16, 16)), step.params, panel=64) == want, step.params
 
 
+@pytest.mark.parametrize("instruction, kind", [
+    ("Boost the sharpness, please", "blur"), ("make this crisper", "blur"),
+    ("Could we get a better quality version of this picture?", None),  # the operator left to auto
+])
+def test_quality_words_route_to_restoration(instruction, kind):
+    req = parse_rules(Context(instruction=instruction, inputs=[InputImage(index=1, description="a red circle")]))
+    assert req.request.task == "restore", req.request
+    assert req.request.inputs[0].degradations == ([kind] if kind else [])
+
+
 @pytest.mark.parametrize("instruction, degrade", [
     ("fix this image please", lambda img: _noisy(img, 40)),
     ("sharpen this blurry picture", lambda img: img.filter(ImageFilter.GaussianBlur(1.5))),

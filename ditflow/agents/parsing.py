@@ -69,13 +69,16 @@ ARTICLE_RE = re.compile(r"picture[- ]?books?|story[- ]?books?|children'?s (?:boo
 GUIDE_RE = re.compile(r"\bclassifier\b|\bguidance\b|\bguided\b|\bguide\b|\bsteer")
 RESTORE_WORDS = {  # user words → RestoreSpec.degradation
     "noise": r"denois|\bnois[ey]|grain|speckl|static",
-    "blur": r"deblur|blur|sharpen|out of focus|unfocused|fuzzy|soft focus",
+    "blur": r"deblur|blur|sharp(?:en|er|ness)|crisp|out of focus|unfocused|fuzzy|soft focus|clearer|clarity",
     "sr4": r"(?<![\w.])(?:4 ?[x×]|[x×] ?4)(?![\w.])|four times|quadruple|\bby (?:a factor of )?(?:4|four)\b",
     "sr2": r"upscal|upsampl|super[- ]?res|pixelat|low[- ]?res|higher resolution|increase the resolution",
     "jpeg": r"jpe?g|compression|artifact|blocky|blockiness",
     "inpaint": r"missing|fill in|\bholes?\b|scratch|torn|damaged|\bgaps?\b",
 }
-RESTORE_RE = re.compile(r"restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|clean ?up|"
+# "could we get a better quality version", "improve the image quality": restoration, the operator left to auto
+QUALITY = (r"(?:better|higher|improved?|improving|boost(?:ed)?|increase[sd]?)\s+(?:the\s+)?(?:image\s+|picture\s+|"
+           r"photo\s+|overall\s+)?quality")
+RESTORE_RE = re.compile(rf"{QUALITY}|restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|clean ?up|"
                         + "|".join(v for k, v in RESTORE_WORDS.items() if k != "sr4"))
 DEGRADATION_SUFFIX = re.compile(r",?\s*\b(noisy|grainy|blurry|blurred|pixelated|low-resolution|jpeg-compressed|"
                                 r"compressed|damaged|with missing parts)\b")
