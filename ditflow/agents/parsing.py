@@ -78,7 +78,8 @@ RESTORE_WORDS = {  # user words → RestoreSpec.degradation
 # "could we get a better quality version", "improve the image quality": restoration, the operator left to auto
 QUALITY = (r"(?:better|higher|improved?|improving|boost(?:ed)?|increase[sd]?)\s+(?:the\s+)?(?:image\s+|picture\s+|"
            r"photo\s+|overall\s+)?quality")
-RESTORE_RE = re.compile(rf"{QUALITY}|restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|clean ?up|"
+RESTORE_RE = re.compile(rf"{QUALITY}|restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|"
+                        r"clean ?up|"
                         + "|".join(v for k, v in RESTORE_WORDS.items() if k != "sr4"))
 DEGRADATION_SUFFIX = re.compile(r",?\s*\b(noisy|grainy|blurry|blurred|pixelated|low-resolution|jpeg-compressed|"
                                 r"compressed|damaged|with missing parts)\b")
