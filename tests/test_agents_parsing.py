@@ -156,6 +156,11 @@ def test_a_counts_colours_are_given_out_one_per_object(text, want):
     assert req.num_outputs == 1 and req.outputs[0].description == want
 
 
+def test_a_coloured_scene_is_its_background():
+    req = rules("A gray scene with a pink diamond and an orange circle.").request
+    assert req.outputs[0].description == "a pink diamond and an orange circle on a gray background"
+
+
 def test_a_plan_that_drops_the_article_is_refused():
     # a small LLM planner once returned the right steps for a picture book without `article`: no article.md
     req = ParsedRequest(task="article", num_inputs=0, num_outputs=2, shared="a red circle",

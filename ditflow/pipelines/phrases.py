@@ -49,7 +49,7 @@ OBJECT_RE = re.compile(
     rf"\b(?:(?P<count>{_count_alt})\s+)?(?:(?:the|same|other)\s+)?(?:(?P<size>{_size_alt})\s+)?"
     rf"(?:(?P<color>{_color_alt})(?:\s+colou?red)?\s+)?(?:(?P<size2>{_size_alt})\s+)?(?P<shape>{_shape_alt})\b")
 BACKGROUND_RE = re.compile(
-    rf"\b(?:(?P<a>{'|'.join(BACKGROUND_WORDS)})\s+(?:background|backdrop|field)"
+    rf"\b(?:(?P<a>{'|'.join(BACKGROUND_WORDS)})\s+(?:background|backdrop|field|scene|canvas|setting)"
     rf"|background\s+(?:is|to|of|in|as|be|becomes?|turns?)?\s*(?:a\s+)?(?P<b>{'|'.join(BACKGROUND_WORDS)})\b"
     rf"|\b(?:on|set on|against)\s+(?:a\s+)?(?:plain\s+)?(?P<c>black|gray|grey|white)\b(?!\s+(?:{_shape_alt})))")
 
