@@ -175,6 +175,19 @@ def test_a_follow_up_pronoun_reaches_the_object_edited_before():
     assert second.outputs[0].edits == [ObjectEdit(op="recolor", targets=[3], color="blue")]
 
 
+def test_put_it_back_brings_back_what_the_last_turn_removed():
+    image = InputImage(index=1, description="", objects=ROW, background="white")
+    removed = parse_rules(Context(instruction="remove both circles", inputs=[image]))
+    gallery = next_gallery([], removed, ["out/0001.png"])
+    gallery = [g.model_copy(update={"objects": [ROW[2]]}) for g in gallery]  # as the graph reads the new image
+    assert [(o.shape, o.color, o.position) for o in gallery[0].gone] == [("circle", "red", "left"),
+                                                                         ("circle", "green", "right")]
+    back = parse_rules(Context(instruction="now put them back, but pink", gallery=gallery)).request
+    assert back.task == "edit" and back.outputs[0].edits == [
+        ObjectEdit(op="add", shape="circle", color="pink", position="left"),
+        ObjectEdit(op="add", shape="circle", color="pink", position="right")]
+
+
 def test_edits_are_checked_against_their_op():
     with pytest.raises(ValueError, match="swap takes 2"):
         ObjectEdit(op="swap", targets=[1])

@@ -123,6 +123,8 @@ class GalleryItem(BaseModel):
     background: str | None = None
     # the objects the turn that made it acted on, as it left them: what "it" means next ("make it blue")
     focus: list[SceneObject] = Field(default_factory=list)
+    # the objects that turn removed, as they were: what "put it back" brings back
+    gone: list[SceneObject] = Field(default_factory=list)
 
 
 class Context(BaseModel):
@@ -561,10 +563,12 @@ def parse_rules(ctx: Context) -> Parse:
     uses_gallery = False
     follow = _follow_up_kind(text, ctx)
     focus: dict[int, list[int]] = {}
+    gone: dict[int, list[SceneObject]] = {}
     if follow == "edit":  # "make the second one green": the current set becomes this turn's inputs
         inputs = [InputImage(index=i + 1, description=g.description, objects=g.objects, background=g.background)
                   for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
         focus = {i + 1: _focus_ids(g) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])}
+        gone = {i + 1: list(g.gone) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])}
         uses_gallery = True
     elif follow == "continue":
         return Parse(_continuation(text, ctx, forbidden), uses_gallery=True)
@@ -587,7 +591,8 @@ def parse_rules(ctx: Context) -> Parse:
             task = "edit"  # "restore it and then make the circle blue": restore first, then edit
     elif n_in and scope.LOOK_RE.search(text):  # "make it a watercolor": a change of look, not of its objects
         task = "edit"
-    elif n_in and (_has_edit_ops(text) or refs.indices or _reads_as_object_edit(text, inputs)):
+    elif n_in and (_has_edit_ops(text) or refs.indices or _reads_as_object_edit(text, inputs)
+                   or any(gone.values()) and rf.BACK_RE.search(text)):
         task = "edit"
     elif n_in and re.search(r"\b(?:variations?|versions?|similar|like (?:this|it|these)|in the style of|based on|"
                             r"same style|inspired by)\b", text):
@@ -611,7 +616,7 @@ def parse_rules(ctx: Context) -> Parse:
                                   f"Ask for {MAX_PANELS} or fewer panels, or for separate images.", ctx))
     try:  # a description can outgrow a prompt's limit (a 4000-character list of objects): ask, never crash
         if task in ("edit", "restore"):
-            req = _edit_or_restore(text, task, inputs, refs, forbidden, focus)
+            req = _edit_or_restore(text, task, inputs, refs, forbidden, focus, gone)
         else:
             items = list_items(text)
             count = count_outputs(text, task, items)
@@ -678,12 +683,13 @@ def _reads_as_object_edit(text: str, inputs: list[InputImage]) -> bool:
     return False
 
 
-def _object_edits(clause: str, image: InputImage, focus: list[int]) -> list[ObjectEdit]:
+def _object_edits(clause: str, image: InputImage, focus: list[int],
+                  gone: list[SceneObject] = ()) -> list[ObjectEdit]:
     """The object-level edits of `clause` on an input read into objects ([] when it is not one, or not read).
     Raises references.Unclear for a reference the image cannot settle."""
     if not image.objects:
         return []
-    return rf.object_edits(clause, image.objects, focus, f"image {image.index}")
+    return rf.object_edits(clause, image.objects, focus, f"image {image.index}", gone)
 
 
 def _edited_description(image: InputImage, edits: list[ObjectEdit]) -> str:
@@ -691,10 +697,11 @@ def _edited_description(image: InputImage, edits: list[ObjectEdit]) -> str:
 
 
 def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs, forbidden: set[str],
-                     focus: dict[int, list[int]] | None = None) -> ParsedRequest:
+                     focus: dict[int, list[int]] | None = None,
+                     gone: dict[int, list[SceneObject]] | None = None) -> ParsedRequest:
     """Outputs for an edit or restoration of the chosen inputs. `focus`: per input, the ids of the objects the
-    previous turn acted on (what "it" means)."""
-    focus = focus or {}
+    previous turn acted on (what "it" means); `gone`: the objects it removed (what "put it back" means)."""
+    focus, gone = focus or {}, gone or {}
     n_in = len(inputs)
     if refs.indices:
         chosen = refs.indices
@@ -730,7 +737,7 @@ def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs,
                 clause = re.split(r"\bthen\b", clause)[-1]
             image = inputs[src - 1]
             look = scope.LOOK_RE.search(clause)  # a new look changes no object: a phrase edit (FLUX can)
-            edits = [] if look else _object_edits(clause, image, focus.get(src, []))
+            edits = [] if look else _object_edits(clause, image, focus.get(src, []), gone.get(src, []))
             if not edits and image.objects and not look:  # wording the references do not read: the phrase edit, diffed
                 edits = rf.diff_edits(image.objects, image.background, sc.parse_scene(apply_edit(base, clause)))
             desc = _edited_description(image, edits) if edits else apply_edit(base, clause)
@@ -880,6 +887,14 @@ def context_from_messages(messages: list[dict]) -> Context:
     raise ValueError("no user message with the parse context (JSON) was given")
 
 
+def _gone_after(req: ParsedRequest, o: OutputSpec) -> list[SceneObject]:
+    """The objects an output's edits removed, as they were."""
+    if not o.edits or len(o.sources) != 1:
+        return []
+    removed = {i for e in o.edits if e.op == "remove" for i in e.targets}
+    return [x for x in req.inputs[o.sources[0] - 1].objects if x.id in removed]
+
+
 def _focus_after(req: ParsedRequest, o: OutputSpec) -> list[SceneObject]:
     """The objects an output's edits acted on (or added), as the edits left them."""
     if not o.edits or len(o.sources) != 1:
@@ -895,8 +910,8 @@ def next_gallery(gallery: list[GalleryItem], parse: Parse, paths: list[str] | No
     if req.clarification:
         return list(gallery)
     paths = paths or [""] * req.num_outputs
-    made = [GalleryItem(path=p, description=o.description, caption=o.caption, focus=_focus_after(req, o))
-            for o, p in zip(req.outputs, paths)]
+    made = [GalleryItem(path=p, description=o.description, caption=o.caption, focus=_focus_after(req, o),
+                        gone=_gone_after(req, o)) for o, p in zip(req.outputs, paths)]
     if parse.uses_gallery and req.task in ("edit", "restore"):
         out = list(gallery)
         for o, item in zip(req.outputs, made):

@@ -578,10 +578,33 @@ def touched(edits: list[ObjectEdit]) -> list[int]:
     return list(dict.fromkeys(i for e in edits for i in e.targets))
 
 
+BACK_RE = re.compile(r"\b(?:put|bring|add|place|draw|paint|give)\s+(?:(?:it|them|him|her|the \w+)\s+)?back\b")
+
+
+def _brought_back(text: str, objects: list[SceneObject], gone: list[SceneObject], image: str) -> list[ObjectEdit]:
+    """"Put it back on the right", "add them back, but pink": the objects the last turn removed, drawn again
+    where they were or where the words say, in the colour the words give."""
+    taken = {o.position for o in objects}
+    colors = _colors(text)
+    cell = _target_cell(text, None) if len(gone) == 1 else None
+    out = []
+    for g in gone:
+        where = cell or (g.position if g.position not in taken else None) or _free_cell(objects)
+        if where is None or where in taken:
+            raise Unclear(f"{image} has no free place for the {g.shape} to go back to ({listing(objects)})")
+        taken.add(where)
+        out.append(ObjectEdit(op="add", shape=g.shape, color=colors[-1] if colors else g.color, size=g.size,
+                              position=where))
+    return out
+
+
 def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
-                 image: str = "the image") -> list[ObjectEdit]:
+                 image: str = "the image", gone: list[SceneObject] = ()) -> list[ObjectEdit]:
     """The object edits of a whole (normalised) edit instruction, clause by clause; a pronoun in a later clause
-    means what the clause before acted on. [] when the instruction is not an edit of these objects."""
+    means what the clause before acted on. [] when the instruction is not an edit of these objects. `gone`: the
+    objects the last turn removed, which "put it back" brings back."""
+    if gone and BACK_RE.search(text):
+        return _brought_back(text, objects, list(gone), image)
     edits: list[ObjectEdit] = []
     focus = list(focus)
     current = list(objects)
