@@ -129,6 +129,13 @@ def test_references_without_an_article(text, want):
     assert edits(text, ROW) == want
 
 
+def test_the_middle_one_is_the_one_in_the_centre_cell_however_placed():
+    row = [O(id=1, shape="circle", color="red", position="left", box=(2, 26, 16, 40)),
+           O(id=2, shape="circle", color="blue", position="center", box=(36, 14, 42, 20)),  # off-centre in its cell
+           O(id=3, shape="circle", color="yellow", position="right", box=(44, 24, 58, 38))]
+    assert edits("remove the middle circle", row) == [{"op": "remove", "targets": [2]}]
+
+
 def test_ordinal_counts_along_the_named_axis():
     row = [O(id=k + 1, shape="circle", color="red", position=p, box=(x, 26, x + 12, 38))
            for k, (p, x) in enumerate([("left", 4), ("center", 26), ("right", 48)])]

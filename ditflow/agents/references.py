@@ -255,6 +255,10 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
     for attr, end in ref.extremes:  # "the left one", "the bigger square": the one at that end, if one is
         if len(hits) < 2:
             break
+        centred = [o for o in hits if o.position == "center"]
+        if attr == "mid" and len(centred) == 1:  # "the middle circle": the one in the centre cell, however placed
+            hits = centred
+            continue
         keys = [_key(o, attr) for o in hits]
         best = min(keys) if end == "min" else max(keys)
         close = 2.0 if attr == "side" else 6.0  # px: closer than this is a tie, not an end
