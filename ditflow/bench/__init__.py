@@ -35,4 +35,7 @@ def cli(argv: list[str], command: str = "bench") -> int:
     if argv[0] not in names:
         print(f"ditflow bench: unknown benchmark {argv[0]!r}; choose from {', '.join(names)}", file=sys.stderr)
         return 2
+    from ditflow.logs import route_libraries
+
+    route_libraries()  # before a benchmark imports diffusers: the libraries' warnings go to the log, not the table
     return int(importlib.import_module(f"ditflow.bench.{argv[0]}").cli(argv[1:]) or 0)
