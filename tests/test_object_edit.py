@@ -87,3 +87,22 @@ def test_an_add_beside_a_large_object_slides_clear_of_it_within_its_cell(pipe):
                                                            position="center")], seed=0, candidates=SHAPES_CANDIDATES)
     assert ("cyan", "square", "center") in seen(out) and len(seen(out)) == 3
     assert all(same_pixels(out, image, o.box) for o in source.objects)
+
+
+def test_a_later_page_is_object_edits_of_the_page_before_when_that_is_unambiguous(pipe):
+    from ditflow.agents.execution import _later_page
+    from ditflow.schemas import Ref, Step
+
+    def page(*objects):
+        return world.render(world.CanvasSpec((world.PanelSpec(objects, "white"),)), random.Random(2))
+
+    step = Step(tool="edit", prompt="a yellow square", outputs=[2], refs=[Ref(kind="output", index=1)],
+                params={"mode": "sdedit"})
+    one = _later_page(pipe, page(world.ObjectSpec("green", "square", "large", "left")), step)
+    assert one is not None and one[1] == [ObjectEdit(op="recolor", targets=[1], color="yellow")]
+    # two squares for one: which one continues is not clear, so the step stays an SDEdit
+    assert _later_page(pipe, page(world.ObjectSpec("green", "square", "small", "left"),
+                                  world.ObjectSpec("green", "square", "small", "right")), step) is None
+    on_gray = step.model_copy(update={"prompt": "a green square on the left on a gray background"})
+    assert _later_page(pipe, page(world.ObjectSpec("green", "square", "large", "left")), on_gray)[1] == [
+        ObjectEdit(op="background", color="gray")]

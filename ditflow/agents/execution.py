@@ -124,12 +124,43 @@ def run_step(pipe, step: Step, req: ParsedRequest, inputs: list[Image.Image], ma
             image, recs = edit_objects(pipe, source, req.inputs[out.sources[0] - 1], out.edits, seed, progress,
                                        candidates=SHAPES_CANDIDATES if checks else 1)
             return [image], records + recs
+        later = _later_page(pipe, source, step) if p.get("mode", "sdedit") == "sdedit" else None
+        if later is not None:  # a story's next page as object edits of the page before: the rest stays exact
+            from ditflow.agents.object_edit import SHAPES_CANDIDATES, edit_objects
+
+            image, recs = edit_objects(pipe, source, later[0], later[1], seed, progress, candidates=SHAPES_CANDIDATES)
+            return [image], records + recs
         mode = "inpaint" if step.tool == "inpaint" else str(p.get("mode", "sdedit"))
         spec = EditSpec(prompt=step.prompt, mode=mode, strength=float(p.get("strength", 0.6)), seed=seed,
                         target=p.get("target"))
         images, rec = edit(pipe, source, spec, progress=progress)
         return images, records + [rec]
     raise ValueError(f"unknown tool {step.tool!r}")
+
+
+def _later_page(pipe, page: Image.Image, step: Step):
+    """(the earlier page read into objects, the object edits that make it `step.prompt`) for a step that continues
+    an earlier output of this turn ("then it turns yellow"), where the world's detector reads that page and the
+    change is unambiguous: one object in both, or the same objects on another background. Else None: SDEdit."""
+    from ditflow.agents import references as rf
+    from ditflow.agents import scene as sc
+    from ditflow.agents.describe import scene_objects
+    from ditflow.agents.verify import DetectorVerifier, default_verifier
+    from ditflow.schemas import InputImage
+
+    if not any(r.kind == "output" for r in step.refs) or not isinstance(default_verifier(pipe), DetectorVerifier):
+        return None
+    read = scene_objects(page)
+    after = sc.parse_scene(step.prompt)
+    if not read or any(t.count != 1 for t in after.things):
+        return None
+    background, objects = read
+    look = sorted((o.shape, o.color, o.position) for o in objects)
+    same = look == sorted((t.shape, t.color, t.position) for t in after.things)
+    if not (len(objects) == len(after.things) == 1 or same):
+        return None
+    edits = rf.diff_edits(objects, background, after)
+    return (InputImage(index=1, description="", objects=objects, background=background), edits) if edits else None
 
 
 def fallback(step: Step) -> list[Step] | None:
