@@ -1,5 +1,6 @@
 """Draw `docs/contact-sheet.png`, the README's picture of what the builtin model does: a picture book, an object
-edit and a restoration, each as `ditflow run` makes it (verification on), panels enlarged 3× without smoothing.
+edit in a conversation and a restoration, each as `ditflow run` and `ditflow chat` make them (verification on),
+panels enlarged 3× without smoothing.
 
     python docs/contact_sheet.py [--out docs/contact-sheet.png]
 """
@@ -51,7 +52,7 @@ def main() -> None:
         tri = s.chat("three green triangles on a black background")
         red = s.chat("make the top left triangle red")
         rows.append(row([tri.images[0], red.images[0]],
-                        'ditflow run "three green triangles on a black background", then '
+                        'ditflow chat: "three green triangles on a black background", then '
                         '"make the top left triangle red"', width))
         s.new()
         noisy = Path(tmp) / "noisy.png"

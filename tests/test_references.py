@@ -182,6 +182,16 @@ def test_a_follow_up_pronoun_reaches_the_object_edited_before():
     assert second.outputs[0].edits == [ObjectEdit(op="recolor", targets=[3], color="blue")]
 
 
+def test_in_a_conversation_the_top_left_triangle_is_the_one_on_screen():
+    # no pronoun, no attached image: a definite reference in an edit points at the current picture
+    gallery = [GalleryItem(path="out/0001.png", description="three green triangles on a black background",
+                           objects=TRIANGLES, background="black")]
+    turn = parse_rules(Context(instruction="make the top left triangle red", gallery=gallery)).request
+    assert turn.task == "edit" and turn.outputs[0].edits == [ObjectEdit(op="recolor", targets=[1], color="red")]
+    new = parse_rules(Context(instruction="make a red circle", gallery=gallery)).request
+    assert new.task == "generate" and new.outputs[0].description == "a red circle"
+
+
 def test_put_it_back_brings_back_what_the_last_turn_removed():
     image = InputImage(index=1, description="", objects=ROW, background="white")
     removed = parse_rules(Context(instruction="remove both circles", inputs=[image]))

@@ -775,7 +775,11 @@ PRONOUN_RE = re.compile(rf"\b(?:it|its|him|his|her|he|she|them|they|this|that|th
 
 def _follow_up_kind(text: str, ctx: Context) -> str | None:
     """"edit" when the text changes earlier images, "continue" when it asks for more of them, else None."""
-    if ctx.inputs or not ctx.gallery or not PRONOUN_RE.search(text):
+    if ctx.inputs or not ctx.gallery:
+        return None
+    # "make the top left triangle red" after drawing three: a definite reference to what is on screen
+    pointed = _has_edit_ops(text) and any(not r.pronoun for r in rf.find_references(text))
+    if not PRONOUN_RE.search(text) and not pointed:
         return None
     if MORE_RE.search(text) or re.search(r"\b(?:again|same again|do it again|once more|more (?:pages?|images?|"
                                          r"pictures?|panels?|frames?))\b", text):
