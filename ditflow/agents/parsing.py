@@ -237,7 +237,7 @@ VARIED_RE = re.compile(r"\b(?:colou?rs?|positions?|places?|spots?|locations?|cor
 
 def count_outputs(text: str, task: str, items: list[str]) -> Count | None:
     """How many outputs a generation asks for; None when nothing says (then 1, or the task's default)."""
-    listed = items and (task == "article" or VARIED_RE.search(text) or NUMBERED_RE.search(text)
+    listed = items and (task == "article" or VARIED_RE.search(text)
                         or PLACES_RE.search(text) and not LIST_OPEN.search(text))
     labelled = story.labelled_parts(text)
     if labelled:  # "Image 1: ... Image 2: ...": a page per label
@@ -280,7 +280,6 @@ _POS_ALT = "|".join(f"(?:{p})" for p, _ in sc.POSITION_PHRASES)
 # "pictures of a red circle at the left, the center and the right": one picture per place named
 PLACES_RE = re.compile(rf"\b(?:at|in|on)\s+(?:the\s+)?(?:{_POS_ALT})(?:\s*(?:,\s*(?:and\s+)?|\s+and\s+)(?:then\s+)?"
                        rf"(?:at\s+|in\s+|on\s+)?(?:the\s+)?(?:{_POS_ALT})\b){{1,5}}")
-NUMBERED_RE = re.compile(r"(?:^|[\s,;:])\(?(?P<k>[1-9])[).](?=\s)")
 
 
 def numbered_lines(raw: str) -> str:
@@ -288,19 +287,17 @@ def numbered_lines(raw: str) -> str:
     numbered items, which survive the whitespace normalising that would run the lines together."""
     lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
     k = next((i for i, ln in enumerate(lines) if ln.endswith(":")), None)
-    if k is None or len(lines) - k - 1 < 2 or NUMBERED_RE.search(raw):
+    if k is None or len(lines) - k - 1 < 2 or story.labelled_parts(sc.normalise(raw)):
         return raw
     return " ".join(lines[:k + 1]) + " " + ", ".join(f"{j}) {ln}" for j, ln in enumerate(lines[k + 1:], start=1))
 
 
 def list_items(text: str) -> list[str]:
     """Items after a colon (or a dash): "...: a red circle, a blue square and a green triangle" → three items;
-    numbered items ("1) a red square, 2) ...") wherever they are."""
-    marks = list(NUMBERED_RE.finditer(text))
-    if len(marks) >= 2 and [int(m.group("k")) for m in marks] == list(range(1, len(marks) + 1)):
-        ends = [m.start() for m in marks[1:]] + [len(text)]
-        items = [text[m.end():e].strip(" ,;.!").removesuffix(" and").strip() for m, e in zip(marks, ends)]
-        return [i for i in items if i]
+    labelled or numbered pictures ("1) a red square, 2) ...", story.labelled_parts) wherever they are."""
+    labelled = story.labelled_parts(text)
+    if labelled:
+        return labelled
     m = LIST_OPEN.search(text)
     places = PLACES_RE.search(text)
     if not m and places and re.search(rf"\b{SERIES_NOUN}\b|\b(?:images|pictures|photos|drawings|series)\b", text):
