@@ -6,13 +6,14 @@
     ditflow edit photo.png "a plain wall" -o out.png --mask cup.png --offset 40,0     # move the masked pixels
     ditflow restore noisy.png -o clean.png                                            # degradation=auto
     ditflow restore small.png -o big.png --degradation sr4
+    ditflow restore tiny.png -o big.png --scale 3                                     # auto, 3x larger
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ditflow.cli import UserError
+from ditflow.cli import EXIT_MISMATCH, EXIT_OK, UserError
 from ditflow.cli_generate import add_model_args, check_prompt, examples, load_model, progress_bar
 from ditflow.logs import route_libraries
 from ditflow.pipelines.loading import check_model_name
@@ -144,7 +145,7 @@ def restore_cli(argv: list[str]) -> int:
     from ditflow.images import load_image, save_image_atomic
 
     ap = argparse.ArgumentParser(prog="ditflow restore", description="restore a degraded image with the model prior",
-                                 epilog=examples(__doc__, "restore"),
+                                 epilog=examples(__doc__, "restore") + RESTORE_STATUS,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image")
     ap.add_argument("-o", "--out", required=True)
@@ -152,6 +153,9 @@ def restore_cli(argv: list[str]) -> int:
                     default="auto", help="auto: the degradation classifier decides")
     ap.add_argument("--severity", type=float, default=None,
                     help="noise σ (0–1), blur σ (px), JPEG quality, or missing fraction (default: detected/typical)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="output size as a factor of the image's (default: the image's size, or for an image smaller "
+                         "than the model's panel, the panel; sr2/sr4: 2x/4x)")
     ap.add_argument("--mask", help="inpaint: mask of the missing region (white = missing); default: black pixels")
     ap.add_argument("--prompt", default="", help="optional caption of the image, to steer the prior")
     add_model_args(ap)
@@ -166,17 +170,48 @@ def restore_cli(argv: list[str]) -> int:
     if mask is not None and mask.size != image.size:
         raise UserError(f"--mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
                         "give a mask of the same size")
+    if args.scale is not None and not 0 < args.scale <= 16:
+        raise UserError(f"--scale {args.scale}: give a factor above 0 and at most 16")
+    size = {} if args.scale is None else {"width": max(1, round(image.width * args.scale)),
+                                          "height": max(1, round(image.height * args.scale))}
     spec = RestoreSpec(degradation=args.degradation, severity=args.severity, seed=args.seed, steps=args.steps,
-                       guidance_scale=args.cfg)
+                       guidance_scale=args.cfg, **size)
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
         images, record = restore(pipe, image, spec, progress, mask=mask, prompt=args.prompt)
-    save_image_atomic(images[0], out)
-    detected = record.details.get("detected")
+    d = record.details
+    detected = d.get("detected")
     if detected is not None:
-        print("detected: " + (", ".join(f"{n} ({s:.3g})" for n, s in detected) or "nothing"))
-    print(out)
-    return 0
+        print("detected: " + (", ".join(f"{n} ({_severity(n, s)})" for n, s in detected) or "nothing"))
+    if detected == [] and not size:
+        print("the image looks clean: nothing written")
+        return EXIT_OK
+    for key in ("low_resolution", "note"):
+        if d.get(key):
+            print(d[key])
+    save_image_atomic(images[0], out)
+    what = d.get("degradation", "resize")
+    sev = f" {_severity(what, d['severity'])}" if d.get("severity") is not None and what in ("noise", "blur", "jpeg") else ""
+    print(f"{out} ({images[0].width}x{images[0].height}, {what}{sev})")
+    return EXIT_MISMATCH if d.get("fallback") else EXIT_OK
+
+
+RESTORE_STATUS = """
+exit status:
+  0    restored and written, or (auto, no --scale) nothing found to restore and nothing written
+  2    bad arguments or input
+  4    written, but it is the input (resized where asked): the restoration failed its check against the input"""
+
+
+def _severity(name: str, value: float) -> str:
+    """A severity in words a user reads: noise σ in 8-bit levels, blur σ in px, JPEG quality."""
+    if name == "noise":
+        return f"σ {value * 255:.0f}/255"
+    if name == "blur":
+        return f"σ {value:.2g} px"
+    if name == "jpeg":
+        return f"quality {value:.0f}"
+    return f"{value:.3g}"
 
 
 def cli(argv: list[str], command: str = "edit") -> int:

@@ -181,8 +181,10 @@ def test_edit_and_restore_commands(model_dir, tmp_path, capsys):
     small = tmp_path / "small.png"
     scene.image.resize((16, 16), Image.BOX).save(small)
     big = tmp_path / "big.png"
-    assert main(["restore", str(small), "-o", str(big), "--degradation", "sr2", "--model", str(model_dir), *FAST]) == 0
-    assert load_image(big).size == (32, 32)
+    capsys.readouterr()
+    # a random model restores nothing: the check hands back the input, enlarged, and the exit status says so
+    assert main(["restore", str(small), "-o", str(big), "--degradation", "sr2", "--model", str(model_dir), *FAST]) == 4
+    assert load_image(big).size == (32, 32) and "failed its check" in capsys.readouterr().out
     mask = tmp_path / "mask.png"
     Image.new("L", (10, 10), 255).save(mask)
     _fails(capsys, ["restore", str(src), "-o", str(tmp_path / "r.png"), "--degradation", "inpaint", "--mask",

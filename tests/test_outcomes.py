@@ -132,8 +132,8 @@ def test_the_graph_refuses_a_shapes_world_model_but_never_another_model(pipe, tm
                        out_dir=tmp_path / "tiny", checkpointer=InMemorySaver())
     assert refused.error.startswith(f"{OUT_OF_WORLD} 'a cat', 'a sofa'")
     assert refused.plan is None and refused.images == [] and not (tmp_path / "tiny").exists()
-    other = tiny_flux_pipeline()  # the same weights, named as a model of no known world (FLUX.1, say)
-    other.ditflow_info = replace(other.ditflow_info, name="black-forest-labs/FLUX.1-dev")
+    other = tiny_flux_pipeline()  # the same weights, as a model of no known world (FLUX.1, say)
+    other.ditflow_info = replace(other.ditflow_info, name="black-forest-labs/FLUX.1-dev", world=None)
     drawn = run_turn(AgentRuntime(pipeline=other), thread_id="b", instruction="a photo of a cat sleeping on a sofa",
                      images=[], out_dir=tmp_path / "flux", checkpointer=InMemorySaver())
     assert drawn.error is None and drawn.images == ["0001.png"] and (tmp_path / "flux" / "0001.png").is_file()

@@ -24,8 +24,9 @@ def _matrix(op, h=8, w=8) -> torch.Tensor:
 
 
 def _linear(op, x):  # the operators without 8-bit quantisation, for the oracle
-    if isinstance(op, dg.Blur):
-        return torch.fft.ifft2(torch.fft.fft2(x) * dg._gaussian_otf(op.severity, *x.shape[-2:])).real
+    if isinstance(op, dg.Blur):  # mirrored edges: the circular blur of the image's symmetric extension, cropped
+        h, w = x.shape[-2:]
+        return dg.gaussian_blur(dg._mirrored(x), op.severity)[..., :h, :w]
     if isinstance(op, dg.Downsample):
         return torch.nn.functional.avg_pool2d(x, op.factor)
     if isinstance(op, dg.Inpaint):

@@ -4,8 +4,7 @@ The output size, first that applies:
   1. the size the request names ("to 64 by 64 pixels");
   2. its factor ("4x bigger", "x2") times the source's size;
   3. for an upscale, or a restoration that names no degradation, of an image smaller than the model's panel: the
-     panel. The model draws at its panel, and the degradation classifier reads panel-sized crops, so a smaller
-     image is low resolution to both;
+     panel (`toolkit.restore.low_resolution_size`, the rule `ditflow restore --degradation auto` follows too);
   4. the tool's own: 2×/4× for sr2/sr4, the source's size otherwise.
 """
 from __future__ import annotations
@@ -14,6 +13,7 @@ from PIL import Image
 
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import RestoreSpec
+from ditflow.toolkit.restore import low_resolution_size
 
 UPSCALES = ("auto", "sr2", "sr4")  # the degradations an image smaller than the panel is enlarged under
 
@@ -25,9 +25,8 @@ def output_size(image: Image.Image, params: dict, panel: int) -> tuple[int, int]
     if params.get("scale"):
         f = float(params["scale"])
         return max(1, round(image.width * f)), max(1, round(image.height * f))
-    if str(params.get("degradation", "auto")) in UPSCALES and min(image.size) < panel:
-        f = panel / min(image.size)  # the shorter side to the panel, the aspect kept
-        return round(image.width * f), round(image.height * f)
+    if str(params.get("degradation", "auto")) in UPSCALES:
+        return low_resolution_size(image, panel)
     return None
 
 

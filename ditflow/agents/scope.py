@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from ditflow.agents import scene as sc
-from ditflow.agents.verify import FILLER, SHAPES_WORLD_MODELS, expected_of
+from ditflow.agents.verify import FILLER, expected_of
 from ditflow.pipelines import world
 from ditflow.schemas import OUT_OF_WORLD, ParsedRequest
 
@@ -85,7 +85,7 @@ class Scope:
 
 def shapes_world(info) -> bool:
     """Whether a pipeline (its `PipelineInfo`) draws the shapes world; the same models the detector verifies."""
-    return info.name in SHAPES_WORLD_MODELS
+    return info.world == "shapes"
 
 
 def foreign_objects(text: str) -> list[str]:

@@ -293,15 +293,12 @@ class LLMVerifier:
 
 
 # ----------------------------------------------------------------------------- choosing a verifier
-SHAPES_WORLD_MODELS = ("builtin", "builtin-large", "builtin-small", "tiny")
-
-
 def default_verifier(pipe, llm=None) -> Verifier | None:
     """The detector for shapes-world models (builtin, tiny); an LLM endpoint's verifier for other models; else
     None (outputs stay unverified, and the turn says so)."""
     from ditflow.pipelines.loading import info_of
 
-    if info_of(pipe).name in SHAPES_WORLD_MODELS:
+    if info_of(pipe).world == "shapes":
         return DetectorVerifier()
     if llm is not None and getattr(llm, "name", "rules") == "openai":
         return LLMVerifier(llm)

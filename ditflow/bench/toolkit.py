@@ -7,6 +7,9 @@
 Sections and their goals (issue 3):
   restore   PSNR of diffusion restoration vs the degraded input (≥ +3 dB) and the classical baseline (above it)
   classify  degradation classifier accuracy on held-out shapes scenes (≥ 90%) and held-out photos (reported)
+  tools     `restore --degradation auto` on degradations made by other tools (pipelines/degraders.py), a table
+            per tool family, the family kept out of training on its own line (issue 31): PSNR gain over the
+            input (over bicubic for small images), the classifier's accuracy, the severity error
   guide     scorer accuracy with EluCD guidance vs without on lone-object prompts (n per kind), same seeds
             and steps (≥ +10 points)
   edit      "make the X Y" / "move the X to the left": scorer success (≥ 80%) with PSNR outside the edit ≥ 25 dB
@@ -27,7 +30,7 @@ from ditflow.pipelines import world
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import GuideSpec
 
-SECTIONS = ("restore", "classify", "guide", "edit", "group")
+SECTIONS = ("restore", "classify", "tools", "guide", "edit", "group")
 HELDOUT_SEED = 31_337  # scenes never drawn by classifier or model training (they use small seeds)
 RESTORE_CASES = (("noise", 0.2), ("blur", 1.5), ("sr4", None), ("inpaint", 0.25))
 # Every held-out kind with one object, the one the attribute classifier reads. Backgrounds and paraphrases are
@@ -71,6 +74,116 @@ def bench_classify(n: int) -> dict:
     model = classifiers.load("degradation")
     return {"heldout_shapes": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED),
             "heldout_photos": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True)}
+
+
+TOOL_KINDS = ("clean", "noise", "blur", "blur+noise", "jpeg", "small2", "small3", "small4", "small4+jpeg")
+WORSE_DB = 0.1  # an output this far below its input counts as worse
+
+
+# what a user types for each kind, through `ditflow run` (`--via-run`): plain requests that name no operator
+# beyond what the user sees
+TOOL_REQUESTS = {"clean": "fix this image please", "noise": "clean up this noisy picture",
+                 "blur": "sharpen this", "blur+noise": "sharpen this", "jpeg": "fix the compression artifacts",
+                 "small2": "make this tiny image bigger", "small3": "make this tiny image bigger",
+                 "small4": "make this tiny image bigger", "small4+jpeg": "make this tiny image bigger"}
+
+
+def _restore_via_run(pipe, img: Image.Image, request: str, seed: int):
+    """The image and the restore call's record of one `ditflow run`-like turn (a Session, verification on)."""
+    import tempfile
+    from pathlib import Path
+
+    from ditflow.api import Session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.png"
+        img.save(path)
+        with Session(pipeline=pipe, llm="rules", persist=False, seed=seed) as s:
+            turn = s.chat(request, [path])
+        recs = [r for r in turn.manifest.tool_calls if r.tool == "restore"] if turn.images else []
+        return turn.images[:1] or [img], (recs[0] if recs else None)
+
+
+def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.Generator, seed: int,
+               via_run: bool = False) -> dict:
+    """One clean image degraded by `family`'s tools as `kind`, restored with `auto` (or, `via_run`, by a plain
+    request through the agents): what was detected, the size that came back, and the PSNR of input and output
+    against the clean image."""
+    from ditflow.pipelines import degraders
+    from ditflow.schemas import RestoreSpec, ToolRecord
+    from ditflow.toolkit import degradation as dg
+    from ditflow.toolkit.restore import restore
+
+    d = degraders.sample(np.asarray(clean), kind, family, rng)
+    img = Image.fromarray(d.image)
+    if via_run:
+        out, rec = _restore_via_run(pipe, img, TOOL_REQUESTS[kind], seed)
+        rec = rec or ToolRecord(tool="none", details={"degradation": "none"})
+    else:
+        out, rec = restore(pipe, img, RestoreSpec(degradation="auto", seed=seed))
+    x = dg.to_tensor(clean)
+    given = dg.to_tensor(img if img.size == clean.size else img.resize(clean.size, Image.BICUBIC))
+    got = out[0]
+    row = {"kind": kind, "variant": d.variant, "label": d.label, "size_ok": got.size == clean.size,
+           "in_db": dg.psnr(given, x)}
+    row["out_db"] = dg.psnr(dg.to_tensor(got), x) if row["size_ok"] else row["in_db"]
+    det = rec.details.get("detected")
+    if kind.startswith("small"):
+        row["named"] = row["size_ok"]
+    else:
+        name = det[0][0] if det else ("clean" if det == [] else rec.details.get("degradation"))
+        row["named"] = name == d.label
+        sev = rec.details.get("severity")
+        if row["named"] and d.severity is not None and sev is not None and d.label in ("noise", "blur", "jpeg"):
+            row["severity_error"] = abs(sev - d.severity) * (255 if d.label == "noise" else 1)
+    row["fallback"] = bool(rec.details.get("fallback"))
+    return row
+
+
+def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: bool = True,
+                via_run: bool = False) -> dict:
+    """Per tool family and kind, on held-out shapes scenes and (with `photos`) crops of held-out photos; with
+    `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`."""
+    from ditflow.pipelines import classifiers, degraders
+
+    families = families or degraders.FAMILIES
+    domains = {"shapes": _scenes(n, "two", HELDOUT_SEED + 5)}
+    if photos:
+        prng = random.Random(HELDOUT_SEED + 6)
+        domains["photos"] = [Image.fromarray((classifiers.photo_crop(prng, classifiers.HELDOUT_PHOTOS)
+                                              .permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                             for _ in range(n)]
+    out: dict = {"heldout_family": degraders.HELDOUT_FAMILY}
+    for domain, images in domains.items():
+        for family in families:
+            table = {}
+            for kind in TOOL_KINDS:
+                rng = np.random.default_rng(HELDOUT_SEED + TOOL_KINDS.index(kind))
+                rows = [_tool_case(pipe, im.image if hasattr(im, "image") else im, kind, family, rng, i, via_run)
+                        for i, im in enumerate(images)]
+                gains = [r["out_db"] - r["in_db"] for r in rows]
+                sev = [r["severity_error"] for r in rows if "severity_error" in r]
+                table[kind] = {"n": len(rows), "gain_db": round(float(np.mean(gains)), 2),
+                               "named": round(float(np.mean([r["named"] for r in rows])), 3),
+                               "worse": int(sum(g < -WORSE_DB for g in gains)),
+                               "fallback": int(sum(r["fallback"] for r in rows)),
+                               "severity_error": round(float(np.median(sev)), 2) if sev else None}
+            named = [t["named"] for k, t in table.items() if not k.startswith("small")]
+            table["classifier_accuracy"] = round(float(np.mean(named)), 3)
+            out[f"{domain} {family}" + (" (held out)" if family == degraders.HELDOUT_FAMILY else "")] = table
+            print(_tools_table(f"{domain}, {family}", table), flush=True)
+    return out
+
+
+def _tools_table(title: str, table: dict) -> str:
+    lines = [f"{title}: classifier {table['classifier_accuracy']:.1%}",
+             f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'sev err':>7}"]
+    for kind, t in table.items():
+        if isinstance(t, dict):
+            se = "" if t["severity_error"] is None else f"{t['severity_error']:.2f}"
+            lines.append(f"  {kind:<12} {t['gain_db']:>+8.2f} {t['named']:>6.0%} {t['worse']:>5} "
+                         f"{t['fallback']:>8} {se:>7}")
+    return "\n".join(lines)
 
 
 def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None, seed: int = 0) -> dict:
@@ -170,6 +283,10 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--guide-seed", type=int, default=0,
                     help="the guide section's first seed (prompt i draws seed + i): other seeds, other noise")
     add_clause_routing_flag(ap)
+    ap.add_argument("--families", default=None, help="tools section: these tool families only (comma-separated)")
+    ap.add_argument("--no-photos", action="store_true", help="tools section: shapes scenes only")
+    ap.add_argument("--via-run", action="store_true",
+                    help="tools section: plain requests through the agents ('sharpen this'), as `ditflow run` does")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -188,6 +305,9 @@ def cli(argv: list[str]) -> int:
         t0 = time.perf_counter()
         if s == "restore":
             figures[s] = bench_restore(pipe, args.n, args.steps)
+        elif s == "tools":
+            fams = tuple(f.strip() for f in args.families.split(",")) if args.families else None
+            figures[s] = bench_tools(pipe, args.n, fams, photos=not args.no_photos, via_run=args.via_run)
         elif s == "classify":
             figures[s] = bench_classify(max(args.n, 256))
         elif s == "guide":
@@ -198,7 +318,8 @@ def cli(argv: list[str]) -> int:
         else:
             figures[s] = bench_group(pipe, args.n, args.steps)
         figures[s]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(json.dumps({s: figures[s]}, indent=1), flush=True)
+        if s != "tools":  # printed as tables while it runs
+            print(json.dumps({s: figures[s]}, indent=1), flush=True)
     if args.json:
         from pathlib import Path
 

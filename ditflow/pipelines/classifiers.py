@@ -4,7 +4,8 @@
   "off-the-shelf" classifier of EluCD guidance for the builtin model, so it is trained on clean scenes only, never
   on noisy ones. Position is the builtin model's weakest attribute, so guidance must be able to aim at it.
 - `degradation`: which degradation a 64×64 crop shows (clean, noise, blur, sr2, sr4, jpeg, inpaint) and how
-  strong, trained on shapes scenes and on the photos shipped in `skimage.data` (DCPT idea, arXiv 2403.09232).
+  strong, trained on shapes scenes and on the photos shipped in `skimage.data` (DCPT idea, arXiv 2403.09232),
+  degraded half by our operators and half by other tools' (pipelines/degraders.py; OpenCV's never).
 
     python -m ditflow.pipelines.classifiers attributes --minutes 4
     python -m ditflow.pipelines.classifiers degradation --minutes 6
@@ -168,16 +169,44 @@ def degrade(x: torch.Tensor, cls: int, rng: random.Random) -> tuple[torch.Tensor
     return y[0], (sev - lo) / (hi - lo) if hi > lo else 1.0
 
 
+# what the tool families' kinds (pipelines/degraders.py) look like to a classifier of full-size images: small
+# images are told by their size, not by it
+TOOL_KINDS = ("clean", "noise", "blur", "blur+noise", "jpeg", "upsampled2", "upsampled4")
+
+
+def degrade_by_tool(x: torch.Tensor, family: str, rng: random.Random) -> tuple[torch.Tensor, int, float]:
+    """(3, H, W) degraded by another tool family's operators: (image, class, normalised severity)."""
+    from ditflow.pipelines import degraders
+    from ditflow.toolkit.degradation import CLASSES, SEVERITY_RANGE
+
+    a = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    d = degraders.sample(a, rng.choice(TOOL_KINDS), family, np.random.default_rng(rng.randrange(2 ** 31)))
+    s = 0.0
+    if d.label in ("noise", "blur", "jpeg"):
+        lo, hi = SEVERITY_RANGE[d.label]
+        s = min(1.0, max(0.0, (d.severity - lo) / (hi - lo)))
+    elif d.label != "clean":
+        s = 1.0
+    return torch.from_numpy(d.image.astype(np.float32) / 255).permute(2, 0, 1), CLASSES.index(d.label), s
+
+
 def degradation_batch(rng: random.Random, n: int, photos: tuple[str, ...] | None = TRAIN_PHOTOS,
-                      shapes: bool = True):
+                      shapes: bool = True, families: tuple[str, ...] | None = None, own: bool = True):
+    """n crops, each degraded by our operators (`own`) or by one of `families`' tools (default: the training
+    families, never degraders.HELDOUT_FAMILY), half each when both."""
+    from ditflow.pipelines import degraders
     from ditflow.toolkit.degradation import CLASSES
 
+    families = degraders.TRAIN_FAMILIES if families is None else families
     xs, cls, sev = [], [], []
     for _ in range(n):
         use_photo = photos and (not shapes or rng.random() < 0.5)
         x = photo_crop(rng, photos) if use_photo else _tensor(world.sample(rng, rng.choice(world.KINDS[:5])).image)
-        c = rng.randrange(len(CLASSES))
-        y, s = degrade(x, c, rng)
+        if families and (not own or rng.random() < 0.5):
+            y, c, s = degrade_by_tool(x, rng.choice(families), rng)
+        else:
+            c = rng.randrange(len(CLASSES))
+            y, s = degrade(x, c, rng)
         xs.append(y)
         cls.append(c)
         sev.append(s)
@@ -205,9 +234,11 @@ def _batch(cfg: ClassifierConfig, rng: random.Random):
 
 
 @torch.no_grad()
-def evaluate(model: SmallCNN, kind: str, n: int = 512, seed: int = 12345, photos: bool = False) -> dict[str, float]:
+def evaluate(model: SmallCNN, kind: str, n: int = 512, seed: int = 12345, photos: bool = False,
+             family: str | None = None) -> dict[str, float]:
     """Accuracy on freshly sampled held-out scenes (a seed training never uses); for the degradation
-    classifier with `photos=True`, on crops of the held-out photos instead."""
+    classifier with `photos=True`, on crops of the held-out photos instead, and with `family`, on that tool
+    family's degradations only (degraders.HELDOUT_FAMILY: a tool training never saw)."""
     model.eval()
     rng = random.Random(seed)
     heads = model.heads()
@@ -217,10 +248,11 @@ def evaluate(model: SmallCNN, kind: str, n: int = 512, seed: int = 12345, photos
         ok = {h: (out[:, sl].argmax(1) == labels[h]).float() for h, sl in heads.items()}
         every = torch.stack(list(ok.values())).prod(0)
         return {**{h: float(v.mean()) for h, v in ok.items()}, "all": float(every.mean())}
+    tools = {"families": (family,), "own": False} if family else {"families": ()}
     if photos:
-        x, c, _ = degradation_batch(rng, n, HELDOUT_PHOTOS, shapes=False)
+        x, c, _ = degradation_batch(rng, n, HELDOUT_PHOTOS, shapes=False, **tools)
     else:
-        x, c, _ = degradation_batch(rng, n, None, shapes=True)
+        x, c, _ = degradation_batch(rng, n, None, shapes=True, **tools)
     pred = model(x)[:, heads["class"]].argmax(1)
     acc = {"accuracy": float((pred == c).float().mean())}
     from ditflow.toolkit.degradation import CLASSES
@@ -300,7 +332,12 @@ def main(**overrides) -> tuple[SmallCNN, dict]:
             save(model, cfg, {"steps": step, "partial": True, "heldout_shapes": evaluate(model, cfg.kind, n=128)}, path)
     metrics = {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_shapes": evaluate(model, cfg.kind)}
     if cfg.kind == "degradation":
+        from ditflow.pipelines.degraders import HELDOUT_FAMILY
+
         metrics["heldout_photos"] = evaluate(model, cfg.kind, photos=True)
+        metrics[f"heldout_family_{HELDOUT_FAMILY}"] = {
+            "shapes": evaluate(model, cfg.kind, family=HELDOUT_FAMILY),
+            "photos": evaluate(model, cfg.kind, photos=True, family=HELDOUT_FAMILY)}
     save(model, cfg, metrics, path)
     print(json.dumps(metrics), flush=True)
     return model, metrics

@@ -57,6 +57,9 @@ class PipelineInfo:
     # each region a caption names (the panels of a tagged caption, the objects of a shapes-world one) reads its own
     # clause (pipelines/routing.py); measured on the builtin model, off elsewhere unless asked for (`--clause-routing`)
     clause_routing: bool = False
+    # the world the model was trained on: "shapes" for the builtin and tiny models (docs/shapes-world.md), whose
+    # prior knows nothing else (the detector verifies them, a restoration of a photo is classical); None: open
+    world: str | None = None
 
 
 def minilm_dir() -> Path:
@@ -119,7 +122,8 @@ def builtin_info(path: Path = BUILTIN_DIR, name: str = "builtin") -> PipelineInf
                         objects_per_prompt=meta.get("objects_per_prompt", 1),
                         object_background=meta.get("object_background", "white"),
                         # exports older than the rename to clause routing say "panel_routing"
-                        clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)))
+                        clause_routing=meta.get("clause_routing", meta.get("panel_routing", False)),
+                        world=meta.get("world", "shapes"))
 
 
 def load_builtin(name: str = "builtin", path: Path | str = BUILTIN_DIR, dtype: torch.dtype | None = None,

@@ -33,5 +33,6 @@ def tiny_flux_pipeline(seed: int = 0, text_len: int = 16, guidance_embeds: bool 
                         text_encoder_2=enc, tokenizer_2=tok, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     pipe.ditflow_info = PipelineInfo(name="tiny", text_len=text_len, native_area=32 * 32, panel=32,
-                                     default_steps=4, default_cfg=1.0, guidance_embeds=guidance_embeds)
+                                     default_steps=4, default_cfg=1.0, guidance_embeds=guidance_embeds,
+                                     world="shapes")
     return pipe
