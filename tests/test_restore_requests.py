@@ -77,12 +77,21 @@ def test_upscale_returns_the_size_asked_for_and_beats_bicubic(tmp_path, clean):
     ("upscale this 16x16 image 2x", (32, 32)),
     ("It is too small and fuzzy. Please make it 48 by 48.", (48, 48)),  # a full stop after the size
     ("upscale it by 2.5x", (40, 40)),
+    ("make this tiny image bigger", (64, 64)),  # the image made bigger, not an object in it
+    ("enlarge this small picture", (64, 64)),
 ])
 def test_the_size_a_request_names_reaches_the_restore_step(instruction, want):
     req = parse_rules(Context(instruction=instruction, inputs=[InputImage(index=1, description="a 16x16 photo")]))
     assert req.request.task == "restore", req.request
     (step,) = plan_rules(req.request).steps
     assert output_size(Image.new("RGB", (16, 16)), step.params, panel=64) == want, step.params
+
+
+@pytest.mark.parametrize("instruction", ["make the circle bigger", "make the red one larger", "make the blue square larger"])
+def test_an_object_made_bigger_is_an_edit_not_an_upscale(instruction):
+    req = parse_rules(Context(instruction=instruction,
+                              inputs=[InputImage(index=1, description="a red circle and a blue square")]))
+    assert req.request.task == "edit", req.request
 
 
 @pytest.mark.parametrize("instruction, kind", [

@@ -71,7 +71,11 @@ RESTORE_WORDS = {  # user words → RestoreSpec.degradation
     "noise": r"denois|\bnois[ey]|grain|speckl|static",
     "blur": r"deblur|blur|sharp(?:en|er|ness)|crisp|out of focus|unfocused|fuzzy|soft focus|clearer|clarity",
     "sr4": r"(?<![\w.])(?:4 ?[x×]|[x×] ?4)(?![\w.])|four times|quadruple|\bby (?:a factor of )?(?:4|four)\b",
-    "sr2": r"upscal|upsampl|super[- ]?res|pixelat|low[- ]?res|higher resolution|increase the resolution",
+    "sr2": r"upscal|upsampl|super[- ]?res|pixelat|low[- ]?res|higher resolution|increase the resolution|"
+           # the image itself made bigger (an object made bigger is a resize edit): "make this tiny image bigger"
+           r"\b(?:this|the|my|that)\s+(?:\w+\s+)?(?:image|picture|photo|pic|thumbnail)\s+(?:\w+\s+)?"
+           r"(?:bigger|larger)\b|\b(?:enlarge|blow up|magnify)\s+(?:this|the|my|that)\s+(?:\w+\s+)?"
+           r"(?:image|picture|photo|pic|thumbnail)\b",
     "jpeg": r"jpe?g|compression|artifact|blocky|blockiness",
     "inpaint": r"missing|fill in|\bholes?\b|scratch|torn|damaged|\bgaps?\b",
 }

@@ -78,6 +78,7 @@ def bench_classify(n: int) -> dict:
 
 TOOL_KINDS = ("clean", "noise", "blur", "blur+noise", "jpeg", "small2", "small3", "small4", "small4+jpeg")
 WORSE_DB = 0.1  # an output this far below its input counts as worse
+CLEAN_CHANGED_DB = 40.0  # a clean image's output below this PSNR to it counts as worse (a gain is meaningless there)
 
 
 # what a user types for each kind, through `ditflow run` (`--via-run`): plain requests that name no operator
@@ -100,8 +101,9 @@ def _restore_via_run(pipe, img: Image.Image, request: str, seed: int):
         img.save(path)
         with Session(pipeline=pipe, llm="rules", persist=False, seed=seed) as s:
             turn = s.chat(request, [path])
-        recs = [r for r in turn.manifest.tool_calls if r.tool == "restore"] if turn.images else []
-        return turn.images[:1] or [img], (recs[0] if recs else None)
+            images = turn.images  # read before the session's folder goes
+        recs = [r for r in turn.manifest.tool_calls if r.tool == "restore"] if images else []
+        return images[:1] or [img], (recs[0] if recs else None)
 
 
 def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.Generator, seed: int,
@@ -163,9 +165,11 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
                         for i, im in enumerate(images)]
                 gains = [r["out_db"] - r["in_db"] for r in rows]
                 sev = [r["severity_error"] for r in rows if "severity_error" in r]
-                table[kind] = {"n": len(rows), "gain_db": round(float(np.mean(gains)), 2),
+                worse = ([r["out_db"] < CLEAN_CHANGED_DB for r in rows] if kind == "clean"
+                         else [g < -WORSE_DB for g in gains])
+                table[kind] = {"n": len(rows), "gain_db": None if kind == "clean" else round(float(np.mean(gains)), 2),
                                "named": round(float(np.mean([r["named"] for r in rows])), 3),
-                               "worse": int(sum(g < -WORSE_DB for g in gains)),
+                               "worse": int(sum(worse)),
                                "fallback": int(sum(r["fallback"] for r in rows)),
                                "severity_error": round(float(np.median(sev)), 2) if sev else None}
             named = [t["named"] for k, t in table.items() if not k.startswith("small")]
@@ -181,7 +185,8 @@ def _tools_table(title: str, table: dict) -> str:
     for kind, t in table.items():
         if isinstance(t, dict):
             se = "" if t["severity_error"] is None else f"{t['severity_error']:.2f}"
-            lines.append(f"  {kind:<12} {t['gain_db']:>+8.2f} {t['named']:>6.0%} {t['worse']:>5} "
+            gain = "-" if t["gain_db"] is None else f"{t['gain_db']:+.2f}"
+            lines.append(f"  {kind:<12} {gain:>8} {t['named']:>6.0%} {t['worse']:>5} "
                          f"{t['fallback']:>8} {se:>7}")
     return "\n".join(lines)
 
