@@ -121,3 +121,15 @@ def test_a_photo_on_the_shapes_model_is_restored_classically(builtin):
     assert rec.details["prior"] == "classical" and "restored classically" in rec.details["note"]
     x = dg.to_tensor(photo)
     assert dg.psnr(dg.to_tensor(out[0]), x) >= dg.psnr(dg.to_tensor(Image.fromarray(noisy)), x)
+
+
+def test_a_users_drawing_on_pure_white_is_a_scene():
+    """Shapes drawn on 255 white (the world's white is 245) were taken for a photo and restored classically."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (64, 64), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    d.ellipse((6, 6, 28, 28), fill=(220, 40, 40))
+    d.rectangle((36, 34, 58, 56), fill=(40, 60, 220))
+    assert world.looks_like_scene(im) and world.looks_like_scene(im.resize((16, 16), Image.BICUBIC))
+    assert world.looks_like_scene(im.filter(ImageFilter.GaussianBlur(1.5)))

@@ -469,14 +469,15 @@ def cell_of(box: tuple[float, float, float, float], w: int, h: int) -> str:
 
 
 SCENE_BORDER_SHARE = 0.85  # of a scene's border, median-filtered, that lies on its background
-SCENE_PALETTE_DISTANCE = 16.0  # RGB distance from the border's median to the nearest world background
+SCENE_PALETTE_DISTANCE = 40.0  # RGB distance from the border's median to the nearest world background (pure white
+# and pure black, 17 and 35 from the world's, count: a user's own drawing of shapes on them is a scene)
 
 
 def looks_like_scene(image: Image.Image) -> bool:
     """Whether an image, however degraded, is a shapes-world scene: its border, median-filtered (5 px) so noise
     and compression fall away, lies mostly on one colour that is one of the world's backgrounds. Over 60 scenes
     and 60 photo crops degraded by every tool family, every scene passed (border share ≥ 0.87, palette distance
-    ≤ 11) and 2 of 120 held-out photo crops did."""
+    ≤ 11) and 3 of 120 held-out photo crops did."""
     img = image.convert("RGB")
     if min(img.size) < PANEL:
         img = img.resize((max(PANEL, img.width * PANEL // min(img.size)), max(PANEL, img.height * PANEL // min(img.size))),
