@@ -479,9 +479,9 @@ def looks_like_scene(image: Image.Image) -> bool:
     and 60 photo crops degraded by every tool family, every scene passed (border share ≥ 0.87, palette distance
     ≤ 11) and 3 of 120 held-out photo crops did."""
     img = image.convert("RGB")
-    if min(img.size) < PANEL:
-        img = img.resize((max(PANEL, img.width * PANEL // min(img.size)), max(PANEL, img.height * PANEL // min(img.size))),
-                         Image.BICUBIC)
+    if min(img.size) < PANEL:  # the shorter side to the panel, so the 5 px filter means what it means on a scene
+        f = PANEL / min(img.size)
+        img = img.resize((round(img.width * f), round(img.height * f)), Image.BICUBIC)
     m = ndimage.median_filter(np.asarray(img, np.float32), size=(5, 5, 1))
     border = np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]])
     bg = np.median(border, 0)

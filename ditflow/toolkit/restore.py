@@ -302,19 +302,21 @@ def restore(pipe, image: Image.Image, spec: RestoreSpec, progress: Progress | No
         if detected and isinstance(op, dg.Downsample):
             f = op.factor
             y = dg.quantize(F.avg_pool2d(y[..., : y.shape[-2] // f * f, : y.shape[-1] // f * f], f))
-    sigma = op.noise_sigma if op.name == "noise" else max(dg.noise_sigma(y), op.noise_sigma)
-    if info_of(pipe).world == "shapes" and not world.looks_like_scene(image):
-        # a prior that knows only the shapes world paints a photo's textures over with flat colour: classical
+    # noise and blur measured y's noise already
+    sigma = op.noise_sigma if op.name in ("noise", "blur") else max(dg.noise_sigma(y), op.noise_sigma)
+    # a prior that knows only the shapes world paints a photo's textures over with flat colour: classical
+    classical = info_of(pipe).world == "shapes" and not world.looks_like_scene(image)
+    if classical:
         x, details = _classical(op, y, image), {"prior": "classical", "note": (
             f"this model knows only the shapes world and the image is not a shapes scene: restored classically "
             f"({CLASSICAL.get(op.name, CLASSICAL['other'])})")}
     else:
         x, details = restore_tensor(pipe, op, y, spec, progress, prompt)
-    if details.get("prior") == "classical" and op.name not in ("noise", "blur"):  # the image itself: nothing to check
+    if classical and op.name not in ("noise", "blur"):  # the output is the image itself: nothing to check
         check = {"ok": True, "failed": [], "skipped": "the output is the image itself"}
     else:
         check = check_restoration(op, y, x, sigma)
-    if op.name == "blur" and source != "given" and details.get("prior") != "classical":
+    if op.name == "blur" and source != "given" and not classical:
         # a blur's σ read too large rings, and read too small only sharpens less: while the check sees invented
         # edges, try the narrower blurs (PIL's σ 1.5 read as 2.3 rang; at 1.7 it gained 2.5 dB)
         tried = [op.severity]
