@@ -129,6 +129,63 @@ def test_references_without_an_article(text, want):
     assert edits(text, ROW) == want
 
 
+LINE = [O(id=1, shape="square", color="blue", position="left", box=(4, 24, 18, 38)),
+        O(id=2, shape="square", color="blue", position="center", box=(25, 24, 39, 38)),
+        O(id=3, shape="square", color="blue", position="right", box=(46, 24, 60, 38)),
+        O(id=4, shape="circle", color="red", position="bottom-left", box=(4, 46, 18, 60))]
+
+
+@pytest.mark.parametrize("text, want", [
+    # a relation to another object picks which one: "the X by the Y"
+    ("delete the square next to the red circle", [{"op": "remove", "targets": [1]}]),
+    ("paint the square closest to the circle green", [{"op": "recolor", "targets": [1], "color": "green"}]),
+    ("make the circle that is below the square orange", [{"op": "recolor", "targets": [4], "color": "orange"}]),
+    # ordinals after the noun
+    ("paint the square third from the left red", [{"op": "recolor", "targets": [3], "color": "red"}]),
+    ("make the square that is second from the right yellow", [{"op": "recolor", "targets": [2],
+                                                               "color": "yellow"}]),
+    # some of several alike: any will do
+    ("take away one of the squares", [{"op": "remove", "targets": [3]}]),
+    ("get rid of 2 of the squares", [{"op": "remove", "targets": [2, 3]}]),
+    ("cut the number of squares from three to one", [{"op": "remove", "targets": [2, 3]}]),
+    ("change the count of circles from one to two", [{"op": "duplicate", "targets": [4], "position": "bottom"}]),
+    # a relation as where a move goes, and sides said without an article
+    ("put the circle above the middle square", [{"op": "move", "targets": [4], "position": "top"}]),
+    ("move the circle to the right of the middle square",  # taken: a free cell beside it
+     [{"op": "move", "targets": [4], "position": "bottom"}]),
+    ("shift the circle from left to right", [{"op": "move", "targets": [4], "position": "bottom-right"}]),
+    ("move the circle to upper", [{"op": "move", "targets": [4], "position": "top-left"}]),
+    ("slide the circle to the upper part", [{"op": "move", "targets": [4], "position": "top-left"}]),
+    # a comparative that names the object is no resize; bare nouns both in the picture are a pair to swap
+    ("colour larger square to pink", None),  # all three are the same size
+    ("exchange circle and square", None),
+])
+def test_relations_ordinals_counts_and_sides(text, want):
+    if want is None:
+        with pytest.raises(rf.Unclear):
+            edits(text, LINE)
+    else:
+        assert edits(text, LINE) == want
+
+
+def test_between_places_and_bare_swaps():
+    two = [O(id=1, shape="circle", color="red", position="left", box=(4, 24, 18, 38)),
+           O(id=2, shape="triangle", color="green", position="right", box=(46, 24, 60, 38)),
+           O(id=3, shape="diamond", color="yellow", position="bottom-right", box=(46, 46, 60, 60))]
+    assert edits("put a blue square in between the circle and the triangle", two) == [
+        {"op": "add", "shape": "square", "color": "blue", "position": "center"}]
+    assert edits("move the diamond between the circle and the triangle", two) == [
+        {"op": "move", "targets": [3], "position": "center"}]
+    assert edits("move the diamond to the left of the triangle", two) == [
+        {"op": "move", "targets": [3], "position": "center"}]
+    assert edits("exchange circle with triangle", two) == [{"op": "swap", "targets": [1, 2]}]
+    assert edits("exchange the circle with a square", two) == [{"op": "reshape", "targets": [1], "shape": "square"}]
+    sizes = [O(id=1, shape="circle", color="red", size="large", position="left", box=(2, 20, 26, 44)),
+             O(id=2, shape="circle", color="red", size="small", position="right", box=(48, 26, 58, 36))]
+    assert edits("change the colour of bigger circle to cyan", sizes) == [
+        {"op": "recolor", "targets": [1], "color": "cyan"}]
+
+
 def test_the_middle_one_is_the_one_in_the_centre_cell_however_placed():
     row = [O(id=1, shape="circle", color="red", position="left", box=(2, 26, 16, 40)),
            O(id=2, shape="circle", color="blue", position="center", box=(36, 14, 42, 20)),  # off-centre in its cell

@@ -25,7 +25,8 @@ _color_alt = "|".join(sorted(sc.COLOR_WORDS, key=len, reverse=True))
 GENERIC_NOUN = r"ones?|shapes?|objects?|things?|items?|figures?|forms?|elements?"
 NOUN = rf"(?:{_shape_alt}|{GENERIC_NOUN})"
 DETERMINER = (r"(?:every|each|all(?: of)?(?: the)?|both(?: of)?(?: the)?|the|this|that|these|those|its|their"
-              r"|(?:one|any) of the)")
+              r"|(?:one|any|two|three|1|2|3) of the)")
+TAKE = {"one": 1, "any": 1, "1": 1, "two": 2, "2": 2, "three": 3, "3": 3}  # "one of the circles": some n of them
 ORDINAL = {"first": 1, "second": 2, "third": 3, "fourth": 4, "1st": 1, "2nd": 2, "3rd": 3, "last": -1}
 EXTREME = {  # superlative and relative words → (attribute, which end)
     "leftmost": ("x", "min"), "left": ("x", "min"), "rightmost": ("x", "max"), "right": ("x", "max"),
@@ -44,7 +45,8 @@ REF_RE = re.compile(rf"\b(?P<det>{DETERMINER})\s+(?P<mods>(?:{MODIFIER}[\s-]+){{
 # headline wording drops the article: "remove middle circle", "make left triangle red"; only right after an edit
 # verb, and with a word that picks it out, so "add a red circle" is never read as a reference
 BARE_REF_RE = re.compile(rf"\b(?:remove|delete|erase|make|turn|paint|colou?r|recolou?r|change|move|shift|put|place|"
-                         rf"swap|switch|replace|shrink|enlarge|resize|duplicate|copy|rotate|flip)\s+"
+                         rf"swap|switch|replace|shrink|enlarge|resize|duplicate|copy|rotate|flip|"
+                         rf"(?:colou?r|size|shape|fill) of)\s+"
                          rf"(?P<ref>(?P<mods>(?:(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|large|"
                          rf"big|huge)[\s-]+){{1,3}})(?P<noun>{_shape_alt})\b)")
 PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|him|his|her|he|she|them|they|both|all of them|everything|"
@@ -54,7 +56,11 @@ POSITION_TAIL = re.compile(r"^\s*(?:(?:that|which) (?:is|sits) |that's |(?:shoul
                            r"(?:be|go|sit) |goes |located |sitting |placed )?(?:at|in|on|near|from|"
                            r"towards|along|by)\s+(?:the\s+)?(?P<where>(?:very\s+)?(?:top|bottom|upper|lower|left|right|"
                            r"middle|center|centre)(?:[\s-]+(?:left|right|middle|center))?(?:[\s-]+(?:hand))?"
-                           r"(?:\s+(?:corner|side|edge|area|part|half|row|column))?)")
+                           r"(?:\s+(?:corner|side|edge|area|part|half|row|column))?)"
+                           rf"(?!\s+of\s+(?:the|an?)\s+(?:\w+\s+){{0,2}}?(?:{_shape_alt}|{GENERIC_NOUN})\b)")
+# "the circle second from the left", "the triangle that is third from the top"
+ORDINAL_TAIL = re.compile(rf"^\s*(?:(?:that|which) is |that's |, )?(?P<o>{_ordinal_alt})(?: one)? from (?:the )?"
+                          r"(?P<side>left|right|top|bottom)\b(?:\s+(?:side|edge|end))?")
 COLOR_TAIL = re.compile(rf"^\s*(?:that is|which is|that's)\s+(?P<c>{_color_alt})\b")
 
 ADD_RE = re.compile(r"\b(?:add|adds|adding|insert|include|draw in|draw|drop in|put|place|put in|place in|give|"
@@ -65,7 +71,10 @@ REMOVE_RE = re.compile(r"\b(?:remove|delete|erase|take out|take away|get rid of|
 MOVE_RE = re.compile(r"\b(?:move|moves|moving|shift|slide|push|drag|relocate|reposition|put|place|bring|send|"
                      r"transfer|nudge|carry)\b")
 NEW_THING_RE = re.compile(rf"\b(?:an?|one|another|new)\s+(?:\w+\s+){{0,3}}?(?:{_shape_alt})\b")
-RELATION = r"(?:next to|beside|near|by|alongside|close to|above|over|on top of|below|under|beneath|underneath)"
+RELATION = (r"(?:next to|beside|besides|near|by|alongside|close to|closest to|nearest(?: to)?|above|over|on top of|"
+            r"on the top of|below|under|beneath|underneath|between|in between|(?:to |on )?(?:the )?(?:left|right) of)")
+# "the triangle by the yellow circle", "the square that is above the triangle": the second object picks the first
+ANCHOR_GAP = re.compile(rf"\s*(?:(?:that|which) (?:is|sits) |that's |sitting |lying |standing )?(?P<rel>{RELATION})\s*")
 # "remove the middle circle and put a triangle in its place": the new object takes the removed one's place
 IN_PLACE_RE = re.compile(r"\b(?:there|in (?:its|his|her|their) (?:place|spot|stead)|in place|instead|"
                          r"where (?:it|he|she) (?:was|used to be|stood)|in the same (?:place|spot))\b")
@@ -119,6 +128,9 @@ class Reference:
     other: bool = False
     head_end: int = 0  # where the phrase ends before a trailing place ("the triangle| at the top left")
     tail: str = ""  # that trailing place, which a move may mean as where the object goes
+    take: int | None = None  # "one of the circles", "two of the squares": that many of those it matches
+    anchor: Reference | None = None  # "the triangle by the circle": the object the relation is to
+    relation: str = ""  # "by", "above", "left of"
 
 
 def _cell(words: str) -> str | None:
@@ -136,7 +148,8 @@ def find_references(text: str) -> list[Reference]:
         plural = noun.endswith("s") and noun not in ("its",) and (noun not in sc.SHAPE_WORDS or
                                                                    sc.SHAPE_WORDS[noun] != noun)
         ref.shape = sc.SHAPE_WORDS.get(noun)
-        ref.every = det.startswith(("every", "each", "all", "both")) or (plural and det in ("the", "these", "those"))
+        ref.take = TAKE.get(det.split()[0]) if det.endswith(" of the") else None
+        ref.every = ref.take is None and det.startswith(("every", "each", "all", "both")) or (plural and det in ("the", "these", "those"))
         ref.other = "other" in mods
         ref.every |= any(w in ("two", "three", "2", "3") for w in mods)  # "the two circles"
         joined = " ".join(mods)
@@ -169,6 +182,12 @@ def find_references(text: str) -> list[Reference]:
                     ref.cell = None
             ref.end = m.end() + t.end()
             ref.text, ref.tail = text[ref.start:ref.end], t.group(0)
+        o = ORDINAL_TAIL.match(text[ref.end:])
+        if o:
+            ref.ordinal = ORDINAL[o.group("o")]
+            ref.axis = {"left": "x", "right": "-x", "top": "y", "bottom": "-y"}[o.group("side")]
+            ref.end += o.end()
+            ref.text = text[ref.start:ref.end]
         c = COLOR_TAIL.match(text[ref.end:])
         if c:
             ref.color = sc.COLOR_WORDS[c.group("c")]
@@ -179,6 +198,7 @@ def find_references(text: str) -> list[Reference]:
         if not any(r.start <= k < r.end for r in out):  # read as if it had its article
             r = find_references("the " + text[k:])[0]
             out.append(replace(r, start=k, end=r.end + k - 4, head_end=r.head_end + k - 4))
+    out = _anchored(text, sorted(out, key=lambda r: r.start))
     for m in PRONOUN_RE.finditer(text):
         if any(r.start <= m.start() < r.end for r in out):
             continue
@@ -189,6 +209,35 @@ def find_references(text: str) -> list[Reference]:
         every = p not in SINGULAR
         out.append(Reference(p, m.start(), m.end(), every=every, pronoun=p))
     return sorted(out, key=lambda r: r.start)
+
+
+def _anchored(text: str, refs: list[Reference]) -> list[Reference]:
+    """`refs` with each "X <relation> Y" read as one reference to X, picked out by Y ("the triangle by the yellow
+    circle"). A move may still mean the relation as where X goes (`clause_edits`)."""
+    out: list[Reference] = []
+    for r in refs:
+        prev = out[-1] if out else None
+        gap = ANCHOR_GAP.fullmatch(text[prev.end:r.start]) if prev and prev.end <= r.start else None
+        if gap and prev.anchor is None and not gap.group("rel").endswith("between"):
+            out[-1] = replace(prev, anchor=r, relation=_relation(gap.group("rel")), end=r.end,
+                              text=text[prev.start:r.end])
+        else:
+            out.append(r)
+    return out
+
+
+def _relation(words: str) -> str:
+    """A relation word as one of: near, above, below, left of, right of, between."""
+    w = words.strip()
+    if w.endswith("left of"):
+        return "left of"
+    if w.endswith("right of"):
+        return "right of"
+    if w in ("above", "over", "on top of", "on the top of"):
+        return "above"
+    if w in ("below", "under", "beneath", "underneath"):
+        return "below"
+    return "between" if w.endswith("between") else "near"
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -248,6 +297,8 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
         hits = [o for o in hits if o.size == ref.size]
     if ref.other and focus:
         hits = [o for o in hits if o.id not in focus] or hits
+    if ref.anchor is not None and hits:
+        hits = _related(hits, ref.relation, resolve(ref.anchor, objects, focus, image, many=True), objects)
     named = ref.text.strip()
     if not hits:
         raise Unclear(f"there is no {named.removeprefix('the ').strip()} in {image}; it holds {listing(objects)}. "
@@ -272,6 +323,10 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
             raise Unclear(f"{image} has only {len(order)} such object(s) ({listing(order)}); there is no "
                           f"{named.removeprefix('the ')}")
         return [order[k - 1 if k > 0 else k].id]
+    if ref.take:  # "one of the circles": any will do; the last ones, so the first stay where the eye starts
+        if len(hits) < ref.take:
+            raise Unclear(f"{image} has only {len(hits)} such object(s) ({listing(hits)}); there is no {named}")
+        return [o.id for o in hits[-ref.take:]]
     if ref.every or many:
         return [o.id for o in hits]
     if len(hits) > 1:
@@ -279,6 +334,30 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
                       f"did you mean? Say its position or colour, e.g. "
                       f"'{named.removeprefix('the ')} at the {hits[0].position.replace('-', ' ')}'")
     return [hits[0].id]
+
+
+def _related(hits: list[SceneObject], relation: str, anchor_ids: list[int],
+             objects: list[SceneObject]) -> list[SceneObject]:
+    """Those of `hits` that stand in `relation` to the anchor objects, the nearest first kept (ties kept, so an
+    unclear pick still asks)."""
+    anchors = [_centre(o) for o in objects if o.id in anchor_ids]
+    side = {"above": (1, -1), "below": (1, 1), "left of": (0, -1), "right of": (0, 1)}.get(relation)
+
+    def fits(o: SceneObject) -> bool:
+        if side is None:
+            return True
+        axis, sign = side
+        return any(sign * (_centre(o)[axis] - a[axis]) > 4 for a in anchors)
+
+    def gap(o: SceneObject) -> float:
+        x, y = _centre(o)
+        return min(((x - ax) ** 2 + (y - ay) ** 2) ** 0.5 for ax, ay in anchors)
+
+    kept = [o for o in hits if o.id not in anchor_ids and fits(o)] or [o for o in hits if o.id not in anchor_ids]
+    if not kept:
+        return hits
+    best = min(gap(o) for o in kept)
+    return [o for o in kept if gap(o) - best < 6.0]
 
 
 # ----------------------------------------------------------------------------- the ops of one clause
@@ -293,7 +372,18 @@ def _colors(text: str) -> list[str]:
 
 
 def _target_cell(text: str, current: str | None) -> str | None:
-    """Where a move goes: a named cell ("to the top right"), or one step in a direction ("move it left")."""
+    """Where a move goes: a named cell ("to the top right"), a side ("from left to right", "to upper": the end of
+    its row or column), or one step in a direction ("move it left")."""
+    side = re.search(r"\b(?:from (?:the )?(?:left|right|top|bottom|upper|lower)(?: side| edge)? to (?:the )?|"
+                     r"to (?=(?:left|right|top|bottom|upper|lower)\b)|to the (?=(?:upper|lower)\b|"
+                     r"(?:left|right|top|bottom)\s+(?:part|half|side|edge|area)\b))"
+                     r"(?P<s>left|right|top|bottom|upper|lower)\b(?![\s-]+(?:left|right|of)\b)", text)
+    if side and current:
+        r, c = POSITION_CELL[current]
+        s = {"upper": "top", "lower": "bottom"}.get(side.group("s"), side.group("s"))
+        r = 0 if s == "top" else 2 if s == "bottom" else r
+        c = 0 if s == "left" else 2 if s == "right" else c
+        return POSITIONS[r][c]
     pos, _, _ = sc.find_position(text)
     m = re.search(r"\b(?:(?:one|a|1)\s+(?:step|cell|space|notch|bit|little)\s+)?(?:to the\s+)?"
                   r"(?P<d>left|right|up|down|upwards?|downwards?|leftwards?|rightwards?|higher|lower)\b", text)
@@ -343,10 +433,14 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
         if bg and not [r for r in refs if r.shape]:
             return [ObjectEdit(op="background", color=bg)]
     # "switch the circles to squares" changes them; "swap the circle with the square" swaps them
-    if SWAP_RE.search(clause) and not re.search(rf"\b(?:to|into|for|with)\s+(?!the\b)(?:an?\s+)?(?:\w+\s+){{0,2}}"
-                                                rf"(?:{_shape_alt}|{_color_alt})\b", clause):
+    named = sc.mentions(clause)
+    # "swap circle with square": two bare nouns, both objects of the scene, are a pair to swap, not a new look
+    in_scene = len(named) >= 2 and not re.search(r"\b(?:to|into|for)\b|\bwith an?\b", clause) and all(
+        any(o.shape == m.thing.shape and m.thing.color in (None, o.color) for o in objects) for m in named[:2])
+    if SWAP_RE.search(clause) and (in_scene or not re.search(rf"\b(?:to|into|for|with)\s+(?!the\b)(?:an?\s+)?"
+                                                           rf"(?:\w+\s+){{0,2}}(?:{_shape_alt}|{_color_alt})\b",
+                                                           clause)):
         pair = [r for r in refs if not r.pronoun] or refs
-        named = sc.mentions(clause)
         if len(pair) < 2 and len(named) >= 2:  # "swap the square and circle": the second noun has no article
             pair = [Reference(clause[m.start:m.end], m.start, m.end, shape=m.thing.shape, color=m.thing.color,
                               every=m.thing.count > 1) for m in named]
@@ -363,6 +457,9 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             return [ObjectEdit(op="recolor", targets=[a.id], color=b.color),
                     ObjectEdit(op="recolor", targets=[b.id], color=a.color)]
         return [ObjectEdit(op="swap", targets=ids)]
+    counted = _count_change(clause, objects)
+    if counted is not None:
+        return counted
     sel = next((r for r in refs), None)
     # "make a copy of the pink diamond on the top right", "have the red circle at the top": the place named after
     # the only object of that look is where it goes, not which one is meant
@@ -401,7 +498,8 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
         relation = (re.match(rf"\s*(?:right\s+|just\s+)?({RELATION})", clause[m.end():]) if placed_by_sel else
                     re.search(rf"\b({RELATION})\s*$", clause[:sel.start]) if sel is not None else None)
         if relation:
-            cell = _related_cell(relation.group(1), sel, objects, focus, image, taken)
+            cell = _related_cell(_relation(relation.group(1)), _group_ids(clause, refs, sel, objects, focus, image),
+                                 objects, taken)
         if cell in taken:
             raise Unclear(f"the {cell.replace('-', ' ')} of {image} is taken ({listing(objects)}); where should "
                           f"the new {new.shape} go?")
@@ -417,6 +515,11 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
                                                                      sel.tail):
             # "put the diamond in the top right corner": the only place named is where it goes, not which one
             after, sel = sel.tail, find_references(clause[sel.start:sel.head_end])[0]
+        dest = _destination(clause, refs, sel, after, objects, focus, image)
+        if dest is not None:
+            sel, cell = dest
+            ids = resolve(sel, objects, focus, image)
+            return [ObjectEdit(op="move", targets=ids, position=cell)] if cell else []
         ids, _ = _joined_ids(clause, refs, sel, objects, focus, image)
         moves = []
         for i in ids:  # several objects keep their own row or column: "move both circles to the top"
@@ -442,9 +545,9 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             edits.append(ObjectEdit(op="recolor", targets=ids, color=colors[-1]))
     if edits and edits[-1].size:  # "make the square a big red circle": the reshape has sized it
         pass
-    elif BIGGER_RE.search(clause):
+    elif BIGGER_RE.search(unnamed := rest.replace("#", "it")):  # "the bigger square" names, it does not resize
         edits.append(ObjectEdit(op="resize", targets=ids, size="large"))
-    elif SMALLER_RE.search(clause):
+    elif SMALLER_RE.search(unnamed):
         edits.append(ObjectEdit(op="resize", targets=ids, size="small"))
     return edits
 
@@ -463,6 +566,67 @@ def _joined_ids(clause: str, refs: list[Reference], sel: Reference, objects, foc
     return ids, end
 
 
+def _group_ids(clause: str, refs: list[Reference], sel: Reference, objects, focus, image) -> list[int]:
+    """All the objects `sel` and the references joined to it mean ("between the circle and the square")."""
+    return resolve(sel, objects, focus, image, many=True) if sel.every else \
+        _joined_ids(clause, refs, sel, objects, focus, image)[0]
+
+
+def _destination(clause: str, refs: list[Reference], sel: Reference, after: str, objects, focus,
+                 image) -> tuple[Reference, str | None] | None:
+    """Where a move goes when a relation says it: "put the square above the triangle", "move the circle to the
+    left of the square", "move the triangle between the squares". (the object that moves, the cell) or None."""
+    if sc.find_position(after)[0] and sel.anchor is None:
+        return None
+    mover = sel
+    if sel.anchor is not None:
+        head = find_references(clause[sel.start:sel.head_end])[0]
+        try:
+            resolve(head, objects, focus, image)
+        except Unclear:
+            return None  # "move the triangle by the circle to the top": the relation picks which one
+        if sc.find_position(clause[sel.end:])[0]:
+            return None
+        mover, relation, anchor = head, sel.relation, sel.anchor
+        ids = resolve(anchor, objects, focus, image, many=True)
+    else:
+        k = refs.index(sel) if sel in refs else -1
+        later = next((r for r in refs[k + 1:] if re.search(rf"\b(?:{RELATION})\s*$", clause[sel.end:r.start])), None)
+        if later is None:
+            return None
+        relation = _relation(re.search(rf"\b({RELATION})\s*$", clause[sel.end:later.start]).group(1))
+        ids = _group_ids(clause, refs, later, objects, focus, image)
+    moving = resolve(mover, objects, focus, image)
+    taken = {o.position for o in objects if o.id not in moving}
+    return mover, _related_cell(relation, ids, objects, taken)
+
+
+def _count_change(clause: str, objects: list[SceneObject]) -> list[ObjectEdit] | None:
+    """"from three triangles to two", "make it three squares instead of one": removals or copies that bring the
+    number of objects of a shape to the number asked for; None when the clause says no such change."""
+    n = r"(?:one|two|three|1|2|3)"
+    m = (re.search(rf"\bfrom\s+(?P<a>{n})\s+(?:(?:\w+\s+)?(?:{_shape_alt})\s+)?to\s+(?P<b>{n})\b", clause)
+         or re.search(rf"\b(?P<b>{n})\s+(?:\w+\s+)?(?:{_shape_alt})\s+instead of\s+(?P<a>{n})\b", clause))
+    named = sc.mentions(clause)
+    if not m or not named:
+        return None
+    thing = named[0].thing
+    hits = [o for o in objects if o.shape == thing.shape and thing.color in (None, o.color)]
+    want = TAKE[m.group("b")]
+    if not hits or want == len(hits):
+        return None
+    if want < len(hits):
+        return [ObjectEdit(op="remove", targets=[o.id for o in hits[want:]])]
+    taken, edits = {o.position for o in objects}, []
+    for _ in range(want - len(hits)):
+        cell = _near_cell([hits[0].id], objects, taken) or _free_cell(objects)
+        if cell is None:
+            break
+        taken.add(cell)
+        edits.append(ObjectEdit(op="duplicate", targets=[hits[0].id], position=cell))
+    return edits
+
+
 def _edge_cell(text: str, current: str) -> str | None:
     """Where one of several objects goes when they move together: a side keeps its other coordinate ("to the
     top": each to the top of its own column), a step moves each one cell."""
@@ -478,20 +642,23 @@ def _edge_cell(text: str, current: str) -> str | None:
     return POSITIONS[r][c]
 
 
-def _related_cell(relation: str, sel: Reference, objects, focus, image, taken: set[str]) -> str | None:
-    """The free cell a relation word names with respect to the object(s) `sel` means ("below the circle")."""
-    if relation in ("above", "over", "on top of"):
-        return _shifted(sel, objects, focus, image, -1, taken)
-    if relation in ("below", "under", "beneath", "underneath"):
-        return _shifted(sel, objects, focus, image, 1, taken)
-    return _near_cell(resolve(sel, objects, focus, image, many=True), objects, taken)
-
-
-def _shifted(sel: Reference, objects, focus, image, dr: int, taken: set[str]) -> str | None:
-    ids = resolve(sel, objects, focus, image, many=True)
-    o = next(o for o in objects if o.id == ids[0])
-    r, c = POSITION_CELL[o.position]
-    return POSITIONS[r + dr][c] if 0 <= r + dr < 3 and POSITIONS[r + dr][c] not in taken else None
+def _related_cell(relation: str, ids: list[int], objects, taken: set[str]) -> str | None:
+    """The free cell a relation (`_relation`) names with respect to the objects `ids` ("below the circle",
+    "between the squares"); a free cell beside them when that one is taken or off the grid."""
+    cells = [POSITION_CELL[o.position] for o in objects if o.id in ids and o.position]
+    if not cells:
+        return None
+    if relation == "between" and len(cells) >= 2:
+        (r1, c1), (r2, c2) = cells[:2]
+        r, c = (r1 + r2) / 2, (c1 + c2) / 2
+        r, c = (int(r) if r == int(r) else 1), (int(c) if c == int(c) else 1)  # halfway rounds to the middle
+        cell = POSITIONS[r][c]
+        return cell if cell not in taken else _near_cell(ids, objects, taken)
+    dr, dc = {"above": (-1, 0), "below": (1, 0), "left of": (0, -1), "right of": (0, 1)}.get(relation, (0, 0))
+    r, c = cells[0]
+    if (dr or dc) and 0 <= r + dr < 3 and 0 <= c + dc < 3 and POSITIONS[r + dr][c + dc] not in taken:
+        return POSITIONS[r + dr][c + dc]
+    return _near_cell(ids, objects, taken)
 
 
 # ----------------------------------------------------------------------------- a whole instruction
