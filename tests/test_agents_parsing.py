@@ -180,3 +180,19 @@ def test_dev_split_accuracy_and_every_plan_valid():
     assert s["n"] >= 75
     assert s["count"] >= 0.95 and s["task"] >= 0.95 and s["attributes"] >= 0.9
     assert s["valid_plans"] == 1.0
+
+
+@pytest.mark.parametrize("text, want", [
+    ("a green triangle over an orange circle", "a green triangle at the top and an orange circle at the bottom"),
+    ("a small pink diamond sitting just beneath a cyan square",
+     "a small pink diamond at the bottom and a cyan square at the top"),
+    ("a purple square on the right of a yellow circle", "a purple square on the right and a yellow circle on the left"),
+    ("a diamond and a triangle. the triangle is to the left of the diamond",
+     "a diamond on the right and a triangle on the left"),
+    ("a red circle on top of two blue squares",  # a count keeps its own place, the relation the circle's
+     "a red circle at the top and two blue squares at the bottom"),
+    ("a blue square at the top left next to a red circle",  # a named place wins over the relation
+     "a blue square at the top left and a red circle at the top"),
+])
+def test_a_relation_between_two_objects_places_them(text, want):
+    assert parse_rules(Context(instruction=text)).request.outputs[0].description == want

@@ -486,10 +486,11 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
     # the objects the story starts with; its events and later steps say the rest (one picture shows everything)
     where, ments = story.cast(text) if n > 1 else (text, sc.mentions(text))
     spans = [(m.start, m.end) for m in ments]
-    things = [m.thing for m in ments]
+    things = sc.placed(sc.normalise(where), ments)
     if n > 1:  # "pictures of blue diamonds": one object per picture unless a number says otherwise
-        things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if m.extras.get("bare_plural") else t
-                  for t, m in zip(things, ments)]
+        plural = {(m.thing.shape, m.thing.color) for m in ments if m.extras.get("bare_plural")}
+        things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if (t.shape, t.color) in plural and t.count == 2
+                  else t for t in things]
     colors = [c for c in _free_colors(where, spans) if not re.search(rf"\b{c}\s+background", where)]
     if things and colors and all(t.color is None for t in things) and len(colors) == 1:
         things = [sc.Thing(t.shape, colors[0], t.size, t.position, t.count) for t in things]

@@ -14,6 +14,7 @@ from ditflow.pipelines.phrases import (  # noqa: F401
     BACKGROUND_RE, BACKGROUND_WORDS, COLOR_WORDS, COUNT_WORDS, OBJECT_RE, POSITION_PHRASES, SHAPE_WORDS, SIZE_WORDS,
     Mention, Thing, find_background, find_position, mentions, normalise,
 )
+from ditflow.pipelines.world import POSITION_CELL, POSITIONS
 
 POSITION_TEXT = {  # canonical phrase per position, as the builtin model's training captions say it
     "top-left": "at the top left", "top": "at the top", "top-right": "at the top right", "left": "on the left",
@@ -52,6 +53,71 @@ def distribute(text: str) -> str:
         parts = [thing_text(Thing(shape, COLOR_WORDS[c])) for c in colors]
         return ", ".join(parts[:-1]) + " and " + parts[-1]
     return DISTRIBUTED_RE.sub(one_each, text)
+
+
+# "a red circle above a blue square", "...; the square is below the circle": where one object is said to be with
+# respect to another
+_RELATION_GAP = re.compile(
+    r"\s*(?:(?:at|in|on) (?:the )?(?:top|bottom|upper|lower|left|right|middle|center)(?:[ -](?:left|right))?"
+    r"(?: corner| side)?\s+)?,?\s*(?:(?:which|that|who) )?(?:is |are |sits |sitting |stands |standing |placed |lies |lying |rests |"
+    r"resting |located |floats |floating |hovers |hovering )?(?:right |just |directly )?"
+    r"(?P<rel>above|over|on top of|below|under|underneath|beneath|(?:to |on )?(?:the )?left of|"
+    r"(?:to |on )?(?:the )?right of|next to|beside|besides)\s+(?:(?:an?|the|one)\s+)?")
+# (first object, the other) cells per relation; the other's second cell when it is two joined by "and"
+_RELATION_CELLS = {"above": ("top", ("bottom", "bottom-left", "bottom-right")),
+                   "below": ("bottom", ("top", "top-left", "top-right")),
+                   "left of": ("left", ("right", "top-right", "bottom-right")),
+                   "right of": ("right", ("left", "top-left", "bottom-left")),
+                   "next to": ("left", ("right", "top-right", "bottom-right"))}
+
+
+def _relation_key(rel: str) -> str:
+    rel = rel.strip()
+    if rel.endswith("left of"):
+        return "left of"
+    if rel.endswith("right of"):
+        return "right of"
+    return {"over": "above", "on top of": "above", "under": "below", "underneath": "below", "beneath": "below",
+            "beside": "next to", "besides": "next to"}.get(rel, rel)
+
+
+def placed(text: str, ments: list[Mention]) -> list[Thing]:
+    """The things `ments` name in (normalised) `text`, placed where a relation between two of them says ("a red
+    circle above a blue square": top and bottom), and without a definite mention of one named before ("a circle
+    and a square; the square is below the circle" names two objects). An object given a place keeps it."""
+    things = [m.thing for m in ments]
+    same: dict[int, int] = {}  # a re-mention's index → the first mention's
+    for k, m in enumerate(ments):
+        if re.search(r"\bthe\s+$", text[max(0, m.start - 5):m.start]) or text[m.start:m.start + 4] == "the ":
+            first = next((i for i in range(k) if i not in same and things[i].shape == m.thing.shape
+                          and m.thing.color in (None, things[i].color)), None)
+            if first is not None:
+                same[k] = first
+    pos = [t.position for t in things]
+    for k in range(len(ments) - 1):
+        rel = _RELATION_GAP.fullmatch(text[ments[k].end:ments[k + 1].start])
+        if not rel:
+            continue
+        a, b = same.get(k, k), same.get(k + 1, k + 1)
+        group = [b]
+        if k + 2 < len(ments) and re.fullmatch(r"\s*(?:,|and|, and)\s*(?:an?\s+)?", text[ments[k + 1].end:
+                                                                                       ments[k + 2].start]):
+            group.append(same.get(k + 2, k + 2))
+        key = _relation_key(rel.group("rel"))
+        mine, theirs = _RELATION_CELLS[key]
+        if pos[a] is None:
+            pos[a] = mine
+        cells = theirs[:1] if len(group) == 1 else theirs[1:]
+        if pos[a] != mine:  # the first has a place of its own: the other goes beside it, on the side said
+            r, c = POSITION_CELL[pos[a]]
+            dr, dc = {"above": (1, 0), "below": (-1, 0), "left of": (0, 1), "right of": (0, -1)}.get(key, (0, 1))
+            if not (0 <= r + dr < 3 and 0 <= c + dc < 3):
+                dr, dc = -dr, -dc
+            cells = (POSITIONS[r + dr][c + dc],)
+        for i, cell in zip(group, cells):
+            if pos[i] is None:
+                pos[i] = cell
+    return [replace(t, position=p) for k, (t, p) in enumerate(zip(things, pos)) if k not in same]
 
 
 def parse_scene(text: str) -> Scene:
