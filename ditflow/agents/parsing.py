@@ -309,7 +309,9 @@ def list_items(text: str) -> list[str]:
     if not m:
         return []
     tail = text[m.end():].strip().rstrip(".!")
-    items = [s.strip() for s in re.split(r",\s*(?:and\s+)?|\s+and\s+(?=(?:a|an|the|they|it|then)\b|\w+$)|;", tail)]
+    # "...: one circle. two circles. three circles": a sentence each, too
+    items = [s.strip() for s in re.split(r",\s*(?:and\s+)?|\s+and\s+(?=(?:a|an|the|they|it|then)\b|\w+$)|;|"
+                                         r"(?<=[a-z])\.\s+", tail)]
     return [s for s in items if s] if len(items) > 1 else []
 
 

@@ -52,6 +52,11 @@ def distribute(text: str) -> str:
         shape = SHAPE_WORDS[m.group("shape")]
         parts = [thing_text(Thing(shape, COLOR_WORDS[c])) for c in colors]
         return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    def named(m: re.Match) -> str:  # "green triangles and one red one": the last shape named before it
+        before = [w for w in re.findall(r"[a-z]+", text[:m.start()]) if w in SHAPE_WORDS]
+        return f"{m.group('det')} {m.group('c')} {SHAPE_WORDS[before[-1]]}" if before else m.group(0)
+    text = re.sub(rf"(?:(?<=\band )|(?<=, ))(?P<det>one|a|an)\s+(?P<c>{_COLOR_ALT})\s+one\b", named, text)
     return DISTRIBUTED_RE.sub(one_each, text)
 
 

@@ -96,6 +96,15 @@ SIZE_TO_RE = re.compile(rf"\b(?:grows?|growing|grew|shrinks?|shrinking|shrank|sh
                         rf"(?:\s+(?:{_COLOR}))?(?:\s+(?:{_SHAPE}|one))?\b")
 _BG = "|".join(sorted(BACKGROUND_WORDS, key=len, reverse=True))
 # "as the background turns from white to black": the backdrop changes over the pages
+# "one day the green square is big", "the next day it is pink": a state said plainly, a change where the object
+# had another colour or size before (find_events checks that)
+STATE_RE = re.compile(rf"\b(?P<verb>is|was|are|were|looks|looked)\s+(?:now\s+|all\s+|very\s+|really\s+|so\s+)?"
+                      rf"(?:(?P<new>{_COLOR})|(?P<size>big|bigger|large|larger|huge|giant|small|smaller|tiny|little))"
+                      rf"\b(?!\s+(?:(?:\w+\s+)?(?:{_SHAPE})|background|backdrop|ones?)\b)")
+# night and day as a backdrop: "running in the dark", "then it becomes night", "make the time to midnight"
+NIGHT_RE = re.compile(r"\b(?:in the dark(?:ness)?|at night|(?:at |to )?midnight|night ?time|"
+                      r"(?:becomes?|became|turns?|turned|is|was|gets?|got|goes|went) (?:night|dark)|"
+                      r"night (?:falls|fell|comes|came|arrives)|the sun (?:sets|set|goes down|went down))\b")
 BACKDROP_RE = re.compile(rf"\b(?:the\s+)?(?:background|backdrop|sky)\s+(?:slowly\s+|gradually\s+)?"
                          rf"(?P<verb>turns?|turning|"
                          rf"changes?|changing|goes|going|fades?|fading|shifts?|shifting|becomes?|becoming)\s+"
@@ -344,6 +353,24 @@ def find_events(text: str) -> list[Event]:
             shape = sc.SHAPE_WORDS.get(m.group("shape") or "")
             found.append(Event("color", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
                                (sc.COLOR_WORDS.get(m.group("old") or ""), sc.COLOR_WORDS[m.group("new")], shape)))
+    for m in STATE_RE.finditer(text):
+        subject = _who(text, m.start(), ments) or hero
+        # "the red circle was huge": the circle as the story first named it, with the size it had then
+        subject = next((x.thing for x in ments if x.thing.shape == subject.shape
+                        and subject.color in (None, x.thing.color)), subject) if subject else None
+        if subject is None or not free(m.start(), m.end()):
+            continue
+        if m.group("new") and subject.color and sc.COLOR_WORDS[m.group("new")] != subject.color:
+            found.append(Event("color", m.start(), m.end(), "turns", _who(text, m.start(), ments),
+                               (subject.color, sc.COLOR_WORDS[m.group("new")], None)))
+        elif m.group("size"):
+            size = "small" if m.group("size") in ("small", "smaller", "tiny", "little") else "large"
+            if subject.size and subject.size != size:
+                found.append(Event("size", m.start(), m.end(), "grows" if size == "large" else "shrinks",
+                                   _who(text, m.start(), ments), (subject.size, size)))
+    for m in NIGHT_RE.finditer(text):
+        if free(m.start(), m.end()):
+            found.append(Event("background", m.start(), m.end(), "turns", None, ("black", None)))
     for m in SHAPE_RE.finditer(text):
         if free(m.start(), m.end()):
             found.append(Event("color", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
@@ -488,9 +515,16 @@ def setting(text: str) -> str:
     if len(parts) > 1:
         text = parts[0]
     chars = list(text)
+    ments = sc.mentions(text)
     for e in find_events(text):
         if e.kind in ("path", "arrive", "ramp", "color", "size", "split", "background"):
             chars[e.start:e.end] = " " * (e.end - e.start)
+        if e.kind == "path":  # "flies over a green triangle from left to right": the triangle stays in the story
+            kept = [(m.start, m.end) for m in ments if e.start < m.start and m.end <= e.end]
+            kept += [b.span() for b in re.finditer(rf"\b(?:{_BG})\s+(?:background|backdrop)\b", text[:e.end])
+                     if b.start() >= e.start]  # "hops across the black background"
+            for a, b in kept:
+                chars[a:b] = text[a:b]
     return sc.normalise("".join(chars))
 
 

@@ -34,7 +34,7 @@ POSITION_PHRASES = [
     (r"(?:top|upper) (?:center|centre|middle)|(?:along )?the top(?: edge)?|near the top|at the top|(?:to )?the top",
      "top"),
     (r"(?:bottom|lower) (?:center|centre|middle)|(?:along )?the bottom(?: edge)?|near the bottom|at the bottom"
-     r"|(?:to )?the bottom", "bottom"),
+     r"|(?:to )?the bottom|on the (?:ground|floor)", "bottom"),
     (r"(?:middle |the )?left(?:[ -]hand)?(?: side| edge)?", "left"),
     (r"(?<!the )right in the (?:very )?(?:center|middle)", "center"),  # "right in the middle" is not "right"
     (r"(?:middle |the )?right(?:[ -]hand)?(?: side| edge)?", "right"),
