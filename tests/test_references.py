@@ -268,3 +268,17 @@ def test_edits_are_checked_against_their_op():
     with pytest.raises(ValueError, match="needs the shape"):
         ObjectEdit(op="add", position="top")
     assert GalleryItem(description="x").focus == []
+
+
+def test_a_background_goes_darker_or_lighter_from_the_one_it_has():
+    gray = InputImage(index=1, description="", objects=ROW, background="gray")
+    for text, want in (("make the background darker", "black"), ("can the backdrop be a little lighter?", "white"),
+                       ("make the background white", "white")):
+        out = parse_rules(Context(instruction=text, inputs=[gray])).request.outputs[0]
+        assert out.edits == [ObjectEdit(op="background", color=want)], text
+    # in a conversation, a change of backdrop edits the picture on screen
+    gallery = [GalleryItem(path="out/0001.png", description="a large yellow square on a black background",
+                           objects=[O(id=1, shape="square", color="yellow", size="large", position="center")],
+                           background="black")]
+    turn = parse_rules(Context(instruction="now change the backdrop to gray", gallery=gallery)).request
+    assert turn.task == "edit" and turn.outputs[0].edits == [ObjectEdit(op="background", color="gray")]

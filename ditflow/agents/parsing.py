@@ -693,7 +693,7 @@ def _object_edits(clause: str, image: InputImage, focus: list[int],
     Raises references.Unclear for a reference the image cannot settle."""
     if not image.objects:
         return []
-    return rf.object_edits(clause, image.objects, focus, f"image {image.index}", gone)
+    return rf.object_edits(clause, image.objects, focus, f"image {image.index}", gone, image.background)
 
 
 def _edited_description(image: InputImage, edits: list[ObjectEdit]) -> str:
@@ -782,7 +782,9 @@ def _follow_up_kind(text: str, ctx: Context) -> str | None:
     if ctx.inputs or not ctx.gallery:
         return None
     # "make the top left triangle red" after drawing three: a definite reference to what is on screen
-    pointed = _has_edit_ops(text) and any(not r.pronoun for r in rf.find_references(text))
+    pointed = _has_edit_ops(text) and any(not r.pronoun for r in rf.find_references(text)) or bool(
+        re.search(r"\b(?:change|make|turn|set|switch|paint|colou?r|recolou?r)\b[^.;]*\bthe (?:background|backdrop)\b",
+                  text))  # "now change the backdrop to gray": the picture on screen's
     if not PRONOUN_RE.search(text) and not pointed:
         return None
     if MORE_RE.search(text) or re.search(r"\b(?:again|same again|do it again|once more|more (?:pages?|images?|"

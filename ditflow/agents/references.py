@@ -101,6 +101,7 @@ CLAUSE_SPLIT = re.compile(rf"\s*(?:;|\.\s|,?\s+and then\s+|,?\s+then\s+|,\s*and\
                           rf"{_EDIT_VERB}\b))\s*(?:step\s*[1-9]\s*:\s*)?")
 
 
+SHADES = ("white", "gray", "black")  # the backgrounds from light to dark
 SINGULAR = ("it", "its", "itself", "him", "his", "her", "he", "she")  # people's pronouns for a shape, too
 
 
@@ -419,8 +420,10 @@ def _free_cell(objects: list[SceneObject]) -> str | None:
     return max(free, key=gap)
 
 
-def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], image: str) -> list[ObjectEdit]:
-    """The object edits of one clause ("make the top left triangle red"); [] when it is not an object edit."""
+def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], image: str,
+                 background: str | None = None) -> list[ObjectEdit]:
+    """The object edits of one clause ("make the top left triangle red"); [] when it is not an object edit.
+    `background`: the image's, which "make the background darker" starts from."""
     refs = find_references(clause)
     rest = clause
     for r in reversed(refs):  # what is left once the references are cut out names the new values
@@ -430,6 +433,10 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
         bg = sc.find_background(clause) or next((sc.BACKGROUND_WORDS[w] for w in re.findall(r"[a-z]+", clause)
                                                  if w in sc.BACKGROUND_WORDS and w not in ("dark", "light")), None)
         refs = [r for r in refs if r.shape or r.pronoun not in (None, *SINGULAR)]
+        shade = re.search(r"\b(?P<d>darker|dark|black)|(?P<l>lighter|light|brighter|bright|white)\b", clause)
+        if shade and background in SHADES and (bg is None or bg == background or not sc.find_background(clause)):
+            k = SHADES.index(background) + (1 if shade.group("d") else -1)  # one step along white, gray, black
+            bg = SHADES[min(len(SHADES) - 1, max(0, k))] if not sc.find_background(clause) else bg
         if bg and not [r for r in refs if r.shape]:
             return [ObjectEdit(op="background", color=bg)]
     # "switch the circles to squares" changes them; "swap the circle with the square" swaps them
@@ -770,7 +777,8 @@ def _brought_back(text: str, objects: list[SceneObject], gone: list[SceneObject]
 
 
 def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
-                 image: str = "the image", gone: list[SceneObject] = ()) -> list[ObjectEdit]:
+                 image: str = "the image", gone: list[SceneObject] = (),
+                 background: str | None = None) -> list[ObjectEdit]:
     """The object edits of a whole (normalised) edit instruction, clause by clause; a pronoun in a later clause
     means what the clause before acted on. [] when the instruction is not an edit of these objects. `gone`: the
     objects the last turn removed, which "put it back" brings back."""
@@ -782,7 +790,7 @@ def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
     clauses = [c for part in CLAUSE_SPLIT.split(text) if part and part.strip() for c in _distributed(part)]
     before = current
     for clause in clauses:
-        got = clause_edits(clause, current, focus, image)
+        got = clause_edits(clause, current, focus, image, background)
         if (len(got) == 1 and got[0].op == "add" and edits and edits[-1].op == "remove"
                 and len(edits[-1].targets) == 1 and IN_PLACE_RE.search(clause)):
             # a replacement said in two clauses is one reshape, where the old object was, as "replace ... with"
@@ -795,6 +803,7 @@ def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
             focus = touched(got) or focus
             # later clauses see the scene as this one left it, by the same ids
             current = apply(current, got)
+            background = next((e.color for e in got if e.op == "background"), background)
     return edits
 
 
