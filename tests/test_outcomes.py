@@ -75,6 +75,11 @@ def test_the_worlds_own_captions_are_never_outside_it():
     ("two silver triangles on a gray background", ["two triangles on a gray background"], (1,),
      ("two silver triangles",)),
     ("a white circle on a black background", ["a circle on a black background"], (1,), ("a white circle",)),
+    ("a tan-coloured diamond", ["a diamond"], (1,), ("a tan-colored diamond",)),
+    # more of a kind than a picture holds: drawing two would pass for what was asked
+    ("eight small pink squares", ["two small pink squares"], (1,), ("eight small pink squares",)),
+    ("12 circles and a triangle", ["two circles and a triangle"], (1,), ("12 circles",)),
+    ("five pictures of two circles", ["two circles"] * 5, (), ()),  # pictures are no objects
 ])
 def test_what_lies_outside_the_shapes_world(instruction, descriptions, outside, left_out):
     found = scope.check(request(*descriptions), instruction)

@@ -46,7 +46,8 @@ FOREIGN_COLORS = frozenset("""brown beige tan maroon olive khaki silver bronze c
 _SIZE = r"(?:(?:small|little|tiny|large|big|huge)\s+)?"
 _FOREIGN_ALT = "|".join(sorted(FOREIGN_COLORS))
 _SHAPE_ALT = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))
-_FOREIGN_COLORED = re.compile(rf"\b(?:an?|the|one|two|three|some)?\s*{_SIZE}(?P<color>{_FOREIGN_ALT})\s+{_SIZE}"
+_FOREIGN_COLORED = re.compile(rf"\b(?:an?|the|one|two|three|some)?\s*{_SIZE}(?P<color>{_FOREIGN_ALT})"
+                              rf"(?:[\s-]colou?red)?\s+{_SIZE}"
                               rf"(?P<shape>{_SHAPE_ALT})\b")
 # a look, medium, weather or time the world has no picture for: "make it a watercolor", "what if it were snowing"
 LOOK_RE = re.compile(r"\b(?:painting|painted|watercolou?rs?|oil paint|pencil|sketch(?:ed|y)?|cartoon|anime|manga|"
@@ -54,6 +55,12 @@ LOOK_RE = re.compile(r"\b(?:painting|painted|watercolou?rs?|oil paint|pencil|ske
                      r"retro|sepia|black and white|grayscale|greyscale|noir|snow(?:ing|y|fall)?|rain(?:ing|y)?|"
                      r"fog(?:gy)?|storm(?:y)?|sunset|sunrise|at night|night ?time|winter|summer|autumn|underwater|"
                      r"in space|neon|glowing|metallic|wooden|made of glass|3d render)\b")
+MOST_PER_PICTURE = max(world.NUMBER_WORDS)  # objects of one kind a shapes-world panel holds
+_MANY = {"four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
+         "a dozen": 12, "dozens of": 24, "hundreds of": 100, "a hundred": 100}
+# "seven blue circles", "10 squares": more of one kind than a picture of the world holds
+TOO_MANY_RE = re.compile(rf"\b(?P<n>{'|'.join(_MANY)}|\d+)\s+(?:(?:small|little|tiny|large|big|huge|\w+)\s+){{0,2}}"
+                         rf"(?:{_SHAPE_ALT})\b")
 WORLD_WORDS = frozenset({*sc.COLOR_WORDS, *sc.SIZE_WORDS, *sc.SHAPE_WORDS, *sc.BACKGROUND_WORDS, *sc.COUNT_WORDS})
 _POSITION_RES = [re.compile(r"\b(?:" + p + r")\b") for p, _ in sc.POSITION_PHRASES]
 _TOKEN = re.compile(r"\||[a-z0-9][a-z0-9'-]*|[^\sa-z0-9|]")
@@ -67,6 +74,7 @@ def _either(words, last: str) -> str:
 
 # One line that says what the world holds, built from the world's own tables.
 WORLD_TEXT = (f"{_either((s + 's' for s in world.SHAPES), 'and')} in {_either(world.COLORS, 'or')}, small or large, "
+              f"one to {world.NUMBER_WORDS[MOST_PER_PICTURE][0]} of a kind in a picture, "
               f"on a {_either(world.BACKGROUNDS, 'or')} background, anywhere or at the "
               f"{_either((p.replace('-', ' ') for row in world.POSITIONS for p in row), 'or')}; "
               "e.g. 'two small blue squares on a gray background'")
@@ -151,6 +159,12 @@ def check(req: ParsedRequest, instruction: str = "") -> Scope:
     left: list[str] = []
     for text in texts:
         left += [p for p in foreign_objects(text) if p not in left]
+    if req.num_inputs == 0:  # "seven blue circles": more than a picture holds; drawing two would say it did
+        many = [m.group(0) for m in TOO_MANY_RE.finditer(sc.normalise(instruction))
+                if _MANY.get(m.group("n"), int(m.group("n")) if m.group("n").isdigit() else 0) > MOST_PER_PICTURE]
+        if many:
+            outside = [o.index for o in drawn]
+            left += [p for p in many if p not in left]
     if req.num_inputs == 0:  # "a brown circle": a shape in a colour the world has not, so not that object at all
         said = sc.normalise(instruction)
         odd = [m.group(0).strip() for m in _FOREIGN_COLORED.finditer(said)
