@@ -282,3 +282,13 @@ def test_a_background_goes_darker_or_lighter_from_the_one_it_has():
                            background="black")]
     turn = parse_rules(Context(instruction="now change the backdrop to gray", gallery=gallery)).request
     assert turn.task == "edit" and turn.outputs[0].edits == [ObjectEdit(op="background", color="gray")]
+
+
+def test_what_is_given_to_an_object_goes_by_it():
+    square = [O(id=1, shape="square", color="green", position="center", box=(22, 22, 42, 42))]
+    assert edits("give it a red circle underneath", square) == [
+        {"op": "add", "shape": "circle", "color": "red", "position": "bottom"}]
+    assert edits("give the square a yellow triangle on top", square) == [
+        {"op": "add", "shape": "triangle", "color": "yellow", "position": "top"}]
+    assert edits("give the square a blue colour", square) == [{"op": "recolor", "targets": [1], "color": "blue"}]
+    assert edits("set the colour of square to pink", square) == [{"op": "recolor", "targets": [1], "color": "pink"}]

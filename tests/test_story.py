@@ -267,3 +267,11 @@ def test_cli_a_picture_book_adventure_travels_and_tells_each_page(tmp_path):
     texts = [o["happens"] for o in m["parsed"]["outputs"]]
     assert len(set(texts)) == 3 and all(t in article for t in texts)
     assert "Next, we see" not in article and "And in the end" not in article
+
+
+def test_captions_are_labels_and_a_numbered_one_of_them_goes():
+    from ditflow.agents.parsing import Context, parse_rules
+    pages = parse_rules(Context(instruction="Caption 1: three pink squares. Caption 2: delete 1 of the squares."))
+    assert [o.description for o in pages.request.outputs] == ["three pink squares", "two pink squares"]
+    one = parse_rules(Context(instruction="two diamonds clipart image")).request
+    assert [o.description for o in one.outputs] == ["two diamonds"]  # a plural shape counts objects, not images

@@ -58,7 +58,8 @@ _vague_alt = "|".join(sorted((re.escape(k) for k in VAGUE), key=len, reverse=Tru
 _ord_alt = "|".join(ORDINALS)
 # (never across an article: "turn it into a green one in a second picture" asks for no one picture)
 COUNT_RE = re.compile(rf"\b(?P<num>\d+|{_num_alt}|{_vague_alt})(?!\s+(?:per|each|of (?:them|these|those)))"
-                      rf"(?:[\s-]+(?!\d|{_num_alt}\b|(?:a|an|the|another|in|on|at)\b)[a-z']+){{0,3}}?"
+                      # "three circles vector image" counts circles: a plural shape is the objects' count
+                      rf"(?:[\s-]+(?!\d|{_num_alt}\b|(?:a|an|the|another|in|on|at|{sc.PLURAL_ALT})\b)[a-z']+){{0,3}}?"
                       rf"[\s-]+(?P<noun>{OUTPUT_NOUN})\b(?!\s+(?:per|for each|for every)\b)")  # "one picture per line"
 MORE_RE = re.compile(rf"\b(?:(?P<num>\d+|{_num_alt})\s+(?:more|extra|additional|new)|(?P<another>another)"
                      rf"|(?P<onemore>one more))\b")

@@ -49,6 +49,7 @@ BARE_REF_RE = re.compile(rf"\b(?:remove|delete|erase|make|turn|paint|colou?r|rec
                          rf"(?:colou?r|size|shape|fill) of)\s+"
                          rf"(?P<ref>(?P<mods>(?:(?:{_color_alt}|{_extreme_alt}|{_ordinal_alt}|small|little|tiny|large|"
                          rf"big|huge)[\s-]+){{1,3}})(?P<noun>{_shape_alt})\b)")
+OF_REF_RE = re.compile(rf"\b(?:colou?r|size|shape|fill|position|place) of\s+(?P<ref>(?:{_shape_alt})\b)")
 PRONOUN_RE = re.compile(r"\b(?P<p>it|its|itself|him|his|her|he|she|them|they|both|all of them|everything|"
                         r"all objects|all shapes"
                         r"|each of them|every shape|every object)\b")
@@ -194,6 +195,11 @@ def find_references(text: str) -> list[Reference]:
             ref.color = sc.COLOR_WORDS[c.group("c")]
             ref.end += c.end()
         out.append(ref)
+    for m in OF_REF_RE.finditer(text):  # "set the colour of circle to red": the noun alone, after "colour of"
+        k = m.start("ref")
+        if not any(r.start <= k < r.end for r in out):
+            r = find_references("the " + text[k:])[0]
+            out.append(replace(r, start=k, end=r.end + k - 4, head_end=r.head_end + k - 4))
     for m in BARE_REF_RE.finditer(text):
         k = m.start("ref")
         if not any(r.start <= k < r.end for r in out):  # read as if it had its article
@@ -498,15 +504,23 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
     # "give the circle a blue triangle next to it": the new object comes after the one it is placed by
     placed_by_sel = bool(m and sel is not None and m.start() > sel.end
                          and re.match(rf"\s*(?:right\s+|just\s+)?{RELATION}\s+(?:it|him|her|them)\b", clause[m.end():]))
-    if m and (sel is None or placed_by_sel or NEW_THING_RE.search(clause[:sel.start])):
+    # "give it a red circle underneath", "give the square a hat on top": the new object goes by the one given it
+    given = bool(m and sel is not None and not placed_by_sel and re.search(r"\bgive\s+$", clause[:sel.start])
+                 and m.start() == sel.end + len(clause[sel.end:]) - len(clause[sel.end:].lstrip()))
+    side = re.search(r"\b(on top|above|over it|underneath|below|beneath|under it|beside|next to it|alongside)\b",
+                     clause[m.end():]) if given else None
+    if m and (sel is None or placed_by_sel or given or NEW_THING_RE.search(clause[:sel.start])):
         new = _new_thing(m.group(0))
         taken = {o.position for o in objects}
         cell = _target_cell(clause[m.end():], None)
         relation = (re.match(rf"\s*(?:right\s+|just\s+)?({RELATION})", clause[m.end():]) if placed_by_sel else
                     re.search(rf"\b({RELATION})\s*$", clause[:sel.start]) if sel is not None else None)
-        if relation:
-            cell = _related_cell(_relation(relation.group(1)), _group_ids(clause, refs, sel, objects, focus, image),
-                                 objects, taken)
+        word = relation.group(1) if relation else None
+        if given:
+            word = side.group(1) if side else "beside"
+            word = {"on top": "above", "over it": "above", "under it": "below", "next to it": "beside"}.get(word, word)
+        if word:
+            cell = _related_cell(_relation(word), _group_ids(clause, refs, sel, objects, focus, image), objects, taken)
         if cell in taken:
             raise Unclear(f"the {cell.replace('-', ' ')} of {image} is taken ({listing(objects)}); where should "
                           f"the new {new.shape} go?")

@@ -34,10 +34,10 @@ class Scene:
 
 
 _COLOR_ALT = "|".join(sorted(COLOR_WORDS, key=len, reverse=True))
-_PLURAL_ALT = "|".join(sorted((w for w, s in SHAPE_WORDS.items() if w != s and w.endswith("s")), key=len, reverse=True))
+PLURAL_ALT = "|".join(sorted((w for w, s in SHAPE_WORDS.items() if w != s and w.endswith("s")), key=len, reverse=True))
 # "two squares, one blue and the other orange": one colour per object, said after the count
 DISTRIBUTED_RE = re.compile(
-    rf"\b(?P<n>two|three|2|3)\s+(?P<shape>{_PLURAL_ALT})\b\s*[,:(–-]?\s*(?P<list>(?:one|the first)\s+(?:is\s+)?"
+    rf"\b(?P<n>two|three|2|3)\s+(?P<shape>{PLURAL_ALT})\b\s*[,:(–-]?\s*(?P<list>(?:one|the first)\s+(?:is\s+)?"
     rf"(?:{_COLOR_ALT})(?:\s*(?:,\s*and|,|and)\s+(?:one|another|the other|the second|the third|the last)\s+"
     rf"(?:one\s+)?(?:is\s+)?(?:{_COLOR_ALT}))+)\)?")
 

@@ -325,7 +325,7 @@ def find_events(text: str) -> list[Event]:
 
     for m in LEAVE_RE.finditer(text):
         if free(m.start(), m.end()):
-            one = re.search(r"\bone of (?:them|the \w+)\s+$", text[:m.start()])  # one of several goes
+            one = re.search(r"\b(?:one|1|any) of (?:them|the \w+)\s+$", text[:m.start()])  # one of several goes
             found.append(Event("leave", m.start(), m.end(), m.group("verb"), _who(text, m.start(), ments),
                                ("one",) if one else ()))
     for rx, side in ((ARRIVE_AFTER_RE, "after"), (ARRIVE_BEFORE_RE, "before")):
@@ -407,7 +407,7 @@ def find_events(text: str) -> list[Event]:
 
 
 # ----------------------------------------------------------------------------- steps
-_LABEL_NOUN = r"(?:image|picture|panel|frame|page|step|scene|shot|slide|photo|drawing)"
+_LABEL_NOUN = r"(?:image|picture|panel|frame|page|step|scene|shot|slide|photo|drawing|caption)"
 # "Image 1: ... Image 2: ...", "First picture: ...", "Start image: ... End image: ...", "the second image with ..."
 LABEL_RE = re.compile(rf"(?:^|(?<=[\s,;.!:(]))(?:(?:{_LABEL_NOUN}\s*#?\s*(?:[1-9]|one|two|three|four|five|six)|"
                       rf"(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|last|final|start(?:ing)?|end(?:ing)?|"
@@ -491,7 +491,8 @@ def _step_events(part: str) -> list[Event]:
     out = []
     if SWAP_RE.search(part):  # "another photo where they have swapped places"
         return [Event("swap", 0, len(part), "swap", None)]
-    if re.search(r"\bone of (?:them|the \w+)\b", part) and (GONE_RE.search(part) or LEAVE_RE.search(part)):
+    if re.search(r"\b(?:one|1|any) of (?:them|the \w+)\b", part) and (GONE_RE.search(part)
+                                                                     or LEAVE_RE.search(part)):
         return [Event("leave", 0, len(part), "leaves", who, ("one",))]  # "one of them has driven away"
     if GONE_RE.search(part) and ments:
         return [Event("leave", 0, len(part), "leaves", who)]
