@@ -196,3 +196,10 @@ def test_dev_split_accuracy_and_every_plan_valid():
 ])
 def test_a_relation_between_two_objects_places_them(text, want):
     assert parse_rules(Context(instruction=text)).request.outputs[0].description == want
+
+
+def test_an_image_with_words_that_ask_nothing_readable_gets_a_question_not_a_drawing():
+    image = InputImage(index=1, description="a red circle")
+    for text in ("hmm, what can you do with this?", "これをどうにかして"):
+        req = parse_rules(Context(instruction=text, inputs=[image])).request
+        assert req.clarification and "what should change" in req.clarification, text

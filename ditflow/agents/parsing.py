@@ -602,6 +602,13 @@ def parse_rules(ctx: Context) -> Parse:
     elif n_in and re.search(r"\b(?:variations?|versions?|similar|like (?:this|it|these)|in the style of|based on|"
                             r"same style|inspired by)\b", text):
         task = "generate"
+    elif n_in and not (sc.mentions(text) or sc.find_background(text) or _free_colors(text, [])
+                       or scope.LOOK_RE.search(text)):
+        # an image and words that ask for nothing this parser reads ("请问…", "what can you do with this"): drawing
+        # something unrelated would pass for an answer
+        return Parse(_clarify(f"I could not tell what to do with the image{'s' if n_in > 1 else ''} you gave. Say "
+                              "what should change, e.g. 'make the circle blue', 'remove the square', 'clean up this "
+                              "noisy picture' or 'make it 4x bigger'.", ctx))
     elif re.search(r"\b(?:it|this|that|them|the (?:image|picture|photo))\b", text) and EDIT_VERB.search(text) \
             and not sc.mentions(text) and not n_in:
         return Parse(_clarify("There is no image to change yet: attach one, or describe a new image.", ctx))
