@@ -203,3 +203,8 @@ def test_an_image_with_words_that_ask_nothing_readable_gets_a_question_not_a_dra
     for text in ("hmm, what can you do with this?", "これをどうにかして"):
         req = parse_rules(Context(instruction=text, inputs=[image])).request
         assert req.clarification and "what should change" in req.clarification, text
+
+
+def test_first_one_before_a_shape_is_a_count_not_a_reference_to_an_image():
+    req = parse_rules(Context(instruction="first one green diamond, then two green diamonds")).request
+    assert not req.clarification and [o.description for o in req.outputs] == ["a green diamond", "two green diamonds"]

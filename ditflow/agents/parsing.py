@@ -197,6 +197,9 @@ class Refs:
     all: bool = False
 
 
+_SHAPES_ALT = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))
+
+
 def find_refs(text: str, n: int) -> Refs:
     """Explicit references to inputs: "image 2", "images 1 and 3", "the second one", "page 3", "the last image".
     "A second picture" is a new output, not a reference; with no inputs, the pictures of a sequence ("draw X, then
@@ -210,6 +213,8 @@ def find_refs(text: str, n: int) -> Refs:
     for m in re.finditer(rf"(?<!\ba )(?<!\ban )\b(?:the\s+)?({_ord_alt}|last)\s+(?:\w+\s+)?{REF_NOUN}\b|"
                          rf"\b({_ord_alt}|last) one\b", text):
         word = m.group(1) or m.group(2)
+        if m.group(0).endswith("one") and re.match(rf"\s+(?:\w+\s+){{0,2}}?(?:{_SHAPES_ALT})\b", text[m.end():]):
+            continue  # "first one pink circle, then two": a count, not "the first one"
         spans.append((m.start(), m.end(), [n if word == "last" else ORDINALS[word]]))
     spans.sort()
     indices: list[int] = []
