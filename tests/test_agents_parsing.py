@@ -208,3 +208,8 @@ def test_an_image_with_words_that_ask_nothing_readable_gets_a_question_not_a_dra
 def test_first_one_before_a_shape_is_a_count_not_a_reference_to_an_image():
     req = parse_rules(Context(instruction="first one green diamond, then two green diamonds")).request
     assert not req.clarification and [o.description for o in req.outputs] == ["a green diamond", "two green diamonds"]
+
+
+def test_side_by_side_is_left_and_right():
+    req = parse_rules(Context(instruction="an orange diamond and a cyan circle side by side")).request
+    assert req.outputs[0].description == "an orange diamond on the left and a cyan circle on the right"

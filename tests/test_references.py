@@ -292,3 +292,11 @@ def test_what_is_given_to_an_object_goes_by_it():
         {"op": "add", "shape": "triangle", "color": "yellow", "position": "top"}]
     assert edits("give the square a blue colour", square) == [{"op": "recolor", "targets": [1], "color": "blue"}]
     assert edits("set the colour of square to pink", square) == [{"op": "recolor", "targets": [1], "color": "pink"}]
+
+
+def test_a_copy_put_somewhere_is_placed_there_and_joined_removals_all_go():
+    two = [O(id=1, shape="circle", color="red", position="left", box=(4, 24, 18, 38)),
+           O(id=2, shape="square", color="blue", size="small", position="right", box=(48, 26, 58, 36))]
+    assert edits("make a copy of the circle and put it at the top", two) == [
+        {"op": "duplicate", "targets": [1], "position": "top"}]
+    assert edits("delete the circle and the small square", two) == [{"op": "remove", "targets": [1, 2]}]

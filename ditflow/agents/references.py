@@ -499,7 +499,8 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             if len(keep) == len(objects):
                 return []
             return [ObjectEdit(op="remove", targets=[o.id for o in objects if o.id not in keep])]
-        return [ObjectEdit(op="remove", targets=resolve(sel, objects, focus, image))]
+        # "delete the circle and the small square": every reference joined to the first
+        return [ObjectEdit(op="remove", targets=_joined_ids(clause, refs, sel, objects, focus, image)[0])]
     m = ADD_RE.search(clause) and NEW_THING_RE.search(clause)
     # "give the circle a blue triangle next to it": the new object comes after the one it is placed by
     placed_by_sel = bool(m and sel is not None and m.start() > sel.end
@@ -811,6 +812,11 @@ def object_edits(text: str, objects: list[SceneObject], focus: list[int] = (),
             gone, new = edits.pop(), got[0]
             got, current = [ObjectEdit(op="reshape", targets=gone.targets, shape=new.shape, color=new.color,
                                        size=new.size)], before
+        if (len(got) == 1 and got[0].op == "move" and edits and edits[-1].op == "duplicate"
+                and got[0].targets == edits[-1].targets and PRONOUN_RE.search(clause)):
+            # "make a copy of the circle and put it at the bottom right": "it" is the copy, and that is its place
+            edits[-1] = edits[-1].model_copy(update={"position": got[0].position})
+            current, got = apply(before, [edits[-1]]), []
         before = current
         if got:
             edits += got

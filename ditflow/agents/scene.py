@@ -122,6 +122,10 @@ def placed(text: str, ments: list[Mention]) -> list[Thing]:
         for i, cell in zip(group, cells):
             if pos[i] is None:
                 pos[i] = cell
+    free = [k for k in range(len(things)) if k not in same and pos[k] is None]
+    if len(free) == 2 and len(things) - len(same) == 2 and re.search(r"\bside by side\b|\bnext to each other\b",
+                                                                     text):
+        pos[free[0]], pos[free[1]] = "left", "right"
     return [replace(t, position=p) for k, (t, p) in enumerate(zip(things, pos)) if k not in same]
 
 
