@@ -106,3 +106,18 @@ def test_a_later_page_is_object_edits_of_the_page_before_when_that_is_unambiguou
     on_gray = step.model_copy(update={"prompt": "a green square on the left on a gray background"})
     assert _later_page(pipe, page(world.ObjectSpec("green", "square", "large", "left")), on_gray)[1] == [
         ObjectEdit(op="background", color="gray")]
+
+
+@pytest.mark.parametrize("background", ["white", "black", "gray"])
+def test_a_recolour_on_a_plain_background_retints_the_object_and_calls_no_model(pipe, background):
+    image, source = scene(background)
+    out, records = edit_objects(pipe, image, source, [ObjectEdit(op="recolor", targets=[2], color="pink")], seed=0)
+    assert seen(out) == sorted([("red", "circle", "top-left"), ("pink", "square", "center"),
+                                ("yellow", "triangle", "bottom-right")])
+    square = next(o for o in source.objects if o.id == 2)
+    before, after = (world.object_mask(im, square.box) for im in (image, out))
+    assert np.array_equal(before, after)  # the same silhouette, pixel for pixel
+    for o in source.objects:
+        if o.id != 2:
+            assert same_pixels(out, image, o.box), f"object {o.id} changed"
+    assert not [r for r in records if r.tool == "edit"]  # no inpaint was needed

@@ -1,9 +1,12 @@
 """Object-level edits on the toolkit: each `ObjectEdit` of an output becomes the smallest tool call that makes it,
 and nothing outside the objects it names changes.
 
-- recolor, reshape, resize: the object's region is inpainted (grown to the large side for a resize up), the other
-  objects kept out of it, prompted with the object alone in its cell (the builtin model draws one placed object
-  well, `toolkit/edit.py`);
+- recolor on a plain background: the object's own pixels re-tinted from its colour to the new one, each keeping
+  its share of object and background (so the silhouette and its soft edge stay exactly), no model call; kept when
+  the detector reads the new colour there, else inpainted as below (an inpainted recolour at times lost the object);
+- recolor otherwise, reshape, resize: the object's region is inpainted (grown to the large side for a resize up),
+  the other objects kept out of it, prompted with the object alone in its cell (the builtin model draws one placed
+  object well, `toolkit/edit.py`);
 - move: the toolkit's move (the object's own pixels lifted and set down in the cell, the place it leaves refilled);
 - remove: the object's region inpainted with the plain background;
 - add: a region in the named (or the farthest free) cell inpainted with the new object;
@@ -23,6 +26,7 @@ import time
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from ditflow.agents import scene as sc
 from ditflow.pipelines import world
@@ -196,7 +200,39 @@ class ObjectEditor:
     def _recolor(self, e: ObjectEdit) -> None:
         for i in e.targets:
             o = self.objects[i] = self.objects[i].model_copy(update={"color": e.color})
-            self._restyle(i, o)
+            if not self._tint(i, e.color):
+                self._restyle(i, o)
+
+    def _tint(self, i: int, color: str) -> bool:
+        """Recolour object `i` in place on a plain background: each pixel near its silhouette is background plus a
+        share α of (old colour − background), and becomes background plus α of (new − background). True when
+        the detector then reads the new colour at its box (the image is changed only then)."""
+        if not self.plain or i not in self.boxes or color not in world.COLORS:
+            return False
+        x0, y0, x1, y1 = self.boxes[i]
+        box = (max(0, x0 - 1), max(0, y0 - 1), min(self.w, x1 + 1), min(self.h, y1 + 1))
+        a = np.asarray(self.image, np.float32)
+        silhouette = world.object_mask(self.image, box)
+        if not silhouette.any():
+            return False
+        bg = np.asarray(world.BACKGROUNDS[self.background], np.float32)
+        old = np.median(a[silhouette], 0) - bg
+        if float(old @ old) < 1.0:
+            return False
+        region = np.zeros(silhouette.shape, bool)
+        region[box[1]:box[3], box[0]:box[2]] = True
+        for ox0, oy0, ox1, oy1 in self._others(i):  # a neighbour's pixels are its own
+            region[max(0, oy0):oy1, max(0, ox0):ox1] = False
+        near = ndimage.binary_dilation(silhouette, iterations=1) & region
+        alpha = np.clip(((a - bg) @ old) / float(old @ old), 0.0, 1.0)[..., None]
+        out = a.copy()
+        out[near] = (bg + alpha * (np.asarray(world.COLORS[color], np.float32) - bg))[near]
+        tinted = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+        _, dets = world.detect(tinted)
+        if not any(d.color == color and _iou(d.box, self.boxes[i]) > 0.5 for d in dets):
+            return False
+        self.image = tinted
+        return True
 
     def _reshape(self, e: ObjectEdit) -> None:
         for i in e.targets:
