@@ -300,3 +300,11 @@ def test_a_copy_put_somewhere_is_placed_there_and_joined_removals_all_go():
     assert edits("make a copy of the circle and put it at the top", two) == [
         {"op": "duplicate", "targets": [1], "position": "top"}]
     assert edits("delete the circle and the small square", two) == [{"op": "remove", "targets": [1, 2]}]
+
+
+def test_an_ordinal_over_objects_that_stand_level_asks():
+    # TRIANGLES: one at the top left, two in the right column: "second from the left" is either of those
+    with pytest.raises(rf.Unclear, match="stand level"):
+        edits("paint the triangle second from the left blue", TRIANGLES)
+    assert edits("paint the triangle first from the left blue", TRIANGLES) == [
+        {"op": "recolor", "targets": [1], "color": "blue"}]

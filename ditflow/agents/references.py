@@ -329,7 +329,13 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
         if not -len(order) <= (k - 1 if k > 0 else k) < len(order):
             raise Unclear(f"{image} has only {len(order)} such object(s) ({listing(order)}); there is no "
                           f"{named.removeprefix('the ')}")
-        return [order[k - 1 if k > 0 else k].id]
+        pick = order[k - 1 if k > 0 else k]
+        axis = ref.axis.strip("-")
+        level = [o for o in order if abs(_key(o, axis) - _key(pick, axis)) < 6.0]
+        if len(level) > 1:  # two in one column are both "second from the left": ask, as for any tie
+            raise Unclear(f"'{named}' could be any of {len(level)} objects in {image} ({listing(level)}), which "
+                          f"stand level; which one did you mean? Say its position or colour")
+        return [pick.id]
     if ref.take:  # "one of the circles": any will do; the last ones, so the first stay where the eye starts
         if len(hits) < ref.take:
             raise Unclear(f"{image} has only {len(hits)} such object(s) ({listing(hits)}); there is no {named}")
