@@ -11,7 +11,7 @@ from ditflow.agents.parsing import (SELF_REFERENCE, Context, GalleryItem, Instru
 from ditflow.agents.planning import GROUP_PANELS, plan_rules
 from ditflow.bench.agents import load_cases, run_case, summarise
 from ditflow.pipelines.world import COLORS, SHAPES
-from ditflow.schemas import MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, InputImage, OutputSpec, ParsedRequest
+from ditflow.schemas import MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, InputImage, OutputSpec, ParsedRequest, SceneObject
 
 
 def rules(text: str, inputs: list[str] = (), gallery: list[str] = (), previous_task=None, shared=None):
@@ -213,3 +213,11 @@ def test_first_one_before_a_shape_is_a_count_not_a_reference_to_an_image():
 def test_side_by_side_is_left_and_right():
     req = parse_rules(Context(instruction="an orange diamond and a cyan circle side by side")).request
     assert req.outputs[0].description == "an orange diamond on the left and a cyan circle on the right"
+
+
+def test_a_shapes_fill_is_its_colour_not_a_hole_to_fill_in():
+    image = InputImage(index=1, description="", background="white",
+                       objects=[SceneObject(id=1, shape="diamond", color="green", position="left",
+                                            box=(4, 24, 18, 38))])
+    req = parse_rules(Context(instruction="set the diamond's fill in the picture to pink", inputs=[image])).request
+    assert req.task == "edit" and req.outputs[0].edits[0].color == "pink"

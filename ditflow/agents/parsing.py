@@ -78,7 +78,8 @@ RESTORE_WORDS = {  # user words → RestoreSpec.degradation
            r"(?:bigger|larger)\b|\b(?:enlarge|blow up|magnify)\s+(?:this|the|my|that)\s+(?:\w+\s+)?"
            r"(?:image|picture|photo|pic|thumbnail)\b",
     "jpeg": r"jpe?g|compression|artifact|blocky|blockiness",
-    "inpaint": r"missing|fill in|\bholes?\b|scratch|torn|damaged|\bgaps?\b",
+    "inpaint": r"missing|(?<!'s )fill in(?! (?:the|this|that) (?:image|picture|photo) (?:to|with))|\bholes?\b|scratch|"
+               r"torn|damaged|\bgaps?\b",  # "the square's fill in the image to blue" is a colour
 }
 # "could we get a better quality version", "improve the image quality": restoration, the operator left to auto
 QUALITY = (r"(?:better|higher|improved?|improving|boost(?:ed)?|increase[sd]?)\s+(?:the\s+)?(?:image\s+|picture\s+|"
@@ -608,7 +609,7 @@ def parse_rules(ctx: Context) -> Parse:
                             r"same style|inspired by)\b", text):
         task = "generate"
     elif n_in and not (sc.mentions(text) or sc.find_background(text) or _free_colors(text, [])
-                       or scope.LOOK_RE.search(text)):
+                       or sc.find_position(text)[0] or scope.LOOK_RE.search(text)):
         # an image and words that ask for nothing this parser reads ("请问…", "what can you do with this"): drawing
         # something unrelated would pass for an answer
         return Parse(_clarify(f"I could not tell what to do with the image{'s' if n_in > 1 else ''} you gave. Say "
