@@ -151,7 +151,8 @@ def find_references(text: str) -> list[Reference]:
                                                                    sc.SHAPE_WORDS[noun] != noun)
         ref.shape = sc.SHAPE_WORDS.get(noun)
         ref.take = TAKE.get(det.split()[0]) if det.endswith(" of the") else None
-        ref.every = ref.take is None and det.startswith(("every", "each", "all", "both")) or (plural and det in ("the", "these", "those"))
+        ref.every = ref.take is None and (det.startswith(("every", "each", "all", "both"))
+                                          or plural and det in ("the", "these", "those"))
         ref.other = "other" in mods
         ref.every |= any(w in ("two", "three", "2", "3") for w in mods)  # "the two circles"
         joined = " ".join(mods)
@@ -195,12 +196,8 @@ def find_references(text: str) -> list[Reference]:
             ref.color = sc.COLOR_WORDS[c.group("c")]
             ref.end += c.end()
         out.append(ref)
-    for m in OF_REF_RE.finditer(text):  # "set the colour of circle to red": the noun alone, after "colour of"
-        k = m.start("ref")
-        if not any(r.start <= k < r.end for r in out):
-            r = find_references("the " + text[k:])[0]
-            out.append(replace(r, start=k, end=r.end + k - 4, head_end=r.head_end + k - 4))
-    for m in BARE_REF_RE.finditer(text):
+    # headline wording ("remove middle circle"), and a noun alone after "colour of" ("set the colour of circle")
+    for m in [*OF_REF_RE.finditer(text), *BARE_REF_RE.finditer(text)]:
         k = m.start("ref")
         if not any(r.start <= k < r.end for r in out):  # read as if it had its article
             r = find_references("the " + text[k:])[0]
@@ -226,25 +223,11 @@ def _anchored(text: str, refs: list[Reference]) -> list[Reference]:
         prev = out[-1] if out else None
         gap = ANCHOR_GAP.fullmatch(text[prev.end:r.start]) if prev and prev.end <= r.start else None
         if gap and prev.anchor is None and not gap.group("rel").endswith("between"):
-            out[-1] = replace(prev, anchor=r, relation=_relation(gap.group("rel")), end=r.end,
+            out[-1] = replace(prev, anchor=r, relation=sc.relation(gap.group("rel")), end=r.end,
                               text=text[prev.start:r.end])
         else:
             out.append(r)
     return out
-
-
-def _relation(words: str) -> str:
-    """A relation word as one of: near, above, below, left of, right of, between."""
-    w = words.strip()
-    if w.endswith("left of"):
-        return "left of"
-    if w.endswith("right of"):
-        return "right of"
-    if w in ("above", "over", "on top of", "on the top of"):
-        return "above"
-    if w in ("below", "under", "beneath", "underneath"):
-        return "below"
-    return "between" if w.endswith("between") else "near"
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -527,7 +510,8 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             word = side.group(1) if side else "beside"
             word = {"on top": "above", "over it": "above", "under it": "below", "next to it": "beside"}.get(word, word)
         if word:
-            cell = _related_cell(_relation(word), _group_ids(clause, refs, sel, objects, focus, image), objects, taken)
+            ids = _group_ids(clause, refs, sel, objects, focus, image)
+            cell = _related_cell(sc.relation(word), ids, objects, taken)
         if cell in taken:
             raise Unclear(f"the {cell.replace('-', ' ')} of {image} is taken ({listing(objects)}); where should "
                           f"the new {new.shape} go?")
@@ -622,7 +606,7 @@ def _destination(clause: str, refs: list[Reference], sel: Reference, after: str,
         later = next((r for r in refs[k + 1:] if re.search(rf"\b(?:{RELATION})\s*$", clause[sel.end:r.start])), None)
         if later is None:
             return None
-        relation = _relation(re.search(rf"\b({RELATION})\s*$", clause[sel.end:later.start]).group(1))
+        relation = sc.relation(re.search(rf"\b({RELATION})\s*$", clause[sel.end:later.start]).group(1))
         ids = _group_ids(clause, refs, later, objects, focus, image)
     moving = resolve(mover, objects, focus, image)
     taken = {o.position for o in objects if o.id not in moving}

@@ -64,7 +64,8 @@ def distribute(text: str) -> str:
 # respect to another
 _RELATION_GAP = re.compile(
     r"\s*(?:(?:at|in|on) (?:the )?(?:top|bottom|upper|lower|left|right|middle|center)(?:[ -](?:left|right))?"
-    r"(?: corner| side)?\s+)?,?\s*(?:(?:which|that|who) )?(?:is |are |sits |sitting |stands |standing |placed |lies |lying |rests |"
+    r"(?: corner| side)?\s+)?,?\s*(?:(?:which|that|who) )?"
+    r"(?:is |are |sits |sitting |stands |standing |placed |lies |lying |rests |"
     r"resting |located |floats |floating |hovers |hovering )?(?:right |just |directly )?"
     r"(?P<rel>above|over|on top of|below|under|underneath|beneath|(?:to |on )?(?:the )?left of|"
     r"(?:to |on )?(?:the )?right of|next to|beside|besides)\s+(?:(?:an?|the|one)\s+)?")
@@ -73,17 +74,21 @@ _RELATION_CELLS = {"above": ("top", ("bottom", "bottom-left", "bottom-right")),
                    "below": ("bottom", ("top", "top-left", "top-right")),
                    "left of": ("left", ("right", "top-right", "bottom-right")),
                    "right of": ("right", ("left", "top-left", "bottom-left")),
-                   "next to": ("left", ("right", "top-right", "bottom-right"))}
+                   "near": ("left", ("right", "top-right", "bottom-right"))}
 
 
-def _relation_key(rel: str) -> str:
-    rel = rel.strip()
-    if rel.endswith("left of"):
-        return "left of"
-    if rel.endswith("right of"):
-        return "right of"
-    return {"over": "above", "on top of": "above", "under": "below", "underneath": "below", "beneath": "below",
-            "beside": "next to", "besides": "next to"}.get(rel, rel)
+def relation(words: str) -> str:
+    """A relation phrase ("on top of", "to the left of", "beside", "in between") as one of: above, below,
+    left of, right of, between, near."""
+    w = words.strip()
+    for side in ("left of", "right of"):
+        if w.endswith(side):
+            return side
+    if w in ("above", "over", "on top of", "on the top of"):
+        return "above"
+    if w in ("below", "under", "beneath", "underneath"):
+        return "below"
+    return "between" if w.endswith("between") else "near"
 
 
 def placed(text: str, ments: list[Mention]) -> list[Thing]:
@@ -108,7 +113,7 @@ def placed(text: str, ments: list[Mention]) -> list[Thing]:
         if k + 2 < len(ments) and re.fullmatch(r"\s*(?:,|and|, and)\s*(?:an?\s+)?", text[ments[k + 1].end:
                                                                                        ments[k + 2].start]):
             group.append(same.get(k + 2, k + 2))
-        key = _relation_key(rel.group("rel"))
+        key = relation(rel.group("rel"))
         mine, theirs = _RELATION_CELLS[key]
         if pos[a] is None:
             pos[a] = mine
