@@ -459,7 +459,7 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
             return [ObjectEdit(op="recolor", targets=[a.id], color=b.color),
                     ObjectEdit(op="recolor", targets=[b.id], color=a.color)]
         return [ObjectEdit(op="swap", targets=ids)]
-    counted = _count_change(clause, objects)
+    counted = _count_change(clause, named, objects)
     if counted is not None:
         return counted
     sel = next((r for r in refs), None)
@@ -613,13 +613,12 @@ def _destination(clause: str, refs: list[Reference], sel: Reference, after: str,
     return mover, _related_cell(relation, ids, objects, taken)
 
 
-def _count_change(clause: str, objects: list[SceneObject]) -> list[ObjectEdit] | None:
+def _count_change(clause: str, named: list[sc.Mention], objects: list[SceneObject]) -> list[ObjectEdit] | None:
     """"from three triangles to two", "make it three squares instead of one": removals or copies that bring the
     number of objects of a shape to the number asked for; None when the clause says no such change."""
     n = r"(?:one|two|three|1|2|3)"
     m = (re.search(rf"\bfrom\s+(?P<a>{n})\s+(?:(?:\w+\s+)?(?:{_shape_alt})\s+)?to\s+(?P<b>{n})\b", clause)
          or re.search(rf"\b(?P<b>{n})\s+(?:\w+\s+)?(?:{_shape_alt})\s+instead of\s+(?P<a>{n})\b", clause))
-    named = sc.mentions(clause)
     if not m or not named:
         return None
     thing = named[0].thing

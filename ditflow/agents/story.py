@@ -95,7 +95,6 @@ SIZE_TO_RE = re.compile(rf"\b(?:grows?|growing|grew|shrinks?|shrinking|shrank|sh
                         rf"(?:into|to|until it is|until it's)\s+(?:a|an)\s+(?P<size>small|little|tiny|large|big|huge)"
                         rf"(?:\s+(?:{_COLOR}))?(?:\s+(?:{_SHAPE}|one))?\b")
 _BG = "|".join(sorted(BACKGROUND_WORDS, key=len, reverse=True))
-# "as the background turns from white to black": the backdrop changes over the pages
 # "one day the green square is big", "the next day it is pink": a state said plainly, a change where the object
 # had another colour or size before (find_events checks that)
 STATE_RE = re.compile(rf"\b(?P<verb>is|was|are|were|looks|looked)\s+(?:now\s+|all\s+|very\s+|really\s+|so\s+)?"
@@ -105,6 +104,7 @@ STATE_RE = re.compile(rf"\b(?P<verb>is|was|are|were|looks|looked)\s+(?:now\s+|al
 NIGHT_RE = re.compile(r"\b(?:in the dark(?:ness)?|at night|(?:at |to )?midnight|night ?time|"
                       r"(?:becomes?|became|turns?|turned|is|was|gets?|got|goes|went) (?:night|dark)|"
                       r"night (?:falls|fell|comes|came|arrives)|the sun (?:sets|set|goes down|went down))\b")
+# "as the background turns from white to black": the backdrop changes over the pages
 BACKDROP_RE = re.compile(rf"\b(?:the\s+)?(?:background|backdrop|sky)\s+(?:slowly\s+|gradually\s+)?"
                          rf"(?P<verb>turns?|turning|"
                          rf"changes?|changing|goes|going|fades?|fading|shifts?|shifting|becomes?|becoming)\s+"
