@@ -344,7 +344,7 @@ class Session:
             turn = Turn(record, out)
             turn.save(out, settings=self.settings, task=task)
             if record.images:
-                self._emit(ProgressEvent(stage="save", message=f"{len(record.images)} image(s)"))
+                self._emit(ProgressEvent(stage="done", message=f"{len(record.images)} image(s) saved"))
             return turn
 
     def stream(self, instruction: str, images: Iterable[str | Path] = (), **kwargs) -> Iterator[ProgressEvent | Turn]:

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ditflow.api import Session, Turn, TurnCancelled
 from ditflow.progress import RichProgress
-from ditflow.schemas import one_line
+from ditflow.schemas import CLARIFY, one_line
 
 PROMPT = "you › "
 READY = "ready"  # printed once the prompt is about to appear; tests and the latency bench wait for it
@@ -52,20 +52,25 @@ def preview_renderable(path: Path, mode: str, width: int):
         return None
     from textual_image import renderable as ti  # its import asks the terminal once which graphics it speaks
 
+    from PIL import Image
+
     kind = {"kitty": ti.TGPImage, "sixel": ti.SixelImage, "blocks": ti.HalfcellImage}.get(mode, ti.Image)
     if kind is ti.UnicodeImage:  # not a terminal (piped): half blocks still read well in a captured pane
         kind = ti.HalfcellImage
-    return kind(str(path), width=width)
+    with Image.open(path) as im:  # a cell is about twice as tall as wide: half as many rows keeps the aspect
+        rows = max(1, round(width * im.height / (2 * im.width)))
+    return kind(str(path), width=width, height=rows)
 
 
 # ----------------------------------------------------------------------------- the chat loop
 class Chat:
-    def __init__(self, session: Session, console: Console, preview: str = "auto", preview_width: int = 16):
+    def __init__(self, session: Session, console: Console, preview: str = "auto", preview_width: int = 32):
         self.session = session
         self.console = console
         self.preview = preview
         self.preview_width = preview_width
         self._interrupts = 0
+        self.failures = 0  # turns that ended in an error: a piped script's exit status
 
     # output helpers ------------------------------------------------------------
     def say(self, text: str, style: str | None = None) -> None:
@@ -74,9 +79,11 @@ class Chat:
     def show_images(self, turn: Turn) -> None:
         grid = Table.grid(padding=(0, 2))
         cells, names = [], []
-        for path in turn.image_paths:
+        paths = turn.image_paths
+        width = max(8, min(self.preview_width, (self.console.width - 2 * (len(paths) - 1)) // max(1, len(paths))))
+        for path in paths:
             try:
-                cells.append(preview_renderable(path, self.preview, self.preview_width))
+                cells.append(preview_renderable(path, self.preview, width))
             except Exception as e:  # a preview is a nicety; never lose the turn over it
                 cells.append(f"(no preview: {e})")
             names.append(path.name)
@@ -116,7 +123,7 @@ class Chat:
         for v in r.verdicts:  # failed, unverified ("verifier timed out") or not checkable: say which, and why
             if not v.passed:
                 self.say(f"verifier: output {v.output}: {summary(v)}", "yellow")
-        if r.error:
+        if r.error and not (r.error.startswith(CLARIFY) and r.parsed and r.parsed.clarification):  # asked above
             self.say(f"error: {r.error}", "red")
         self.say(f"turn {r.turn} done in {r.timings.total_s:.1f}s · {len(r.images)} image(s)", "green")
 
@@ -132,13 +139,16 @@ class Chat:
             self.say("cancelled; the session is as it was before this message", "yellow")
             return
         except ValueError as e:  # bad input: the message says what to change
+            self.failures += 1
             self.say(f"error: {e}", "red")
             return
         except Exception as e:  # keep the session alive whatever a turn does
+            self.failures += 1
             self.say(f"error: {type(e).__name__}: {e}", "red")
             return
         finally:
             signal.signal(signal.SIGINT, previous)
+        self.failures += bool(turn.record.error)
         self.show_turn(turn)
 
     def _on_sigint(self, signum, frame) -> None:
@@ -256,6 +266,10 @@ class Chat:
             line = prompt.prompt(tag + PROMPT, handle_sigint=False).strip()
         except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
             return True
+        return self.handle(line)
+
+    def handle(self, line: str) -> bool:
+        """Act on one line: a slash command or an instruction; False means leave."""
         if not line:
             return True
         if line.startswith("/"):
@@ -312,11 +326,31 @@ class Chat:
         self.say("bye")
         return 0
 
+    def replay(self, lines) -> int:
+        """Piped input (`ditflow chat < script.txt`): each line is read as if typed, with no prompt to own the
+        terminal; the exit status is 1 when a turn ended in an error."""
+        self.preview = "none" if self.preview == "auto" else self.preview
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            self.say(PROMPT + line, "bold")
+            if not self.handle(line):
+                break
+        self.say("bye")
+        return 1 if self.failures else 0
+
 
 def cli(argv: list[str], command: str = "chat") -> int:
     from ditflow.cli_run import add_engine_args
 
-    p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0])
+    examples = ("examples:\n"
+                "  ditflow chat                          # a new conversation; /help lists the commands\n"
+                "  ditflow chat -c                       # continue the latest one\n"
+                "  ditflow chat --llm http://127.0.0.1:8000/v1 --model black-forest-labs/FLUX.1-schnell --device cuda\n"
+                "  printf 'a red circle\\nmake it blue\\n' | ditflow chat   # piped: each line as if typed\n")
+    p = argparse.ArgumentParser(prog=f"ditflow {command}", description=__doc__.splitlines()[0], epilog=examples,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--session", help="continue this stored session")
     p.add_argument("-c", "--continue", dest="cont", action="store_true", help="continue the latest session")
     p.add_argument("--home", type=Path, help="session store (default $DITFLOW_HOME or ~/.local/share/ditflow)")
@@ -331,8 +365,8 @@ def cli(argv: list[str], command: str = "chat") -> int:
         session.load(latest.id)
     console = Console(highlight=False)
     preview = args.preview or session.settings.preview
-    if not sys.stdin.isatty():
-        print(f"ditflow {command}: needs a terminal; use `ditflow run` for scripts", file=sys.stderr)
-        return 2
     with session:
-        return Chat(session, console, preview).loop(session.settings.home / "chat_history")
+        chat = Chat(session, console, preview)
+        if not sys.stdin.isatty():  # a script piped in: every line as if typed
+            return chat.replay(sys.stdin)
+        return chat.loop(session.settings.home / "chat_history")

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from ditflow.agents.parsing import check_instruction
-from ditflow.api import MANIFEST_FILE, Session, Turn, numbered
+from ditflow.agents.repair import REPAIR_DIR
+from ditflow.api import ARTICLE_FILE, MANIFEST_FILE, PLAN_FILE, Session, Turn, numbered
 from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
 from ditflow.logs import add_verbose_flag
 from ditflow.progress import RichProgress
@@ -68,6 +69,7 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             raise ValueError(f"{out} already holds a run; choose another -o or pass --overwrite")
         for old in out.glob("[0-9][0-9][0-9][0-9].*"):
             old.unlink()
+        shutil.rmtree(out / REPAIR_DIR, ignore_errors=True)
         (out / MANIFEST_FILE).unlink()
 
 
@@ -77,10 +79,12 @@ def _mkdir(path: Path) -> Path:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move a finished run's files from its staging folder into `out`, the manifest last: a run that fails or is
-    killed leaves no output files behind, and a manifest in `out` means every file it lists is there."""
-    files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
-    for f in files:
+    """Move a finished run's files (and its repairs/ folder) from its staging folder into `out`, the manifest
+    last: a run that fails or is killed leaves no output files behind, and a manifest in `out` means every file it
+    lists is there."""
+    for f in sorted(p for p in staging.iterdir() if p.name != MANIFEST_FILE):
+        if f.is_dir() and (out / f.name).is_dir():  # an earlier run's, replaced under --overwrite
+            shutil.rmtree(out / f.name)
         os.replace(f, out / f.name)
     os.replace(staging / MANIFEST_FILE, out / MANIFEST_FILE)
 
@@ -96,6 +100,19 @@ def mismatches(record: TurnRecord) -> list[str]:
             claims = "; ".join(f"{c.text!r}" + (f" (seen: {c.seen})" if c.seen else "") for c in failed)
             lines.append(f"{numbered(v.output)} does not match: {claims}")
     return lines
+
+
+def outcome(record: TurnRecord) -> str:
+    """The closing line: "1 image in 14.2 s; verified: 1 of 1 match" (or why they were not checked)."""
+    n = len(record.images)
+    text = f"{n} image{'s' if n != 1 else ''} in {record.timings.total_s:.1f} s"
+    checked = [v for v in record.verdicts if v.error is None and v.claims]
+    if checked:
+        text += f"; verified: {sum(v.passed for v in checked)} of {len(checked)} match"
+    elif record.images:
+        text += "; not verified"
+    repaired = len({a.output for a in record.repairs})
+    return text + (f"; repairs tried on {repaired}, each attempt kept in {REPAIR_DIR}/" if repaired else "")
 
 
 def cli(argv: list[str], command: str = "run") -> int:
@@ -130,9 +147,12 @@ def cli(argv: list[str], command: str = "run") -> int:
     turn = Turn(turn.record, args.out, turn.manifest)
     for path in turn.image_paths:
         print(path)
-    if turn.record.article_markdown:
-        print(args.out / "article.md")
+    for name in (PLAN_FILE, ARTICLE_FILE):
+        if (args.out / name).exists():
+            print(args.out / name)
     print(args.out / MANIFEST_FILE)
+    if not args.quiet:
+        print(f"ditflow {command}: {outcome(turn.record)}", file=sys.stderr)
     for line in [f"note: {n}" for n in notices if args.quiet] + mismatches(turn.record):
         print(f"ditflow {command}: {line}", file=sys.stderr)
     if turn.record.error:

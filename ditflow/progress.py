@@ -30,6 +30,7 @@ class RichProgress:
         self._stage = None
         self._bar = None
         self._bar_key = None
+        self._loops: dict[str, int] = {}  # denoising loops per label: compose draws an output in several
 
     def __enter__(self) -> "RichProgress":
         self.progress.start()
@@ -49,7 +50,11 @@ class RichProgress:
             if self._bar is None or key != self._bar_key or event.step < self.progress.tasks[self._bar].completed:
                 if self._bar is not None:  # a new loop: keep the finished bar on screen, start another
                     self.progress.update(self._bar, completed=self.progress.tasks[self._bar].total)
-                label = f"denoising output {event.output}" if event.output else "denoising"
+                label = " · ".join(filter(None, [f"output {event.output}" if event.output else "denoising",
+                                                 event.message]))
+                self._loops[label] = self._loops.get(label, 0) + 1
+                if self._loops[label] > 1:
+                    label += f", pass {self._loops[label]}"
                 self._bar = self.progress.add_task(label, total=event.total)
                 self._bar_key = key
             self.progress.update(self._bar, completed=event.step)
@@ -57,4 +62,7 @@ class RichProgress:
         if event.notice and self.notices:
             self.console.print(f"note: {event.message}", style="yellow", markup=False, highlight=False)
         text = STAGE_TEXT.get(event.stage, event.stage)
+        if event.stage == "error":  # the caller prints the message itself, whole, once the display is gone
+            self.progress.update(self._stage, description="stopped")
+            return
         self.progress.update(self._stage, description=f"{text}: {event.message}" if event.message else text)

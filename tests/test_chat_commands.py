@@ -104,9 +104,10 @@ def test_an_interrupt_inside_a_command_returns_to_the_prompt(tmp_path, monkeypat
     assert "interrupted" in out and out.rstrip().endswith("bye")
 
 
-def test_chat_refuses_without_a_terminal(tmp_path):
+def test_chat_without_a_terminal_reads_its_input_as_a_script_and_an_empty_one_ends_at_once(tmp_path):
     import subprocess
 
     r = subprocess.run(ditflow_cmd("chat", "--model", "tiny"), stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, env={**os.environ, "DITFLOW_HOME": str(tmp_path)}, timeout=60)
-    assert r.returncode == 2 and "needs a terminal" in r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "bye", (r.stdout, r.stderr)
+    assert not list(tmp_path.glob("sessions/*/turns/*"))

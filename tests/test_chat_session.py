@@ -70,7 +70,7 @@ def test_ctrl_c_cancels_a_running_generation_and_keeps_the_session(tmp_path):
         t.type("a red circle")
         t.wait_for("turn 1 done", timeout=300)
         t.type("a sixteen-page picture book about a green square that grows")
-        t.wait_for("denoising", timeout=300)
+        t.wait_for("output 1 · ", timeout=300)  # a denoising bar is running
         t.send("C-c")
         screen = t.wait_for("cancelled; the session is as it was", timeout=120)
         assert "turn 2 done" not in screen and "Traceback" not in screen

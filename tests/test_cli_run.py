@@ -54,9 +54,11 @@ def test_picture_book_writes_images_plan_article_and_manifest(tmp_path):
     assert r.returncode == EXIT_MISMATCH, r.stderr  # finished; the tiny model's random pages never match
     assert "0001.png does not match" in r.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["0001.png", "0002.png", "0003.png", "0004.png", "article.md", "manifest.json", "plan.json"]
+    assert names == ["0001.png", "0002.png", "0003.png", "0004.png", "article.md", "manifest.json", "plan.json",
+                     "repairs"]
     m = read_manifest(out)
     assert m is not None and m.instruction.startswith("a four-page picture book")
+    assert m.repairs and all((out / a.file).is_file() for a in m.repairs if a.file)  # every file it names
     assert (m.model, m.llm) == ("tiny", "rules") and m.tool_calls and m.timings.total_s > 0
     assert json.loads((out / "plan.json").read_text())["steps"]
     article = (out / "article.md").read_text()

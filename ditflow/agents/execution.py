@@ -184,7 +184,8 @@ def execute(pipe, plan: Plan, req: ParsedRequest, inputs: list[Image.Image], *, 
         first = step.outputs[0]
         emit(ProgressEvent(stage="execute", message=f"step {k + 1}/{len(plan.steps)}: {step.tool}",
                            step=k + 1, total=len(plan.steps), output=first))
-        progress = lambda s, t, _o=first: emit(ProgressEvent(stage="denoise", step=s, total=t, output=_o))  # noqa
+        progress = lambda s, t, _o=first, _m=step.tool: emit(ProgressEvent(stage="denoise", message=_m, step=s,  # noqa
+                                                                         total=t, output=_o))
         attempts = [[step]]
         alt = fallback(step)
         if alt:

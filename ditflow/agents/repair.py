@@ -562,7 +562,8 @@ def repair_node(state: dict, runtime) -> dict:
             from ditflow.agents.graph import _turn_inputs
 
             inputs = _turn_inputs(state)
-        progress = lambda s, t, _o=i: rt.emit(ProgressEvent(stage="denoise", step=s, total=t, output=_o))  # noqa
+        progress = lambda s, t, _o=i, _m=f"repair {attempt}: {rep.kind}": rt.emit(  # noqa
+            ProgressEvent(stage="denoise", message=_m, step=s, total=t, output=_o))
         seed = rt.seed + 500_000 + 1000 * i + attempt
         entry = {"attempt": attempt, "base": base["attempt"], "file": "", "repair": rep.kind, "reason": rep.reason,
                  "verdict": None, "tool_call": None}

@@ -36,9 +36,10 @@ class Tmux:
         subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), shell],
                        check=True)
 
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-3000", "-t", self.name],
-                              capture_output=True, text=True).stdout
+    def screen(self, colours: bool = False) -> str:
+        """The pane and its scrollback as text; with `colours`, with the SGR escapes that colour it."""
+        return subprocess.run(["tmux", "capture-pane", "-p", "-J", *(["-e"] if colours else []), "-S", "-3000",
+                               "-t", self.name], capture_output=True, text=True).stdout
 
     def send(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)

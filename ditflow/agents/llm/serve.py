@@ -225,9 +225,15 @@ class VLLMServer:
 
 # ----------------------------------------------------------------------------- CLI
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="LLM helpers for the `openai` backend.")
+    examples = ("examples:\n"
+                "  ditflow llm serve --port 8000 &        # the embedded SmolLM2 on 127.0.0.1:8000 (needs make vllm-venv)\n"
+                "  ditflow run \"a red circle\" -o out --llm http://127.0.0.1:8000/v1\n"
+                "  ditflow llm serve --model Qwen/Qwen2.5-7B-Instruct --host 0.0.0.0 --api-key $KEY   # a GPU machine\n")
+    p = argparse.ArgumentParser(prog=prog, description="LLM helpers for the `openai` backend.", epilog=examples,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True)
-    s = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server (foreground; Ctrl-C stops it)")
+    s = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server (foreground; Ctrl-C stops it)",
+                       epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", help="model folder (safetensors) or hub id; default: the embedded SmolLM2")
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
