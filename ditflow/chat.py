@@ -50,9 +50,8 @@ def preview_renderable(path: Path, mode: str, width: int):
     half-block characters (two pixels per cell, one in the foreground and one in the background colour)."""
     if mode == "none":
         return None
-    from textual_image import renderable as ti  # its import asks the terminal once which graphics it speaks
-
     from PIL import Image
+    from textual_image import renderable as ti  # its import asks the terminal once which graphics it speaks
 
     kind = {"kitty": ti.TGPImage, "sixel": ti.SixelImage, "blocks": ti.HalfcellImage}.get(mode, ti.Image)
     if kind is ti.UnicodeImage:  # not a terminal (piped): half blocks still read well in a captured pane

@@ -22,7 +22,6 @@ from ditflow.logs import add_verbose_flag
 from ditflow.progress import RichProgress
 from ditflow.schemas import CLARIFY, DEFAULT_REPAIRS, OUT_OF_WORLD, ProgressEvent, TurnRecord
 
-
 EXAMPLES = """examples:
   ditflow run "three green triangles on a black background" -o out/tri
   ditflow run "make the top left triangle red" -i out/tri/0001.png -o out/red
