@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ditflow.bench import _plots
 from ditflow.kernels import local_attention as la
 
 # name → (call, largest grid side it is run at: the slow levers are measured where they matter)
@@ -178,7 +179,11 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", help="also write the results here (atomically)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--plot", nargs="?", const=str(_plots.default_path("attention")), metavar="PNG",
+                   help="also draw the speed-up by grid against the FLOP bound (default docs/img/attention.png)")
     a = p.parse_args(argv)
-    main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods, a.json_out,
-         a.device, a.dtype)
+    results = main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods,
+                   a.json_out, a.device, a.dtype)
+    if a.plot:
+        print(_plots.attention(results, a.plot, _plots.caption("attention", argv or [], a.device)))
     return 0

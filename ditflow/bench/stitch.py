@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ditflow.bench import _plots
 from ditflow.pipelines.stitch import apply_stitch, remove_stitch
 from ditflow.pipelines import world
 
@@ -154,6 +155,8 @@ def cli(argv: list[str] | None = None) -> int:
                         "(needs --at > 0), off, or both side by side")
     p.add_argument("--threads", type=int)
     p.add_argument("--tiny", action="store_true", help="tiny random pair (for checking the harness; no quality)")
+    p.add_argument("--plot", nargs="?", const=str(_plots.default_path("stitch")), metavar="PNG",
+                   help="also draw the speed/score curve (default docs/img/stitch.png)")
     a = p.parse_args(argv)
     bad = [f for f in a.fractions if not 0 <= f <= 1]
     if bad:
@@ -163,6 +166,8 @@ def cli(argv: list[str] | None = None) -> int:
     if "on" in a.offset and a.at == 0:
         raise ValueError("--offset on needs --at > 0: the offset is measured on the large model's step before the "
                          "small model's, and the first steps have none")
-    main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at,
-         tuple(dict.fromkeys(v == "on" for v in a.small_cfg)), tuple(dict.fromkeys(v == "on" for v in a.offset)))
+    rows = main(a.large, a.small, a.fractions, a.n, a.steps, a.seed, a.tiny, a.threads, a.at,
+                tuple(dict.fromkeys(v == "on" for v in a.small_cfg)), tuple(dict.fromkeys(v == "on" for v in a.offset)))
+    if a.plot:
+        print(_plots.stitch(rows, a.plot, _plots.caption("stitch", argv or []), GOAL_SPEEDUP, GOAL_MAX_LOSS, label))
     return 0

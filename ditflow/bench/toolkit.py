@@ -22,11 +22,13 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ditflow.bench import _plots
 from ditflow.pipelines import world
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import GuideSpec
@@ -137,6 +139,8 @@ def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.
     row = {"kind": kind, "variant": d.variant, "label": d.label, "size_ok": got.size == clean.size,
            "in_db": dg.psnr(given, x)}
     row["out_db"] = dg.psnr(dg.to_tensor(got), x) if row["size_ok"] else row["in_db"]
+    row["images"] = {"clean": clean, "given": img.resize(clean.size, Image.BICUBIC) if img.size != clean.size
+                     else img, "out": got}  # for --plot's before/after sheet
     det = rec.details.get("detected")
     if kind.startswith("small"):
         row["named"] = row["size_ok"]
@@ -151,9 +155,10 @@ def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.
 
 
 def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: bool = True,
-                via_run: bool = False) -> dict:
+                via_run: bool = False, examples: dict | None = None) -> dict:
     """Per tool family and kind, on held-out shapes scenes and (with `photos`) crops of held-out photos; with
-    `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`."""
+    `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`.
+    `examples`, when given, receives the first case of each kind per "domain family" (images and PSNRs)."""
     from ditflow.pipelines import classifiers, degraders
 
     families = families or degraders.FAMILIES
@@ -171,6 +176,9 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
                 rng = np.random.default_rng(HELDOUT_SEED + TOOL_KINDS.index(kind))
                 rows = [_tool_case(pipe, im.image if hasattr(im, "image") else im, kind, family, rng, i, via_run)
                         for i, im in enumerate(images)]
+                if examples is not None:
+                    examples.setdefault(f"{domain} {family}", {})[kind] = {**rows[0]["images"], **{
+                        k: rows[0][k] for k in ("in_db", "out_db")}}
                 gains = [r["out_db"] - r["in_db"] for r in rows]
                 sev = [r["severity_error"] for r in rows if "severity_error" in r]
                 worse = ([r["out_db"] < CLEAN_CHANGED_DB for r in rows] if kind == "clean"
@@ -282,6 +290,16 @@ def bench_group(pipe, n: int, steps: int | None) -> dict:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _plot_tools(examples: dict, folder: Path, caption: str) -> None:
+    from ditflow.pipelines import degraders
+
+    for domain in dict.fromkeys(key.split()[0] for key in examples):
+        keys = [k for k in examples if k.split()[0] == domain]
+        key = next((k for k in keys if k.split()[1] == degraders.HELDOUT_FAMILY), keys[0])
+        kinds = {k: v for k, v in examples[key].items() if k != "clean"}
+        print(_plots.restoration(kinds, folder / f"restoration-{domain}.png", f"{key} · {caption}"))
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ditflow bench toolkit", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin")
@@ -301,6 +319,9 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--via-run", action="store_true",
                     help="tools section: plain requests through the agents ('sharpen this'), as `ditflow run` does")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--plot", nargs="?", const=str(_plots.DOCS_IMG), metavar="DIR",
+                    help="tools section: also draw a before/after sheet per domain for the held-out family (or the "
+                         "first family run) into DIR (default docs/img/restoration-DOMAIN.png)")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
@@ -320,7 +341,11 @@ def cli(argv: list[str]) -> int:
             figures[s] = bench_restore(pipe, args.n, args.steps)
         elif s == "tools":
             fams = tuple(f.strip() for f in args.families.split(",")) if args.families else None
-            figures[s] = bench_tools(pipe, args.n, fams, photos=not args.no_photos, via_run=args.via_run)
+            examples: dict = {}
+            figures[s] = bench_tools(pipe, args.n, fams, photos=not args.no_photos, via_run=args.via_run,
+                                     examples=examples)
+            if args.plot:
+                _plot_tools(examples, Path(args.plot), _plots.caption("toolkit", argv))
         elif s == "classify":
             figures[s] = bench_classify(max(args.n, 256))
         elif s == "guide":
@@ -334,7 +359,5 @@ def cli(argv: list[str]) -> int:
         if s != "tools":  # printed as tables while it runs
             print(json.dumps({s: figures[s]}, indent=1), flush=True)
     if args.json:
-        from pathlib import Path
-
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
