@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                          "the builtin's last steps, builtin-small otherwise)")
     ap.add_argument("--stitch-cfg", action=argparse.BooleanOptionalAction, default=None,
                     help="true CFG in the --stitch steps (default on); --no-stitch-cfg runs the small model on the "
-                         "conditional pass alone, at half its cost: faster, for a little quality (docs/benchmarks.md)")
+                         "conditional pass alone, at half its cost: faster, for a little quality (docs/lab-notes.md)")
     ap.add_argument("--stitch-offset", action="store_true",
                     help="shift the small model's outputs by (large − small), measured on the large model's step "
                          "before them; needs --stitch-at > 0. With --no-stitch-cfg the large model's guidance on "
@@ -181,7 +181,7 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
 
 def stitch_model(model: str, at: float, given: str | None) -> str:
     """The small model for --stitch. On the builtin pair the last steps go to a small model fine-tuned on low
-    noise only, which loses half the points the general one does there (docs/benchmarks.md, T-Stitch)."""
+    noise only, which loses half the points the general one does there (docs/lab-notes.md, T-Stitch)."""
     if given is not None:
         return given
     return "builtin-small-late" if at == 1.0 and model in ("builtin", "builtin-large") else "builtin-small"

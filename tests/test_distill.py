@@ -206,3 +206,14 @@ def test_the_shipped_student_was_distilled_from_the_shipped_large_model():
         distill.load_student(transformer, path)
     assert installed(transformer).radius == 6.0
     assert all(not torch.equal(before[k], transformer.state_dict()[k]) for k in state)  # distilled, not copied
+
+
+def test_bench_clear_scores_teacher_student_and_undistilled_on_the_same_canvases(capsys):
+    from ditflow.bench import clear
+
+    assert clear.cli(["--n", "1", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| right")]
+    assert [r.split(" | ")[0] for r in rows] == ["| canvases", "| panels", "| attributes"]
+    assert all(("(met)" in r) != ("(not met)" in r) or "nan" in r for r in rows)
+    assert "teacher (full attention): canvases" in out and "student (distilled): canvases" in out

@@ -277,11 +277,29 @@ def test_the_closing_line_says_how_many_images_how_long_and_what_verification_fo
     from ditflow.cli_run import outcome
     from ditflow.schemas import Claim, RepairAttempt, TurnRecord, TurnTimings, Verdict
 
+    red = Claim(text="a red circle", attribute="object", status="pass")
+    blue = Claim(text="a blue circle", attribute="color", status="fail")
     record = TurnRecord(turn=1, instruction="two circles", images=["0001.png", "0002.png"],
                         timings=TurnTimings(total_s=3.14),
-                        verdicts=[Verdict(output=1, claims=[Claim(text="a red circle", attribute="object", status="pass")]),
-                                  Verdict(output=2, claims=[Claim(text="a blue circle", attribute="color", status="fail")])],
+                        verdicts=[Verdict(output=1, claims=[red]), Verdict(output=2, claims=[blue])],
                         repairs=[RepairAttempt(output=2, attempt=1, repair="inpaint", reason="colour")])
     assert outcome(record) == ("2 images in 3.1 s; verified: 1 of 2 match; repairs tried on 1, each attempt kept "
                                "in repairs/")
     assert outcome(TurnRecord(turn=1, instruction="a", images=["0001.png"])) == "1 image in 0.0 s; not verified"
+
+
+@pytest.mark.parametrize("bench_args", [
+    ["attention", "--grids", "8", "16", "--repeats", "1", "--methods", "local (auto)"],
+    ["stitch", "--tiny", "--n", "1", "--steps", "2", "--fractions", "0", "0.5"]])
+def test_bench_plot_draws_the_runs_own_figure(tmp_path, bench_args):
+    """Issue 35: `--plot` draws the run's results (the docs' figures come from a command, not from typed numbers)."""
+    import numpy as np
+    from PIL import Image
+
+    png = tmp_path / "img" / "figure.png"
+    r = ditflow("bench", *bench_args, "--plot", str(png), home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(png)
+    pixels = np.asarray(Image.open(png).convert("L"))
+    assert pixels.shape[1] >= 600 and pixels.std() > 20  # a drawn chart, not a blank page
+    assert not list(png.parent.glob(".*"))  # written atomically: no temp file left

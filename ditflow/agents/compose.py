@@ -7,7 +7,7 @@ GenArtist (arXiv 2407.05600) decomposes a complex prompt into a generation and o
 We do it when the model says it needs it: `PipelineInfo.objects_per_prompt` (the builtin model: 1; None for
 FLUX.1, which binds attributes across many objects). On the builtin model a two-object caption drawn in one
 prompt is right 5% of the time (`bench shapes`), while one object is drawn right most of the time, and an inpaint
-prompted with one placed object fills its region well (`docs/benchmarks.md`, Verification).
+prompted with one placed object fills its region well (`docs/lab-notes.md`, Verification).
 
 The plan still says `generate`: what to draw. How to draw it on this model is the executor's business, and the
 tool record lists every call. Cells come from the description (a named position) or are the free cell farthest

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 STRESS_CFG = 1.5  # "regenerate with the position stressed": CFG multiplied by this
 # A repair inpaints one object's region (or redraws a small scene) with the pipeline's default steps times this:
 # verification's cost is almost all repair time. On the builtin model half the steps took the on/off wall time
-# from 1.88× to 1.47× for two fewer fixed outputs of 30 (docs/benchmarks.md, Verification).
+# from 1.88× to 1.47× for two fewer fixed outputs of 30 (docs/lab-notes.md, Verification).
 REPAIR_STEP_SHARE = 0.5
 # Candidates a repair draws per inpaint or redraw in one batch, the verifier keeping the best, where checking is
 # free (the shapes-world detector: milliseconds) and drawing cheap (a batch of 3 costs the builtin model 2× one).

@@ -11,7 +11,7 @@ The two models must share the latent space (VAE), the text conditioning and the 
 
 Where the small model's steps sit is a choice (`at`): 0 puts them first, as the paper does; 1 puts them last,
 where the large model has already laid the scene out. On the builtin pair the last steps cost fewer points
-(docs/benchmarks.md, T-Stitch): that small model places objects worse than it sharpens them, and a copy
+(docs/lab-notes.md, T-Stitch): that small model places objects worse than it sharpens them, and a copy
 fine-tuned on low noise alone (`builtin-small-late`) loses fewer still.
 
     apply_stitch(pipe, small_transformer, 0.4, at=1.0)    # steps 0-11 large, 12-19 small
@@ -33,7 +33,7 @@ model also runs, on the same inputs, and the difference (large − small, per ca
 unconditional pass each get their own) is added to every small-model output in the window. The small model then
 supplies how the velocity changes across its steps and the large model where it starts from: one extra small call
 per pass, per run. On the builtin pair, the last 8 of 20 steps, that took the loss on the expert's worst seed set
-from 4.6 points to 1.7 (docs/benchmarks.md, T-Stitch).
+from 4.6 points to 1.7 (docs/lab-notes.md, T-Stitch).
 
     apply_stitch(pipe, small_transformer, 0.4, at=1.0, offset=True)
 
