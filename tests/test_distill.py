@@ -217,3 +217,15 @@ def test_bench_clear_scores_teacher_student_and_undistilled_on_the_same_canvases
     assert [r.split(" | ")[0] for r in rows] == ["| canvases", "| panels", "| attributes"]
     assert all(("(met)" in r) != ("(not met)" in r) or "nan" in r for r in rows)
     assert "teacher (full attention): canvases" in out and "student (distilled): canvases" in out
+    assert "local, not distilled: canvases" in out
+
+
+def test_bench_clear_scores_the_teacher_unrouted_unless_asked(capsys):
+    """Local attention takes no routing mask, so the teacher it is compared with is unrouted; the routed teacher
+    is a column of its own, on request."""
+    from ditflow.bench import clear
+
+    assert clear.cli(["--n", "1", "--batch", "1", "--variants", "teacher", "--routed-teacher"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| right"))
+    assert header == "| right | teacher (full attention) | teacher (full attention), routed |"
