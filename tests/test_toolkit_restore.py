@@ -118,3 +118,19 @@ def test_degradation_classifier_on_heldout_scenes():
     noisy = dg.to_image(dg.operator("noise", 0.2).apply(dg.to_tensor(clean), seed=1))
     found = dg.detect_degradations(noisy)
     assert found and found[0][0] == "noise" and 0.1 < found[0][1] < 0.3
+
+
+def test_bench_tools_tunes_on_dev_cases_with_a_restore_setting_overridden(capsys, monkeypatch):
+    """`bench toolkit --sections tools --dev --kinds K --set NAME=VALUE`: the sweep that chose JPEG_LR, in the repo.
+    The setting reaches the restoration, and only the kinds asked for are run."""
+    from ditflow.bench import toolkit
+    from ditflow.toolkit import restore as restore_module
+
+    monkeypatch.setattr(restore_module, "JPEG_LR", restore_module.JPEG_LR)  # undone after the test
+    assert toolkit.cli(["--sections", "tools", "--dev", "--families", "pil", "--no-photos", "--kinds", "jpeg",
+                        "--n", "1", "--set", "JPEG_LR=0.3"]) == 0
+    assert restore_module.JPEG_LR == 0.3
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert rows == ["kind", "jpeg"]
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        toolkit.cli(["--sections", "tools", "--set", "NOT_A_SETTING=1"])

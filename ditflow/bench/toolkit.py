@@ -3,6 +3,7 @@
     ditflow bench toolkit                      # builtin model, every section
     ditflow bench toolkit --n 16 --sections restore,guide --model builtin --json out.json
     ditflow bench toolkit --sections guide --guide-cfg 1 --guide-scale 5   # EluCD's setting: no CFG
+    ditflow bench toolkit --sections tools --dev --families pil --kinds jpeg --n 10 --set JPEG_LR=0.2   # tuning
 
 Sections and their goals (issue 3):
   restore   PSNR of diffusion restoration vs the degraded input (≥ +3 dB) and the classical baseline (above it)
@@ -35,6 +36,7 @@ from ditflow.schemas import GuideSpec
 
 SECTIONS = ("restore", "classify", "tools", "guide", "edit", "group")
 HELDOUT_SEED = 31_337  # scenes never drawn by classifier or model training (they use small seeds)
+DEV_SEED = 4_242  # `--dev`: the tools section's scenes and degradations for tuning, apart from the held-out ones
 RESTORE_CASES = (("noise", 0.2), ("blur", 1.5), ("sr4", None), ("inpaint", 0.25))
 # Every held-out kind with one object, the one the attribute classifier reads. Backgrounds and paraphrases are
 # where the model still misdraws colour and shape (on single objects it is right ~85% of the time unguided).
@@ -155,16 +157,18 @@ def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.
 
 
 def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: bool = True,
-                via_run: bool = False, examples: dict | None = None) -> dict:
+                via_run: bool = False, examples: dict | None = None, kinds: tuple[str, ...] = TOOL_KINDS,
+                seed: int = HELDOUT_SEED) -> dict:
     """Per tool family and kind, on held-out shapes scenes and (with `photos`) crops of held-out photos; with
     `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`.
-    `examples`, when given, receives the first case of each kind per "domain family" (images and PSNRs)."""
+    `examples`, when given, receives the first case of each kind per "domain family" (images and PSNRs).
+    `seed` DEV_SEED draws other scenes and degradations, to tune on (the photos stay the held-out ones)."""
     from ditflow.pipelines import classifiers, degraders
 
     families = families or degraders.FAMILIES
-    domains = {"shapes": _scenes(n, "two", HELDOUT_SEED + 5)}
+    domains = {"shapes": _scenes(n, "two", seed + 5)}
     if photos:
-        prng = random.Random(HELDOUT_SEED + 6)
+        prng = random.Random(seed + 6)
         domains["photos"] = [Image.fromarray((classifiers.photo_crop(prng, classifiers.HELDOUT_PHOTOS)
                                               .permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
                              for _ in range(n)]
@@ -172,8 +176,8 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
     for domain, images in domains.items():
         for family in families:
             table = {}
-            for kind in TOOL_KINDS:
-                rng = np.random.default_rng(HELDOUT_SEED + TOOL_KINDS.index(kind))
+            for kind in kinds:
+                rng = np.random.default_rng(seed + TOOL_KINDS.index(kind))
                 rows = [_tool_case(pipe, im.image if hasattr(im, "image") else im, kind, family, rng, i, via_run)
                         for i, im in enumerate(images)]
                 if examples is not None:
@@ -189,14 +193,15 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
                                "fallback": int(sum(r["fallback"] for r in rows)),
                                "severity_error": round(float(np.median(sev)), 2) if sev else None}
             named = [t["named"] for k, t in table.items() if not k.startswith("small")]
-            table["classifier_accuracy"] = round(float(np.mean(named)), 3)
+            table["classifier_accuracy"] = round(float(np.mean(named)), 3) if named else None
             out[f"{domain} {family}" + (" (held out)" if family == degraders.HELDOUT_FAMILY else "")] = table
             print(_tools_table(f"{domain}, {family}", table), flush=True)
     return out
 
 
 def _tools_table(title: str, table: dict) -> str:
-    lines = [f"{title}: classifier {table['classifier_accuracy']:.1%}",
+    acc = table["classifier_accuracy"]
+    lines = [f"{title}: classifier " + ("– (no kind it names)" if acc is None else f"{acc:.1%}"),
              f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'sev err':>7}"]
     for kind, t in table.items():
         if isinstance(t, dict):
@@ -300,6 +305,16 @@ def _plot_tools(examples: dict, folder: Path, caption: str) -> None:
         print(_plots.restoration(kinds, folder / f"restoration-{domain}.png", f"{key} · {caption}"))
 
 
+def _set_restore_constant(setting: str) -> None:
+    """`--set NAME=VALUE`: a numeric module constant of ditflow.toolkit.restore, replaced for this run."""
+    from ditflow.toolkit import restore
+
+    name, _, value = setting.partition("=")
+    if not name.isupper() or not isinstance(getattr(restore, name, None), (int, float)) or not value:
+        raise ValueError(f"--set {setting}: give NAME=VALUE for a number of ditflow.toolkit.restore, e.g. JPEG_LR=0.2")
+    setattr(restore, name, type(getattr(restore, name))(float(value)))
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ditflow bench toolkit", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin")
@@ -316,6 +331,12 @@ def cli(argv: list[str]) -> int:
     add_clause_routing_flag(ap)
     ap.add_argument("--families", default=None, help="tools section: these tool families only (comma-separated)")
     ap.add_argument("--no-photos", action="store_true", help="tools section: shapes scenes only")
+    ap.add_argument("--kinds", default=None, help="tools section: these degradation kinds only (comma-separated; "
+                    f"of {', '.join(TOOL_KINDS)})")
+    ap.add_argument("--dev", action="store_true", help="tools section: dev scenes and degradations (seed "
+                    f"{DEV_SEED}), to tune on; the default, held-out ones are for reporting")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a number of ditflow.toolkit.restore for this run, e.g. JPEG_LR=0.2 (tuning)")
     ap.add_argument("--via-run", action="store_true",
                     help="tools section: plain requests through the agents ('sharpen this'), as `ditflow run` does")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -327,6 +348,11 @@ def cli(argv: list[str]) -> int:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise ValueError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else TOOL_KINDS
+    if bad := [k for k in kinds if k not in TOOL_KINDS]:
+        raise ValueError(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(TOOL_KINDS)}")
+    for setting in args.set:
+        _set_restore_constant(setting)
     pipe = None
     if any(s != "classify" for s in sections):
         from ditflow.pipelines.loading import load_pipeline
@@ -343,7 +369,7 @@ def cli(argv: list[str]) -> int:
             fams = tuple(f.strip() for f in args.families.split(",")) if args.families else None
             examples: dict = {}
             figures[s] = bench_tools(pipe, args.n, fams, photos=not args.no_photos, via_run=args.via_run,
-                                     examples=examples)
+                                     examples=examples, kinds=kinds, seed=DEV_SEED if args.dev else HELDOUT_SEED)
             if args.plot:
                 _plot_tools(examples, Path(args.plot), _plots.caption("toolkit", argv))
         elif s == "classify":
