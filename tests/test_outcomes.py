@@ -174,7 +174,7 @@ def test_an_output_that_still_fails_verification_is_named_and_exits_4(tmp_path, 
     captured = capfd.readouterr()
     assert code == EXIT_MISMATCH == 4, captured.err
     m = read_manifest(out)  # the run finished: images and manifest are there
-    assert captured.out.split() == [str(out / "0001.png"), str(out / "manifest.json")]
+    assert captured.out.split() == [str(out / "0001.png"), str(out / "plan.json"), str(out / "manifest.json")]
     failed = [c for c in m.verdicts[0].claims if c.status == "fail"]
     assert failed  # the tiny random pipeline draws no triangle
     want = "ditflow run: 0001.png does not match: " + "; ".join(f"{c.text!r} (seen: {c.seen})" for c in failed)
