@@ -80,6 +80,9 @@ def test_the_worlds_own_captions_are_never_outside_it():
     ("eight small pink squares", ["two small pink squares"], (1,), ("eight small pink squares",)),
     ("12 circles and a triangle", ["two circles and a triangle"], (1,), ("12 circles",)),
     ("five pictures of two circles", ["two circles"] * 5, (), ()),  # pictures are no objects
+    ("twelve images of diamonds", ["a diamond"] * 12, (), ()),  # a count of pictures, not of diamonds
+    ("draw 10 different pictures of squares", ["a square"] * 10, (), ()),
+    ("ten small squares in one picture", ["three small squares"], (1,), ("ten small squares",)),
 ])
 def test_what_lies_outside_the_shapes_world(instruction, descriptions, outside, left_out):
     found = scope.check(request(*descriptions), instruction)

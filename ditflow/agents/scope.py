@@ -58,9 +58,10 @@ LOOK_RE = re.compile(r"\b(?:painting|painted|watercolou?rs?|oil paint|pencil|ske
 MOST_PER_PICTURE = max(world.NUMBER_WORDS)  # objects of one kind a shapes-world panel holds
 _MANY = {"four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
          "a dozen": 12, "dozens of": 24, "hundreds of": 100, "a hundred": 100}
-# "seven blue circles", "10 squares": more of one kind than a picture of the world holds
-TOO_MANY_RE = re.compile(rf"\b(?P<n>{'|'.join(_MANY)}|\d+)\s+(?:(?:small|little|tiny|large|big|huge|\w+)\s+){{0,2}}"
-                         rf"(?:{_SHAPE_ALT})\b")
+# "seven blue circles", "10 squares": more of one kind than a picture of the world holds; "twelve images of
+# diamonds" counts pictures, not diamonds
+_PICTURES = r"(?:images?|pictures?|pics?|photos?|panels?|frames?|pages?|versions?|variations?|drawings?|canvases)\b"
+TOO_MANY_RE = re.compile(rf"\b(?P<n>{'|'.join(_MANY)}|\d+)\s+(?:(?!{_PICTURES})\w+\s+){{0,2}}(?:{_SHAPE_ALT})\b")
 WORLD_WORDS = frozenset({*sc.COLOR_WORDS, *sc.SIZE_WORDS, *sc.SHAPE_WORDS, *sc.BACKGROUND_WORDS, *sc.COUNT_WORDS})
 _POSITION_RES = [re.compile(r"\b(?:" + p + r")\b") for p, _ in sc.POSITION_PHRASES]
 _TOKEN = re.compile(r"\||[a-z0-9][a-z0-9'-]*|[^\sa-z0-9|]")
