@@ -57,11 +57,12 @@ def cli(argv: list[str]) -> int:
               + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\nr = {radius:g}, {a.n} canvases at {a.size}×{a.size}, seeds {a.seed}…{a.seed + a.n - 1}")
     cols = list(scores)
-    print("| right | " + " | ".join(cols) + " |" + (" kept (goal ≥ 95%) |" if _KEPT <= set(cols) else ""))
-    print("|---|" + "---|" * (len(cols) + (_KEPT <= set(cols))))
+    with_kept = _KEPT <= set(cols)
+    print("| right | " + " | ".join(cols) + " |" + (" kept (goal ≥ 95%) |" if with_kept else ""))
+    print("|---|" + "---|" * (len(cols) + with_kept))
     for k in SCORES:
         row = f"| {k} | " + " | ".join(f"{scores[c][k]:.1%}" for c in cols) + " |"
-        if _KEPT <= set(cols):
+        if with_kept:
             teacher, student = (scores[c][k] for c in (VARIANTS["teacher"], VARIANTS["student"]))
             kept = student / teacher if teacher else float("nan")
             row += f" {kept:.0%} ({'met' if kept >= GOAL_KEPT else 'not met'}) |"

@@ -30,7 +30,8 @@ START_SIGMA = {"blur": 0.5, "sr2": 0.5, "sr4": 0.7, "jpeg": 0.35, "inpaint": 0.9
 LAMBDA = 1.0  # DiffPIR's λ in ρ_t = λ σ_n² / σ̄_t²
 FINAL_PROJECTIONS = 50  # onto {x: Hx = y} and [0, 1]; both convex, so this converges to a point of both
 JPEG_LR = 0.15  # latent step of the JPEG gradient update, in units of the normalised gradient's RMS × σ
-# (dev: Pillow JPEGs of 10 scenes, seeds 4242: 0.5 gained +1.65 dB, 0.2 and 0.1 +2.56, 0.05 +2.06, 0 −0.24)
+# (dev, `ditflow bench toolkit --sections tools --dev --kinds jpeg --set JPEG_LR=V`: 0.5 gained +1.55 dB, 0.15
+# +3.01; the sweep 0–1 in docs/lab-notes.md, Toolkit)
 JPEG_LOWPASS = 3.0  # px: the Gaussian whose band of y − x a JPEG restoration takes back from the measurement
 # check_restoration's tolerances beyond the measurement noise (tests/test_restore_requests.py holds them to PSNR)
 # (measured on shapes-world scenes: the clean image must pass, a changed object or a random model must not)
