@@ -162,14 +162,15 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
     """Per tool family and kind, on held-out shapes scenes and (with `photos`) crops of held-out photos; with
     `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`.
     `examples`, when given, receives the first case of each kind per "domain family" (images and PSNRs).
-    `seed` DEV_SEED draws other scenes and degradations, to tune on (the photos stay the held-out ones)."""
+    `seed` DEV_SEED draws other scenes and degradations, and crops of the training photos, to tune on."""
     from ditflow.pipelines import classifiers, degraders
 
     families = families or degraders.FAMILIES
     domains = {"shapes": _scenes(n, "two", seed + 5)}
     if photos:
         prng = random.Random(seed + 6)
-        domains["photos"] = [Image.fromarray((classifiers.photo_crop(prng, classifiers.HELDOUT_PHOTOS)
+        source = classifiers.HELDOUT_PHOTOS if seed == HELDOUT_SEED else classifiers.TRAIN_PHOTOS  # never tune on it
+        domains["photos"] = [Image.fromarray((classifiers.photo_crop(prng, source)
                                               .permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
                              for _ in range(n)]
     out: dict = {"heldout_family": degraders.HELDOUT_FAMILY}
@@ -334,7 +335,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--kinds", default=None, help="tools section: these degradation kinds only (comma-separated; "
                     f"of {', '.join(TOOL_KINDS)})")
     ap.add_argument("--dev", action="store_true", help="tools section: dev scenes and degradations (seed "
-                    f"{DEV_SEED}), to tune on; the default, held-out ones are for reporting")
+                    f"{DEV_SEED}) and crops of the training photos, to tune on; the default, held-out ones are "
+                    "for reporting")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a number of ditflow.toolkit.restore for this run, e.g. JPEG_LR=0.2 (tuning)")
     ap.add_argument("--via-run", action="store_true",
