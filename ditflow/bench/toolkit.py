@@ -153,6 +153,7 @@ def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.
         if row["named"] and d.severity is not None and sev is not None and d.label in ("noise", "blur", "jpeg"):
             row["severity_error"] = abs(sev - d.severity) * (255 if d.label == "noise" else 1)
     row["fallback"] = bool(rec.details.get("fallback"))
+    row["classical"] = rec.details.get("prior") == "classical"
     return row
 
 
@@ -192,6 +193,7 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
                                "named": round(float(np.mean([r["named"] for r in rows])), 3),
                                "worse": int(sum(worse)),
                                "fallback": int(sum(r["fallback"] for r in rows)),
+                               "classical": int(sum(r["classical"] for r in rows)),
                                "severity_error": round(float(np.median(sev)), 2) if sev else None}
             named = [t["named"] for k, t in table.items() if not k.startswith("small")]
             table["classifier_accuracy"] = round(float(np.mean(named)), 3) if named else None
@@ -203,13 +205,13 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
 def _tools_table(title: str, table: dict) -> str:
     acc = table["classifier_accuracy"]
     lines = [f"{title}: classifier " + ("– (no kind it names)" if acc is None else f"{acc:.1%}"),
-             f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'sev err':>7}"]
+             f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'classical':>9} {'sev err':>7}"]
     for kind, t in table.items():
         if isinstance(t, dict):
             se = "" if t["severity_error"] is None else f"{t['severity_error']:.2f}"
             gain = "-" if t["gain_db"] is None else f"{t['gain_db']:+.2f}"
             lines.append(f"  {kind:<12} {gain:>8} {t['named']:>6.0%} {t['worse']:>5} "
-                         f"{t['fallback']:>8} {se:>7}")
+                         f"{t['fallback']:>8} {t.get('classical', 0):>9} {se:>7}")
     return "\n".join(lines)
 
 
