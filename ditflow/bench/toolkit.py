@@ -11,7 +11,9 @@ Sections and their goals (issue 3):
             on each tool family's degradations (issue 31: ≥ 90% on the held-out OpenCV, ≥ 95% on the others)
   tools     `restore --degradation auto` on degradations made by other tools (pipelines/degraders.py), a table
             per tool family, the family kept out of training on its own line (issue 31): PSNR gain over the
-            input (over bicubic for small images), the classifier's accuracy, the severity error
+            input (over bicubic for small images), the classifier's accuracy, the severity error, how many
+            outputs are the input handed back (fallback) or restored classically, and on shapes scenes the share
+            whose objects the world's detector still reads as in the clean scene (kept)
   guide     scorer accuracy with EluCD guidance vs without on lone-object prompts (n per kind), same seeds
             and steps (≥ +10 points)
   edit      "make the X Y" / "move the X to the left": scorer success (≥ 80%) with PSNR outside the edit ≥ 25 dB
@@ -118,8 +120,13 @@ def _restore_via_run(pipe, img: Image.Image, request: str, seed: int):
         return images[:1] or [img], (recs[0] if recs else None)
 
 
+def _objects(image: Image.Image) -> list:
+    """The (colour, shape, cell) of each object the world's detector reads in a shapes scene, sorted."""
+    return sorted((d.color, d.shape, d.position) for d in world.detect(image.convert("RGB"))[1])
+
+
 def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.Generator, seed: int,
-               via_run: bool = False) -> dict:
+               via_run: bool = False, scene: bool = False) -> dict:
     """One clean image degraded by `family`'s tools as `kind`, restored with `auto` (or, `via_run`, by a plain
     request through the agents): what was detected, the size that came back, and the PSNR of input and output
     against the clean image."""
@@ -154,6 +161,8 @@ def _tool_case(pipe, clean: Image.Image, kind: str, family: str, rng: np.random.
             row["severity_error"] = abs(sev - d.severity) * (255 if d.label == "noise" else 1)
     row["fallback"] = bool(rec.details.get("fallback"))
     row["classical"] = rec.details.get("prior") == "classical"
+    if scene:  # a shapes scene: does the output still show the clean scene's objects (colour, shape, cell)?
+        row["kept"] = _objects(clean) == _objects(got)
     return row
 
 
@@ -180,8 +189,8 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
             table = {}
             for kind in kinds:
                 rng = np.random.default_rng(seed + TOOL_KINDS.index(kind))
-                rows = [_tool_case(pipe, im.image if hasattr(im, "image") else im, kind, family, rng, i, via_run)
-                        for i, im in enumerate(images)]
+                rows = [_tool_case(pipe, im.image if hasattr(im, "image") else im, kind, family, rng, i, via_run,
+                                   scene=domain == "shapes") for i, im in enumerate(images)]
                 if examples is not None:
                     examples.setdefault(f"{domain} {family}", {})[kind] = {**rows[0]["images"], **{
                         k: rows[0][k] for k in ("in_db", "out_db")}}
@@ -194,6 +203,8 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
                                "worse": int(sum(worse)),
                                "fallback": int(sum(r["fallback"] for r in rows)),
                                "classical": int(sum(r["classical"] for r in rows)),
+                               "objects_kept": (round(float(np.mean([r["kept"] for r in rows])), 3)
+                                                if rows and "kept" in rows[0] else None),
                                "severity_error": round(float(np.median(sev)), 2) if sev else None}
             named = [t["named"] for k, t in table.items() if not k.startswith("small")]
             table["classifier_accuracy"] = round(float(np.mean(named)), 3) if named else None
@@ -205,13 +216,14 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
 def _tools_table(title: str, table: dict) -> str:
     acc = table["classifier_accuracy"]
     lines = [f"{title}: classifier " + ("– (no kind it names)" if acc is None else f"{acc:.1%}"),
-             f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'classical':>9} {'sev err':>7}"]
+             f"  {'kind':<12} {'gain dB':>8} {'named':>6} {'worse':>5} {'fallback':>8} {'classical':>9} {'kept':>5} {'sev err':>7}"]
     for kind, t in table.items():
         if isinstance(t, dict):
             se = "" if t["severity_error"] is None else f"{t['severity_error']:.2f}"
             gain = "-" if t["gain_db"] is None else f"{t['gain_db']:+.2f}"
+            kept = "" if t.get("objects_kept") is None else f"{t['objects_kept']:.0%}"
             lines.append(f"  {kind:<12} {gain:>8} {t['named']:>6.0%} {t['worse']:>5} "
-                         f"{t['fallback']:>8} {t.get('classical', 0):>9} {se:>7}")
+                         f"{t['fallback']:>8} {t.get('classical', 0):>9} {kept:>5} {se:>7}")
     return "\n".join(lines)
 
 
