@@ -31,8 +31,9 @@ EXIT_STATUS_HELP = f"""exit status:
   {EXIT_USAGE}    a problem with what was asked: bad arguments or input, a request for nothing this model
        draws ("outside what this model draws: ..."), or a question back ("which triangle did you mean?")
   {EXIT_NO_SPACE}    (batch) stopped: out of disk space; free some, then rerun with --resume
-  {EXIT_MISMATCH}    finished, but some output still does not match its description after repairs (each one is
-       named on stderr with the claims that failed)
+  {EXIT_MISMATCH}    finished, but not everything matches: some output still does not match its description after
+       repairs (each one is named on stderr with the claims that failed), or part of the request was
+       left out because this model cannot draw it ("not drawn: 'a cat'")
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 

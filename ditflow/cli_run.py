@@ -90,9 +90,12 @@ def publish(staging: Path, out: Path) -> None:
 
 def mismatches(record: TurnRecord) -> list[str]:
     """One line per output that still fails a claim after repairs, naming the claims and what was seen instead:
-    "0002.png does not match: 'a red triangle' (seen: a green triangle)". Unverified outputs and claims the
-    verifier cannot check are not mismatches."""
+    "0002.png does not match: 'a red triangle' (seen: a green triangle)"; and one for the parts of the request
+    this model could not draw, which no output shows. Unverified outputs and claims the verifier cannot check
+    are not mismatches."""
     lines = []
+    if record.left_out and record.images:
+        lines.append(f"not drawn: {', '.join(repr(w) for w in record.left_out)} (outside what this model draws)")
     for v in record.verdicts:
         failed = [c for c in v.claims if c.status == "fail"]
         if v.error is None and failed:

@@ -375,6 +375,8 @@ class TurnRecord(BaseModel):
     error: str | None = None
     notes: list[str] = Field(default_factory=list, description="decisions made visibly: referee overrules, "
                              "re-plans, template fallbacks")
+    left_out: list[str] = Field(default_factory=list, description="parts of the request the outputs do not show, "
+                                "because this model cannot draw them ('a cat', 'made of glass')")
 
     @field_validator("instruction")
     @classmethod

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from ditflow.agents import scope
 from ditflow.agents.graph import AgentRuntime, run_turn
+from ditflow.agents.parsing import Context, parse_rules
 from ditflow.agents.llm.base import LLMUnavailable
 from ditflow.agents.llm.openai import OpenAIBackend
 from ditflow.api import read_manifest
@@ -163,11 +164,27 @@ def test_a_mixed_request_draws_the_drawable_part_and_says_what_it_left_out(tmp_p
     out = tmp_path / "mixed"
     code = main(["run", "a red circle next to a cat", "-o", str(out), "-q", "--no-verify", "--model", "tiny"])
     err = capfd.readouterr().err
-    assert code == EXIT_OK, err
+    assert code == EXIT_MISMATCH, err  # finished, but not all of it: the exit status says so
     assert "ditflow run: note: left out 'a cat': outside what this model draws" in err.splitlines()
+    assert "ditflow run: not drawn: 'a cat' (outside what this model draws)" in err.splitlines()
     m = read_manifest(out)
     assert m.images == ["0001.png"] and m.parsed.outputs[0].description == "a red circle"
-    assert "left out 'a cat': outside what this model draws" in m.notes
+    assert "left out 'a cat': outside what this model draws" in m.notes and m.left_out == ["a cat"]
+
+
+@pytest.mark.parametrize("instruction, look", [("a red circle made of glass", "made of glass"),
+                                               ("draw two striped blue squares", "striped"),
+                                               ("a yellow triangle with a drop shadow", "a drop shadow"),
+                                               ("a pixel art green diamond on black", "pixel art")])
+def test_a_look_the_world_cannot_draw_is_left_out_and_said(instruction, look):
+    req = parse_rules(Context(instruction=instruction)).request
+    assert scope.check(req, instruction).left_out == (look,)
+
+
+@pytest.mark.parametrize("instruction", ["two blue squares at night", "a painting of a red circle",
+                                         "a red circle on a gray background"])
+def test_a_picture_word_or_a_story_backdrop_is_not_a_look(instruction):
+    assert not scope.check(parse_rules(Context(instruction=instruction)).request, instruction)
 
 
 def test_an_output_that_still_fails_verification_is_named_and_exits_4(tmp_path, capfd):

@@ -102,6 +102,7 @@ class TurnState(TypedDict, total=False):
     article: str | None
     captions: dict[str, str]  # output index → the page text the article gave it (kept for later pages)
     notes: list[str]
+    left_out: list[str]  # what of the request the outputs cannot show (scope.left_out_parts)
     error: str | None
     timings: dict  # TurnTimings
 
@@ -196,6 +197,7 @@ def plan_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
         if len(found.outside) == req.num_outputs:  # nothing to draw: refused, not drawn as an empty canvas
             return {"plan": None, "error": scope.refusal(req, found),
                     "timings": _timings(state, plan_s=time.perf_counter() - t0)}
+        update["left_out"] = scope.left_out_parts(req, found)
         req, left = scope.drawable_part(req, found)
         for note in left:
             rt.emit(ProgressEvent(stage="plan", message=note, notice=True))
@@ -297,7 +299,7 @@ def finish_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
         verdicts=[Verdict.model_validate(v) for v in state.get("verdicts") or []],
         repairs=[RepairAttempt.model_validate(r) for r in state.get("repairs") or []],
         article_markdown=state.get("article"), llm=rt.llm_name, seed=rt.seed, timings=timings, error=error,
-        notes=state.get("notes") or [])
+        notes=state.get("notes") or [], left_out=state.get("left_out") or [])
     rt.emit(ProgressEvent(stage="error" if error else "done", message=error or f"{len(files)} image(s)"))
     turns.append({"record": record.model_dump(mode="json"),
                   "gallery": [g.model_dump(mode="json") for g in gallery]})
@@ -399,6 +401,6 @@ def run_turn(runtime: AgentRuntime, *, thread_id: str, instruction: str, images:
     fresh = {"instruction": instruction, "image_paths": [str(Path(p)) for p in images], "out_dir": str(out_dir),
              "verify": bool(runtime.verify), "inputs": [], "parse": {}, "plan": None, "files": {}, "tool_calls": [], "verdicts": [],
              "candidates": {}, "to_repair": [], "repairs": [], "article": None,
-             "captions": {}, "notes": [], "error": None, "timings": {}}
+             "captions": {}, "notes": [], "left_out": [], "error": None, "timings": {}}
     state = app.invoke(fresh, _config(thread_id), context=runtime)
     return TurnRecord.model_validate(state["turns"][-1]["record"])

@@ -55,6 +55,15 @@ LOOK_RE = re.compile(r"\b(?:painting|painted|watercolou?rs?|oil paint|pencil|ske
                      r"retro|sepia|black and white|grayscale|greyscale|noir|snow(?:ing|y|fall)?|rain(?:ing|y)?|"
                      r"fog(?:gy)?|storm(?:y)?|sunset|sunrise|at night|night ?time|winter|summer|autumn|underwater|"
                      r"in space|neon|glowing|metallic|wooden|made of glass|3d render)\b")
+# a material, texture or style a drawn object cannot have in the world ("a red circle made of glass", "a striped
+# square", "a watercolor of a green square"): drawn without it, and the turn says so. Narrower than LOOK_RE: night,
+# the dark and the weather of a story are backdrops (story.py), and "a painting of" is only a picture
+DRAWN_LOOK_RE = re.compile(r"\b(?:watercolou?rs?|oil paint(?:ing)?|pencil|crayons?|cartoon|anime|manga|pixel art|"
+                           r"picasso|van gogh|monet|cubis[mt]|impressionis[mt]|photo-?realistic|vintage|retro|sepia|"
+                           r"noir|neon|glowing|metallic|wooden|(?:made of )?glass|glassy|transparent|translucent|"
+                           r"shiny|glossy|furry|fluffy|striped|stripes|polka[- ]dots?|checkered|plaid|gradient|"
+                           r"(?:a |with (?:a )?)?(?:drop )?shadows?|3d|embossed|golden|sparkly|sparkling|textured|"
+                           r"rounded corners|cross-?hatch(?:ed|ing)?|pen-and-ink|outlined)\b")
 MOST_PER_PICTURE = max(world.NUMBER_WORDS)  # objects of one kind a shapes-world panel holds
 _MANY = {"four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
          "a dozen": 12, "dozens of": 24, "hundreds of": 100, "a hundred": 100}
@@ -160,6 +169,10 @@ def check(req: ParsedRequest, instruction: str = "") -> Scope:
     left: list[str] = []
     for text in texts:
         left += [p for p in foreign_objects(text) if p not in left]
+    if req.num_inputs == 0:  # "a red circle made of glass": the circle is drawn, the glass cannot be
+        said = sc.normalise(instruction)
+        left += [m.group(0) for m in DRAWN_LOOK_RE.finditer(said)
+                 if not any(m.group(0) in p or p in m.group(0) for p in left)]
     if req.num_inputs == 0:  # "seven blue circles": more than a picture holds; drawing two would say it did
         many = [m.group(0) for m in TOO_MANY_RE.finditer(sc.normalise(instruction))
                 if _MANY.get(m.group("n"), int(m.group("n")) if m.group("n").isdigit() else 0) > MOST_PER_PICTURE]
@@ -180,6 +193,12 @@ def refusal(req: ParsedRequest, found: Scope) -> str:
     """The one-line error of a request with nothing to draw: what was asked, and what the model draws instead."""
     what = found.left_out or tuple(o.description for o in req.outputs if o.index in found.outside)
     return f"{OUT_OF_WORLD} {', '.join(repr(w) for w in what)}. It draws {WORLD_TEXT}"
+
+
+def left_out_parts(req: ParsedRequest, found: Scope) -> list[str]:
+    """What of `req` its outputs will not show: each phrase left out, and each output left out by its description."""
+    return list(found.left_out) + [o.description for o in req.outputs if o.index in found.outside
+                                   and o.description not in found.left_out]
 
 
 def drawable_part(req: ParsedRequest, found: Scope) -> tuple[ParsedRequest, list[str]]:
