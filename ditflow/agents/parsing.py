@@ -46,7 +46,7 @@ ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth
 OUTPUT_NOUN = (r"(?:images?|pictures?|pics?|pix|photos?|photographs?|drawings?|illustrations?|frames?|snapshots?"
                r"|panels?|pages?|figures?|variations?|versions?|shots?|renders?|renderings?|options?|takes?"
                r"|scenes?|slides?|cards?|sketch(?:es)?|paintings?|artworks?|icons?|posters?|stickers?"
-               r"|alternatives?|copies|outputs?|samples?|spreads?|stages?|phases?)")
+               r"|alternatives?|copies|outputs?|samples?|spreads?|stages?|phases?|steps|keyframes?)")
 SERIES_NOUN = r"(?:frames|snapshots|panels|pages|shots|slides|scenes)"
 REF_NOUN = r"(?:images?|pictures?|pics?|photos?|pages?|panels?|frames?|inputs?|imgs?|ones?|drawings?)"
 DEFAULT_BOOK_PAGES = 4

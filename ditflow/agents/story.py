@@ -87,6 +87,12 @@ COLOR_RE = re.compile(
 SHAPE_RE = re.compile(rf"\b(?P<verb>(?:turns?|turning|turned|changes?|changing|changed|transforms?|transforming|"
                       rf"transformed|morphs?|morphing|morphed) into|becomes?|becoming|became)\s+(?:a|an)\s+"
                       rf"(?P<shape>{_SHAPE})\b")
+# "becomes a big blue one", "turns into a small green square": a change to a thing, of every attribute it names
+# (at least two; one alone is COLOR_RE's, SHAPE_RE's or SIZE_TO_RE's)
+_SIZE_WORD = r"small|little|tiny|large|big|huge"
+CHANGE_TO_RE = re.compile(rf"\b(?P<verb>becomes?|becoming|became|(?:turns?|turning|turned|changes?|changing|changed|"
+                          rf"transforms?|transforming|transformed|morphs?|morphing|morphed) into)\s+(?:a|an)\s+"
+                          rf"(?:(?P<size>{_SIZE_WORD})\s+)?(?:(?P<color>{_COLOR})\s+)?(?P<shape>{_SHAPE}|one)\b")
 GROW_RE = re.compile(r"\b(?:grows?(?! into)|growing(?! into)|grew|grown|growth|gets? (?:bigger|larger)|"
                      r"getting (?:bigger|larger)|got (?:bigger|larger)|expands?|expanding|swells?|swelling|"
                      r"becomes? (?:big|bigger|large|larger|huge))\b")
@@ -348,6 +354,18 @@ def find_events(text: str) -> list[Event]:
         if free(m.start(), m.end()):
             shape = sc.SHAPE_WORDS.get(m.group("shape") or "")
             found.append(Event("ramp", m.start(), m.end(), "appear", sc.Thing(shape) if shape else None))
+    for m in CHANGE_TO_RE.finditer(text):
+        shape = sc.SHAPE_WORDS.get(m.group("shape"))
+        if sum(bool(v) for v in (m.group("size"), m.group("color"), shape)) < 2 or not free(m.start(), m.end()):
+            continue
+        who = _who(text, m.start(), ments)
+        if m.group("color") or shape:
+            found.append(Event("color", m.start(), m.end(), m.group("verb"), who,
+                               (None, sc.COLOR_WORDS.get(m.group("color") or ""), shape)))
+        if m.group("size"):
+            end = "small" if m.group("size") in ("small", "little", "tiny") else "large"
+            found.append(Event("size", m.start(), m.end(), m.group("verb"), who,
+                               ("large" if end == "small" else "small", end)))
     for m in COLOR_RE.finditer(text):
         if free(m.start(), m.end()):
             shape = sc.SHAPE_WORDS.get(m.group("shape") or "")
