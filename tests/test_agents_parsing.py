@@ -221,3 +221,29 @@ def test_a_shapes_fill_is_its_colour_not_a_hole_to_fill_in():
                                             box=(4, 24, 18, 38))])
     req = parse_rules(Context(instruction="set the diamond's fill in the picture to pink", inputs=[image])).request
     assert req.task == "edit" and req.outputs[0].edits[0].color == "pink"
+
+
+# ----------------------------------------------------------------------------- attributes said apart (session 27)
+@pytest.mark.parametrize("instruction, want", [
+    ("Three circles: red, green and blue.", ["a red circle, a green circle and a blue circle"]),
+    ("draw 2 triangles, both green, and 1 blue diamond", ["two green triangles and a blue diamond"]),
+    ("2 small squares and 1 big square, all orange colour", ["two small orange squares and a large orange square"]),
+    ("a couple of pink squares please, big ones", ["two large pink squares"]),
+    ("a circle and a square. the circle is red, the square is green", ["a red circle and a green square"]),
+    ("Blue triangle (small) on the left, red square (large) on the right.",
+     ["a small blue triangle on the left and a large red square on the right"]),
+    ("a purple circle top right and an orange circle bottom left. Purple one is large, orange one is small size.",
+     ["a large purple circle at the top right and a small orange circle at the bottom left"]),
+    ("a big yellow square and a small yellow square. big one top-left, small one bottom-right",
+     ["a large yellow square at the top left and a small yellow square at the bottom right"]),
+    ("i want a pair of green diamonds, one at the top and one at the bottom",
+     ["a green diamond at the top and a green diamond at the bottom"]),
+    ("One orange triangle + two cyan circles, gray bg.", ["an orange triangle and two cyan circles on a gray background"]),
+    ("page 1: a red square. page 2: a blue circle. white background on every page",
+     ["a red square on a white background", "a blue circle on a white background"]),
+    ("Page one: a small green circle. Page two, same circle but big now.", ["a small green circle", "a large green circle"]),
+])
+def test_attributes_said_apart_from_their_object(instruction, want):
+    """Own wording: colours listed after a count, 'all'/'both' for every object, an object's attributes or place
+    said in a later sentence, 'bg', a backdrop for every page, 'Page two, ...'."""
+    assert [o.description for o in parse_rules(Context(instruction=instruction)).request.outputs] == want

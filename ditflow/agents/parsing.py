@@ -490,12 +490,16 @@ class Generated:
 BACKDROPS_RE = re.compile(r"\b(?:backgrounds?|backdrops?)\s*(?::|\s[-–—]\s)")
 
 
+EVERY_PAGE_RE = re.compile(r"\b(?:on|in|for) (?:all|every|each) (?:of the |the )?(?:pages?|panels?|frames?|pictures?|"
+                           r"images?|scenes?|slides?)\b|\bthe whole time\b|\bthroughout\b|\bin all of them\b")
+
+
 def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> Generated:
     """Self-contained descriptions for n new images, what they share, and what happens from one to the next."""
     # the objects the story starts with; its events and later steps say the rest (one picture shows everything)
     where, ments = story.cast(text) if n > 1 else (text, sc.mentions(text))
     spans = [(m.start, m.end) for m in ments]
-    things = sc.placed(sc.normalise(where), ments)
+    things = sc.bind(sc.normalise(where), sc.placed(sc.normalise(where), ments))
     if n > 1:  # "pictures of blue diamonds": one object per picture unless a number says otherwise
         plural = {(m.thing.shape, m.thing.color) for m in ments if m.extras.get("bare_plural")}
         things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if (t.shape, t.color) in plural and t.count == 2
@@ -503,7 +507,9 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
     colors = [c for c in _free_colors(where, spans) if not re.search(rf"\b{c}\s+background", where)]
     if things and colors and all(t.color is None for t in things) and len(colors) == 1:
         things = [sc.Thing(t.shape, colors[0], t.size, t.position, t.count) for t in things]
-    base = sc.Scene(tuple(things), sc.find_background(where))
+    every = EVERY_PAGE_RE.search(text) if n > 1 else None  # "gray background on all pages", wherever it is said
+    every_bg = sc.find_background(text[max(0, every.start() - 40):every.end() + 40]) if every else None
+    base = sc.Scene(tuple(things), sc.find_background(where) or every_bg)
     storyish = task == "article" or bool(re.search(r"comic|story|series|frames|snapshots|sequence|animation|same",
                                                    text))
 

@@ -42,9 +42,15 @@ DISTRIBUTED_RE = re.compile(
     rf"(?:one\s+)?(?:is\s+)?(?:{_COLOR_ALT}))+)\)?")
 
 
+# "three circles: red, green and blue", "2 squares (pink and cyan)": a colour per object, listed after the count
+LISTED_RE = re.compile(
+    rf"\b(?P<n>two|three|2|3)\s+(?P<shape>{PLURAL_ALT})\b\s*(?:[,:(–-]|in)\s*(?P<list>(?:{_COLOR_ALT})"
+    rf"(?:\s*(?:,\s*and|,|and|&)\s+(?:{_COLOR_ALT}))+)\b\)?(?!\s+(?:{'|'.join(SHAPE_WORDS)})\b)")
+
+
 def distribute(text: str) -> str:
     """(normalised) text with a count's colours given out one per object: "two squares, one blue and the other
-    orange" → "a blue square and an orange square"."""
+    orange", "two squares: blue and orange" → "a blue square and an orange square"."""
     def one_each(m: re.Match) -> str:
         colors = [w for w in re.findall(r"[a-z]+", m.group("list")) if w in COLOR_WORDS]
         if len(colors) != COUNT_WORDS.get(m.group("n"), int(m.group("n")) if m.group("n").isdigit() else 0):
@@ -57,7 +63,7 @@ def distribute(text: str) -> str:
         before = [w for w in re.findall(r"[a-z]+", text[:m.start()]) if w in SHAPE_WORDS]
         return f"{m.group('det')} {m.group('c')} {SHAPE_WORDS[before[-1]]}" if before else m.group(0)
     text = re.sub(rf"(?:(?<=\band )|(?<=, ))(?P<det>one|a|an)\s+(?P<c>{_COLOR_ALT})\s+one\b", named, text)
-    return DISTRIBUTED_RE.sub(one_each, text)
+    return LISTED_RE.sub(one_each, DISTRIBUTED_RE.sub(one_each, text))
 
 
 # "a red circle above a blue square", "...; the square is below the circle": where one object is said to be with
@@ -132,6 +138,64 @@ def placed(text: str, ments: list[Mention]) -> list[Thing]:
                                                                      text):
         pos[free[0]], pos[free[1]] = "left", "right"
     return [replace(t, position=p) for k, (t, p) in enumerate(zip(things, pos)) if k not in same]
+
+
+_SIZE_ALT = "|".join(SIZE_WORDS)
+_SHAPE_ALT = "|".join(sorted(SHAPE_WORDS, key=len, reverse=True))
+# "all orange", "both green", "all of them small", "big ones": an attribute for every object that has none
+_ALL_RE = re.compile(rf"\b(?:(?:all|both|each)(?:\s+of\s+(?:them|the\s+\w+))?(?:\s+(?:are|is|should be|in))?\s+"
+                     rf"(?:(?P<c>{_COLOR_ALT})|(?P<s>{_SIZE_ALT}))|(?:(?P<c2>{_COLOR_ALT})|(?P<s2>{_SIZE_ALT}))\s+ones)"
+                     rf"\b(?!\s+(?:{_SHAPE_ALT})\b)")
+# "the circle should be blue and small", "purple one is large", "blue triangle (small)": an object's attributes
+# said apart from it
+_SAID_RE = re.compile(rf"\b(?P<who>(?:(?:{_COLOR_ALT}|{_SIZE_ALT})\s+)?(?:{_SHAPE_ALT}|one))\s*(?:(?:should|must|has to|"
+                      rf"needs to|will)\s+be|is|=|:|\()\s*(?P<attrs>(?:(?:{_COLOR_ALT}|{_SIZE_ALT})(?!\s+(?:one|{_SHAPE_ALT})\b)"
+                      rf"(?:\s+(?:size|color))?"
+                      rf"(?:\s*(?:,|and)\s*)?)+)")
+# "big one top-left, small one bottom-right", "one at the top and one at the bottom": a place per object
+_ONE_AT_RE = re.compile(rf"\b(?:(?P<attr>{_COLOR_ALT}|{_SIZE_ALT})\s+)?one\s+(?:(?:is|goes|sits)\s+)?"
+                        rf"(?:(?:at|in|on)\s+)?(?:the\s+)?(?P<pos>(?:top|bottom|upper|lower|middle|center)"
+                        rf"(?:[\s-](?:left|right))?(?:\s+corner)?|left|right)\b")
+
+
+def bind(text: str, things: list[Thing]) -> list[Thing]:
+    """`things` (from normalised `text`) with the attributes the text gives them apart from their own phrase:
+    for all of them ("all orange", "big ones"), for one of them ("the circle should be blue", "purple one is
+    large"), or a place each ("one at the top and one at the bottom" splits a pair)."""
+    things = list(things)
+
+    def match(who: str) -> list[int]:
+        words = who.split()
+        shape = SHAPE_WORDS.get(words[-1])
+        attr = words[0] if len(words) > 1 else None
+        said = COLOR_WORDS.get(attr or ""), SIZE_WORDS.get(attr or "")
+        return [i for i, t in enumerate(things) if (shape is None or t.shape == shape)
+                and (attr is None or t.color == said[0] if said[0] else t.size == said[1])]
+
+    for m in _SAID_RE.finditer(text):
+        hit = match(m.group("who"))
+        if len(hit) != 1 or (m.group("who").split()[-1] == "one" and len(m.group("who").split()) == 1):
+            continue
+        words = re.findall(r"[a-z]+", m.group("attrs"))
+        color = next((COLOR_WORDS[w] for w in words if w in COLOR_WORDS), None)
+        size = next((SIZE_WORDS[w] for w in words if w in SIZE_WORDS), None)
+        t = things[hit[0]]
+        things[hit[0]] = replace(t, color=t.color or color, size=t.size or size)
+    for m in _ALL_RE.finditer(text):
+        color = COLOR_WORDS.get(m.group("c") or m.group("c2") or "")
+        size = SIZE_WORDS.get(m.group("s") or m.group("s2") or "")
+        things = [replace(t, color=t.color or color, size=t.size or size) for t in things]
+    places = [(m.group("attr"), find_position("the " + m.group("pos"))[0]) for m in _ONE_AT_RE.finditer(text)]
+    places = [(a, p) for a, p in places if p]
+    if len(places) >= 2:
+        if len(things) == 1 and things[0].count == len(places) and not any(a for a, _ in places):
+            things = [replace(things[0], count=1, position=p) for _, p in places]  # a pair, one in each place
+        else:
+            for attr, p in places:
+                hit = match(f"{attr} one") if attr else []
+                if len(hit) == 1:  # said of that one by name: it wins over a place read next to another phrase
+                    things[hit[0]] = replace(things[hit[0]], position=p)
+    return things
 
 
 def parse_scene(text: str) -> Scene:

@@ -430,6 +430,7 @@ _LABEL_NOUN = r"(?:image|picture|panel|frame|page|step|scene|shot|slide|photo|dr
 LABEL_RE = re.compile(rf"(?:^|(?<=[\s,;.!:(]))(?:(?:{_LABEL_NOUN}\s*#?\s*(?:[1-9]|one|two|three|four|five|six)|"
                       rf"(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|last|final|start(?:ing)?|end(?:ing)?|"
                       rf"1st|2nd|3rd|4th)\s+{_LABEL_NOUN})\s*(?::|[-–]\s|(?=with\b|shows?\b|showing\b))"
+                      rf"|(?:page|panel|frame|step|scene|slide)\s+(?:[1-9]|one|two|three|four|five|six),"  # "page two, ..."
                       rf"|\(?(?P<num>[1-9])[).](?=\s))\s*")  # numbered captions, too: "1) ..., 2) ..."
 
 

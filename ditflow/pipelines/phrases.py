@@ -78,6 +78,8 @@ class Mention:
 def normalise(text: str) -> str:
     t = text.lower().replace("colour", "color").replace("centre", "center").replace("grey", "gray")
     t = re.sub(r"[“”\"]", " ", t)
+    # how people write "background" in a hurry: "gray bg", "backround gray"
+    t = re.sub(r"\b(?:bg|backround|backgound|backgroud|bakground|backgrond|backgroung|backgorund)\b", "background", t)
     return re.sub(r"\s+", " ", t).strip()
 
 
