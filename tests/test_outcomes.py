@@ -184,6 +184,7 @@ def test_a_look_the_world_cannot_draw_is_left_out_and_said(instruction, look):
 @pytest.mark.parametrize("instruction", ["two blue squares at night", "a painting of a red circle",
                                          "a red circle on a gray background"])
 def test_a_picture_word_or_a_story_backdrop_is_not_a_look(instruction):
+    """Own wording: night is a story's backdrop, "a painting of" a picture, a named background plain."""
     assert not scope.check(parse_rules(Context(instruction=instruction)).request, instruction)
 
 
@@ -259,3 +260,10 @@ def test_batch_records_mismatches_and_exits_4_also_on_resume(tmp_path, capfd):
     assert main([*args, "--resume"]) == EXIT_MISMATCH  # skipped, and still not matching: the folders are the truth
     again = BatchManifest.model_validate_json((out / BATCH_FILE).read_text()).tasks[0]
     assert again.skipped and again.mismatches == state.mismatches
+
+
+@pytest.mark.parametrize("instruction", ["a hexagon on a gray background", "a yellow star on black, like a night sky"])
+def test_nothing_drawable_but_a_backdrop_is_refused(instruction):
+    """Own wording: the only object is not the world's, so drawing would give a bare background."""
+    req = parse_rules(Context(instruction=instruction)).request
+    assert scope.check(req, instruction).outside == (1,)

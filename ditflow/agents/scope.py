@@ -165,6 +165,8 @@ def check(req: ParsedRequest, instruction: str = "") -> Scope:
         # no shape, no background, and a word the world has no picture for ("6 different shapes" is not outside)
         if not e.things and e.background is None and any(not _plain(w) for u in e.unknown for w in u.split()):
             outside.append(o.index)
+        elif not e.things and foreign_objects(o.description):  # "a hexagon on a gray background": a bare backdrop
+            outside.append(o.index)
     texts = ([instruction] if req.num_inputs == 0 else []) + [o.description for o in drawn]
     left: list[str] = []
     for text in texts:
