@@ -35,6 +35,16 @@ def test_references_pick_one_of_three_alike(text, want):
 
 
 @pytest.mark.parametrize("text, want", [
+    ("remove one of them", [{"op": "remove", "targets": [3]}]),
+    ("make two of them red", [{"op": "recolor", "targets": [2, 3], "color": "red"}]),
+    ("remove them", [{"op": "remove", "targets": [1, 2, 3]}]),
+])
+def test_some_of_them_takes_that_many(text, want):
+    """Own wording: "one of them" after three alike is one of them, not all."""
+    assert edits(text, TRIANGLES, focus=[1, 2, 3]) == want
+
+
+@pytest.mark.parametrize("text, want", [
     ("make the red one blue", [{"op": "recolor", "targets": [1], "color": "blue"}]),
     ("change the color of the square to green", [{"op": "recolor", "targets": [2], "color": "green"}]),
     ("get rid of the yellow circle", [{"op": "remove", "targets": [3]}]),

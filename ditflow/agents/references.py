@@ -211,6 +211,10 @@ def find_references(text: str) -> list[Reference]:
             continue  # "both circles" is a phrase REF_RE has read
         p = m.group("p")
         every = p not in SINGULAR
+        some = re.search(r"\b(?P<n>one|any|two|1|2) of\s+$", text[max(0, m.start() - 8):m.start()])
+        if some and p in ("them", "they"):  # "remove one of them": that many of those it means
+            out.append(Reference(f"{some.group('n')} of {p}", m.start(), m.end(), pronoun=p, take=TAKE[some.group("n")]))
+            continue
         out.append(Reference(p, m.start(), m.end(), every=every, pronoun=p))
     return sorted(out, key=lambda r: r.start)
 
@@ -278,9 +282,13 @@ def resolve(ref: Reference, objects: list[SceneObject], focus: list[int] = (), i
                 return list(focus)
             raise Unclear(f"'{ref.text}' could be any of the {len(objects)} objects in {image} "
                           f"({listing(objects)}); which one did you mean?")
-        if ref.pronoun in ("them", "they") and focus and len(focus) > 1:
-            return list(focus)
-        return [o.id for o in objects]
+        them = list(focus) if ref.pronoun in ("them", "they") and focus and len(focus) > 1 else \
+            [o.id for o in objects]
+        if ref.take:  # "one of them": the last ones, as for "one of the circles"
+            if len(them) < ref.take:
+                raise Unclear(f"{image} has only {len(them)} object(s) ({listing(objects)}); there is no {ref.text}")
+            return them[-ref.take:]
+        return them
     hits = [o for o in objects if (ref.shape is None or o.shape == ref.shape)
             and (ref.color is None or o.color == ref.color) and (ref.cell is None or o.position == ref.cell)]
     if ref.size and len({o.size for o in hits}) > 1:
