@@ -247,3 +247,23 @@ def test_attributes_said_apart_from_their_object(instruction, want):
     """Own wording: colours listed after a count, 'all'/'both' for every object, an object's attributes or place
     said in a later sentence, 'bg', a backdrop for every page, 'Page two, ...'."""
     assert [o.description for o in parse_rules(Context(instruction=instruction)).request.outputs] == want
+
+
+@pytest.mark.parametrize("instruction, want", [
+    ("red diamond in the center, yelow diamond at the botom", ["a red diamond in the center and a yellow diamond at the bottom"]),
+    ("a purpel sqaure and a trianlge", ["a purple square and a triangle"]),
+    ("a bright blue circle on the left", None),  # "bright" is one slip from "right", and stays bright
+    ("three yellow triangles in one line horizontal through the middle",
+     ["a yellow triangle on the left, a yellow triangle in the center and a yellow triangle on the right"]),
+    ("a trio of cyan diamonds running down the left edge",
+     ["a cyan diamond at the top left, a cyan diamond on the left and a cyan diamond at the bottom left"]),
+    ("two pink circles at the top", ["two pink circles at the top"]),
+])
+def test_slips_of_one_letter_and_lines(instruction, want):
+    """Own wording: a world word one slip off is read as that word (a short real word near one is left alone);
+    several of a kind 'down the left edge' or 'in a row' stand along that line; 'at the top' stays a place."""
+    got = [o.description for o in parse_rules(Context(instruction=instruction)).request.outputs]
+    if want is None:
+        assert "right" not in got[0] and "on the left" in got[0]
+    else:
+        assert got == want

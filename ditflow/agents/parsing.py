@@ -568,7 +568,7 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
 def parse_rules(ctx: Context) -> Parse:
     """Parse `ctx` deterministically. Never raises on content: unusable requests carry a clarification."""
     raw = check_instruction(ctx.instruction)
-    text = sc.distribute(sc.normalise(numbered_lines(raw)))
+    text = sc.distribute(sc.correct_slips(sc.normalise(numbered_lines(raw))))
     if INJECTION_RE.search(text):
         return Parse(_clarify("The instruction contains text addressed to the system (e.g. about schemas, prompts "
                               "or files). ditflow only makes images and writes only to this session's output "

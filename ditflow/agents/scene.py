@@ -48,6 +48,38 @@ LISTED_RE = re.compile(
     rf"(?:\s*(?:,\s*and|,|and|&)\s+(?:{_COLOR_ALT}))+)\b\)?(?!\s+(?:{'|'.join(SHAPE_WORDS)})\b)")
 
 
+# the world's words of six letters or more, which a slip of one letter still names: "yelow", "botom", "sqaure"
+# (shorter ones are too near other words: "bright" is one slip from "right", "blank" from "black")
+_LONG_WORDS = sorted({w for w in (*COLOR_WORDS, *SHAPE_WORDS, *BACKGROUND_WORDS, "bottom", "center", "middle",
+                                  "background", "picture", "pictures") if len(w) >= 6 and " " not in w})
+_NOT_TYPOS = frozenset("""fellow mellow bellow hellow yellows riddle fiddle diddle middles bottoms enter olden
+    violent circled circler circles squared squarer squire centres centered centers oranges purples pictured""".split())
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """Whether a and b differ by one letter inserted, left out, changed, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def correct_slips(text: str) -> str:
+    """(normalised) text with each word that is one slip away from exactly one of the world's longer words
+    spelled as that word; real words that happen to be that close are left alone (_NOT_TYPOS)."""
+    def fix(m: re.Match) -> str:
+        w = m.group(0)
+        if w in _NOT_TYPOS or w in _LONG_WORDS:
+            return w
+        near = [v for v in _LONG_WORDS if _one_slip(w, v)]
+        return near[0] if len(near) == 1 else w
+    return re.sub(r"\b[a-z]{5,}\b", fix, text)
+
+
 def distribute(text: str) -> str:
     """(normalised) text with a count's colours given out one per object: "two squares, one blue and the other
     orange", "two squares: blue and orange" → "a blue square and an orange square"."""
@@ -158,6 +190,25 @@ _ONE_AT_RE = re.compile(rf"\b(?:(?P<attr>{_COLOR_ALT}|{_SIZE_ALT})\s+)?one\s+(?:
                         rf"(?:[\s-](?:left|right))?(?:\s+corner)?|left|right)\b")
 
 
+# "down the left edge", "in a row through the middle", "along the top": several of a kind set out along one line
+# ("two circles at the top" stays one phrase: a place, not a line)
+_LINE_RE = re.compile(r"\b(?:(?:down|along|up|across|through|over)\s+the\s+(?P<side>left|right|top|bottom|"
+                      r"middle|center)(?:[\s-]+hand)?\s*(?P<kind>edge|side|row|column|border|line)?|in\s+(?:a|one)\s+"
+                      r"(?P<dir>horizontal\s+|vertical\s+)?(?:row|line|column)(?:\s+(?P<dir2>horizontal|vertical)(?:ly)?)?"
+                      r"(?:\s+(?:through|across|along|down|in)\s+the\s+(?P<side2>left|right|top|bottom|middle|center))?)\b")
+
+
+def _line_cells(m: re.Match) -> list[str] | None:
+    """The three cells of the row or column a _LINE_RE phrase names, in reading order."""
+    side = m.group("side") or m.group("side2") or "middle"
+    vertical = bool(re.search(r"vertical|column", m.group(0))) or (m.group("side") in ("left", "right")) or \
+        (side in ("middle", "center") and re.search(r"\b(?:down|up)\b", m.group(0)) is not None)
+    if side in ("left", "right") and not vertical:
+        return None
+    k = {"left": 0, "top": 0, "middle": 1, "center": 1, "right": 2, "bottom": 2}[side]
+    return [POSITIONS[r][k] for r in range(3)] if vertical else list(POSITIONS[k])
+
+
 def bind(text: str, things: list[Thing]) -> list[Thing]:
     """`things` (from normalised `text`) with the attributes the text gives them apart from their own phrase:
     for all of them ("all orange", "big ones"), for one of them ("the circle should be blue", "purple one is
@@ -185,6 +236,11 @@ def bind(text: str, things: list[Thing]) -> list[Thing]:
         color = COLOR_WORDS.get(m.group("c") or m.group("c2") or "")
         size = SIZE_WORDS.get(m.group("s") or m.group("s2") or "")
         things = [replace(t, color=t.color or color, size=t.size or size) for t in things]
+    line = _LINE_RE.search(text)
+    cells = _line_cells(line) if line else None
+    if cells and len(things) == 1 and things[0].position in (None, cells[1]) and things[0].count in (2, 3):
+        pick = cells if things[0].count == 3 else [cells[0], cells[2]]  # a pair at the line's two ends
+        return [replace(things[0], count=1, position=p) for p in pick]
     places = [(m.group("attr"), find_position("the " + m.group("pos"))[0]) for m in _ONE_AT_RE.finditer(text)]
     places = [(a, p) for a, p in places if p]
     if len(places) >= 2:

@@ -24,7 +24,8 @@ SHAPE_WORDS = {**{s: s for s in SHAPES}, "circles": "circle", "squares": "square
 SIZE_WORDS = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large",
               "huge": "large", "giant": "large"}
 COUNT_WORDS = {"a": 1, "an": 1, "one": 1, "single": 1, "lone": 1, "two": 2, "2": 2, "three": 3, "3": 3,
-               "a pair of": 2, "a couple of": 2, "couple of": 2, "pair of": 2}
+               "a pair of": 2, "a couple of": 2, "couple of": 2, "pair of": 2,
+               "a trio of": 3, "trio of": 3}
 # Position phrases, longest first so "top left" wins over "top" and "left".
 POSITION_PHRASES = [
     (r"(?:top|upper)[ -]?left(?:[ -]hand)?(?: corner| area| side)?|up in the left corner", "top-left"),
