@@ -318,3 +318,21 @@ def test_an_ordinal_over_objects_that_stand_level_asks():
         edits("paint the triangle second from the left blue", TRIANGLES)
     assert edits("paint the triangle first from the left blue", TRIANGLES) == [
         {"op": "recolor", "targets": [1], "color": "blue"}]
+
+
+@pytest.mark.parametrize("text, want", [("and put it on black", [{"op": "background", "color": "black"}]),
+                                        ("put them on a plain gray", [{"op": "background", "color": "gray"}])])
+def test_putting_it_on_a_backdrop_changes_the_background(text, want):
+    """Own wording: 'put it on black' is the picture onto a black backdrop, not an object moved."""
+    assert edits(text, TRIANGLES, focus=[1]) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("make the small triangle bigger and the top left triangle smaller",
+     [{"op": "resize", "targets": [1], "size": "large"}, {"op": "resize", "targets": [1], "size": "small"}]),
+    ("move the bottom right triangle up and the top left triangle down",
+     [{"op": "move", "targets": [3], "position": "right"}, {"op": "move", "targets": [1], "position": "left"}]),  # a row each
+])
+def test_one_verb_for_two_references_with_their_own_values(text, want):
+    """Own wording: the verb said once is carried to the second reference, each with its own size or way."""
+    assert edits(text, TRIANGLES) == want

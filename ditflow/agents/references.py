@@ -92,6 +92,8 @@ SMALLER_RE = re.compile(r"\b(?:smaller|shrink|shrunk|thinner|slimmer|skinnier|sl
                         r"lose(?:s)? (?:some )?weight|reduce (?:the |its )?size|scale (?:it |them )?down|"
                         r"half (?:the|its) size|make (?!an?\s)[\w ]+? (?:small|tiny|little))\b")
 BACKGROUND_RE = re.compile(r"\b(?:background|backdrop)\b")
+ONTO_RE = re.compile(rf"\b(?:put|place|set|move|have)\s+(?:it|them|everything|all of (?:it|them))\s+(?:on|against|onto)\s+"
+                     rf"(?:a\s+)?(?:plain\s+)?(?P<bg>black|gray|white)\b(?!\s+(?:{_shape_alt})\b)")
 DIRECTION = {"left": (0, -1), "leftward": (0, -1), "leftwards": (0, -1), "right": (0, 1), "rightward": (0, 1),
              "rightwards": (0, 1), "up": (-1, 0), "upward": (-1, 0), "upwards": (-1, 0), "higher": (-1, 0),
              "down": (1, 0), "downward": (1, 0), "downwards": (1, 0), "lower": (1, 0)}
@@ -432,6 +434,9 @@ def clause_edits(clause: str, objects: list[SceneObject], focus: list[int], imag
     for r in reversed(refs):  # what is left once the references are cut out names the new values
         rest = rest[:r.start] + " # " + rest[r.end:]
     after = rest.split("#", 1)[1] if "#" in rest else rest
+    onto = ONTO_RE.search(clause)
+    if onto and not BACKGROUND_RE.search(clause):  # "put it on black": the whole picture onto that backdrop
+        clause = f"{clause} (on a {onto.group('bg')} background)"
     if BACKGROUND_RE.search(clause):
         bg = sc.find_background(clause) or next((sc.BACKGROUND_WORDS[w] for w in re.findall(r"[a-z]+", clause)
                                                  if w in sc.BACKGROUND_WORDS and w not in ("dark", "light")), None)
@@ -834,9 +839,17 @@ def _distributed(clause: str) -> list[str]:
         return [clause]
     parts = PAIR_SPLIT.split(clause)
     first = find_references(parts[0])
-    if len(parts) < 2 or not first or not all(_colors(p) or re.search(rf"\b(?:{_shape_alt})\b.*\b(?:{_shape_alt})\b", p)
+    if len(parts) < 2 or not first or not all(_colors(p) or VALUE_RE.search(p[find_references(p)[0].end:] if
+                                                                            find_references(p) else p)
+                                              or re.search(rf"\b(?:{_shape_alt})\b.*\b(?:{_shape_alt})\b", p)
                                               for p in parts):
         return [clause]
     verb = parts[0][:first[0].start]
-    return [parts[0]] + [p if re.match(r"\s*(?:make|turn|colou?r|paint|change|recolou?r)\b", p) else verb + p
-                         for p in parts[1:]]
+    return [parts[0]] + [p if re.match(r"\s*(?:make|turn|colou?r|paint|change|recolou?r|move|shift|put)\b", p)
+                         else verb + p for p in parts[1:]]
+
+
+# a value said after a reference, for its own verb carried over: "make the triangle bigger and the square smaller",
+# "move the triangle up and the square down"
+VALUE_RE = re.compile(r"^\s*(?:a\s+(?:bit|little)\s+)?(?:bigger|smaller|larger|big|small|large|tiny|huge|up|down|"
+                      r"(?:to\s+the\s+)?(?:left|right|top|bottom))\b")
