@@ -1,7 +1,9 @@
 """Shapes-world phrases ↔ structured scenes, and the edits the agents apply to them.
 
 The parser reads "a large red circle on the left on a black background" into a `Scene`, applies edit operations
-("make it blue", "move it to the top right") to it, and writes it back as one canonical phrase. The vocabulary and
+("make it blue", "move it to the top right") to it, and writes it back as one canonical phrase. People say an
+object's attributes apart from it too ("three circles: red, green and blue", "the circle is red", "big ones",
+"down the left edge"): `bind` gives them to it; `correct_slips` reads "yelow" as "yellow". The vocabulary and
 the object-phrase parser are `ditflow.pipelines.phrases`, shared with clause routing.
 """
 from __future__ import annotations
