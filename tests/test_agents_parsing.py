@@ -230,6 +230,7 @@ def test_a_shapes_fill_is_its_colour_not_a_hole_to_fill_in():
     ("2 small squares and 1 big square, all orange colour", ["two small orange squares and a large orange square"]),
     ("a couple of pink squares please, big ones", ["two large pink squares"]),
     ("a circle and a square. the circle is red, the square is green", ["a red circle and a green square"]),
+    ("a small circle and a square. the circle is red", ["a small red circle and a square"]),  # a size of its own
     ("Blue triangle (small) on the left, red square (large) on the right.",
      ["a small blue triangle on the left and a large red square on the right"]),
     ("a purple circle top right and an orange circle bottom left. Purple one is large, orange one is small size.",

@@ -223,7 +223,7 @@ def bind(text: str, things: list[Thing]) -> list[Thing]:
         attr = words[0] if len(words) > 1 else None
         said = COLOR_WORDS.get(attr or ""), SIZE_WORDS.get(attr or "")
         return [i for i, t in enumerate(things) if (shape is None or t.shape == shape)
-                and (attr is None or t.color == said[0] if said[0] else t.size == said[1])]
+                and (attr is None or (t.color == said[0] if said[0] else t.size == said[1]))]
 
     for m in _SAID_RE.finditer(text):
         hit = match(m.group("who"))
