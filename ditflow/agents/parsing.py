@@ -499,7 +499,8 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
     # the objects the story starts with; its events and later steps say the rest (one picture shows everything)
     where, ments = story.cast(text) if n > 1 else (text, sc.mentions(text))
     spans = [(m.start, m.end) for m in ments]
-    things = sc.bind(sc.normalise(where), sc.placed(sc.normalise(where), ments))
+    said = sc.normalise(where)
+    things = sc.bind(said, sc.placed(said, ments))
     if n > 1:  # "pictures of blue diamonds": one object per picture unless a number says otherwise
         plural = {(m.thing.shape, m.thing.color) for m in ments if m.extras.get("bare_plural")}
         things = [sc.Thing(t.shape, t.color, t.size, t.position, 1) if (t.shape, t.color) in plural and t.count == 2

@@ -839,10 +839,13 @@ def _distributed(clause: str) -> list[str]:
         return [clause]
     parts = PAIR_SPLIT.split(clause)
     first = find_references(parts[0])
-    if len(parts) < 2 or not first or not all(_colors(p) or VALUE_RE.search(p[find_references(p)[0].end:] if
-                                                                            find_references(p) else p)
-                                              or re.search(rf"\b(?:{_shape_alt})\b.*\b(?:{_shape_alt})\b", p)
-                                              for p in parts):
+
+    def valued(p: str) -> bool:  # the part says its own value: a colour, a size or a way, or two shapes
+        refs = find_references(p)
+        return bool(_colors(p) or VALUE_RE.search(p[refs[0].end:] if refs else p)
+                    or re.search(rf"\b(?:{_shape_alt})\b.*\b(?:{_shape_alt})\b", p))
+
+    if len(parts) < 2 or not first or not all(valued(p) for p in parts):
         return [clause]
     verb = parts[0][:first[0].start]
     return [parts[0]] + [p if re.match(r"\s*(?:make|turn|colou?r|paint|change|recolou?r|move|shift|put)\b", p)

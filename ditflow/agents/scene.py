@@ -36,6 +36,7 @@ class Scene:
 
 
 _COLOR_ALT = "|".join(sorted(COLOR_WORDS, key=len, reverse=True))
+_SHAPE_ALT = "|".join(sorted(SHAPE_WORDS, key=len, reverse=True))
 PLURAL_ALT = "|".join(sorted((w for w, s in SHAPE_WORDS.items() if w != s and w.endswith("s")), key=len, reverse=True))
 # "two squares, one blue and the other orange": one colour per object, said after the count
 DISTRIBUTED_RE = re.compile(
@@ -47,7 +48,7 @@ DISTRIBUTED_RE = re.compile(
 # "three circles: red, green and blue", "2 squares (pink and cyan)": a colour per object, listed after the count
 LISTED_RE = re.compile(
     rf"\b(?P<n>two|three|2|3)\s+(?P<shape>{PLURAL_ALT})\b\s*(?:[,:(–-]|in)\s*(?P<list>(?:{_COLOR_ALT})"
-    rf"(?:\s*(?:,\s*and|,|and|&)\s+(?:{_COLOR_ALT}))+)\b\)?(?!\s+(?:{'|'.join(SHAPE_WORDS)})\b)")
+    rf"(?:\s*(?:,\s*and|,|and|&)\s+(?:{_COLOR_ALT}))+)\b\)?(?!\s+(?:{_SHAPE_ALT})\b)")
 
 
 # the world's words of six letters or more, which a slip of one letter still names: "yelow", "botom", "sqaure"
@@ -175,7 +176,6 @@ def placed(text: str, ments: list[Mention]) -> list[Thing]:
 
 
 _SIZE_ALT = "|".join(SIZE_WORDS)
-_SHAPE_ALT = "|".join(sorted(SHAPE_WORDS, key=len, reverse=True))
 # "all orange", "both green", "all of them small", "big ones": an attribute for every object that has none
 _ALL_RE = re.compile(rf"\b(?:(?:all|both|each)(?:\s+of\s+(?:them|the\s+\w+))?(?:\s+(?:are|is|should be|in))?\s+"
                      rf"(?:(?P<c>{_COLOR_ALT})|(?P<s>{_SIZE_ALT}))|(?:(?P<c2>{_COLOR_ALT})|(?P<s2>{_SIZE_ALT}))\s+ones)"
