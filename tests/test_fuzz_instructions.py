@@ -91,6 +91,7 @@ def check_one(text: str, ins: list[InputImage], gallery: list[GalleryItem]) -> N
 @given(text=instructions, ins=inputs, gallery=galleries)
 @example(text="an pages " * 178, ins=[], gallery=[])  # CI: a four-panel caption of long clauses overflowed Step.prompt
 @example(text="add two more pages", ins=[], gallery=[GalleryItem(description="")])  # CI: blank gallery entry
+@example(text='IMAGE"1', ins=[], gallery=[GalleryItem(description="\x1f")])  # an edit of a blank-described image
 @example(text="a a a a a 99999999999999999999 99999999999999999999 99999999999999999999 again each in a different "
               "corner " * 20, ins=[], gallery=[GalleryItem(description="a")])  # a long "again" edit overflowed a prompt
 def test_parse_and_plan_any_instruction(text, ins, gallery):

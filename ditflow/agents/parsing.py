@@ -768,7 +768,10 @@ def _edit_or_restore(text: str, task: str, inputs: list[InputImage], refs: Refs,
             desc = _edited_description(image, edits) if edits else apply_edit(base, clause)
         else:
             desc = base if sc.parse_scene(base).things else f"{base}, restored"
-        outputs.append(OutputSpec(index=k + 1, description=_drop_forbidden(desc, forbidden), sources=[src],
+        # an image with no description of its own (one added by path): the instruction describes it, as in
+        # _continuation
+        desc = _drop_forbidden(desc, forbidden).strip() or text.strip()[:MAX_PROMPT_CHARS]
+        outputs.append(OutputSpec(index=k + 1, description=desc, sources=[src],
                                   edits=edits, **(restore_output_size(text) if task == "restore" else {})))
     return ParsedRequest(task=task, num_inputs=n_in, num_outputs=len(outputs), inputs=new_inputs, outputs=outputs)
 
