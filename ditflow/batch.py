@@ -90,7 +90,7 @@ class TaskState(BaseModel):
     attempts: int = 0
     skipped: bool = Field(False, description="done in an earlier run, not redone")
     mismatches: list[str] = Field(default_factory=list, description="outputs that still fail verification after "
-                                  "repairs, one line each with the failed claims (`cli_run.mismatches`)")
+                                  "repairs, one line each with the failed claims (`cli.run.mismatches`)")
 
 
 class BatchManifest(BaseModel):
@@ -188,7 +188,7 @@ class _Engines:
 
 def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
     """Run one task in its staging folder and move the folder into place; never raises for a task's own failure."""
-    from ditflow.cli_run import mismatches
+    from ditflow.cli.run import mismatches
     staging = out / STAGING / task.id
     final = out / task.id
     shutil.rmtree(staging, ignore_errors=True)
@@ -316,7 +316,7 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
         for task in tasks:
             if is_done(task, out / task.id):
                 from ditflow.api import read_manifest
-                from ditflow.cli_run import mismatches
+                from ditflow.cli.run import mismatches
 
                 done = read_manifest(out / task.id, check_files=False)
                 manifest.tasks.append(TaskState(id=task.id, status="done", images=done.images, skipped=True,
@@ -387,8 +387,8 @@ def cli(argv: list[str], command: str = "batch") -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OK, EXIT_STATUS_HELP
-    from ditflow.cli_run import add_engine_args
+    from ditflow.cli.main import EXIT_FAILED, EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OK, EXIT_STATUS_HELP
+    from ditflow.cli.run import add_engine_args
     from ditflow.config import Settings
     from ditflow.logs import add_verbose_flag
 

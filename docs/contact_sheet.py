@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ditflow import Session
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 ZOOM, GAP, TEXT_H = 3, 8, 34
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from ditflow.agents.describe import describe_image, shapes_scene, statistics
 from ditflow.agents.scene import Thing
-from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
+from ditflow.world.scenes import CanvasSpec, ObjectSpec, PanelSpec, render
 
 
 def test_a_builtin_scene_is_described_in_the_world_vocabulary():

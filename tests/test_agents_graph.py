@@ -17,7 +17,7 @@ from PIL import Image
 from ditflow.agents.graph import AgentRuntime, history, run_turn
 from ditflow.agents.parsing import InstructionError
 from ditflow.pipelines.tiny import tiny_flux_pipeline
-from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
+from ditflow.world.scenes import CanvasSpec, ObjectSpec, PanelSpec, render
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

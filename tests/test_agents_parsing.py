@@ -10,8 +10,8 @@ from ditflow.agents.parsing import (SELF_REFERENCE, Context, GalleryItem, Instru
                                     parse_rules)
 from ditflow.agents.planning import GROUP_PANELS, plan_rules
 from ditflow.bench.agents import load_cases, run_case, summarise
-from ditflow.pipelines.world import COLORS, SHAPES
 from ditflow.schemas import MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, InputImage, OutputSpec, ParsedRequest, SceneObject
+from ditflow.world.scenes import COLORS, SHAPES
 
 
 def rules(text: str, inputs: list[str] = (), gallery: list[str] = (), previous_task=None, shared=None):

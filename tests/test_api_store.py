@@ -9,9 +9,9 @@ import pytest
 from ditflow.api import MANIFEST_FILE, Session, Turn, read_manifest
 from ditflow.config import Settings
 from ditflow.images import ImageError, save_image_atomic
-from ditflow.pipelines import world
 from ditflow.schemas import Plan, Step, TurnRecord
 from ditflow.sessions import SessionStore, write_json_atomic
+from ditflow.world import scenes as world
 
 
 def scene(tmp_path: Path, name: str, seed: int = 0) -> Path:

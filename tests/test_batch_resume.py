@@ -12,7 +12,7 @@ import pytest
 
 from ditflow.api import read_manifest
 from ditflow.batch import BATCH_FILE, STAGING, BatchManifest
-from ditflow.cli import EXIT_MISMATCH
+from ditflow.cli.main import EXIT_MISMATCH
 
 pytest.importorskip("ditflow.agents.graph", reason="the agents graph (run_turn) has not landed yet")
 

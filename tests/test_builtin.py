@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditflow.pipelines import loading, train, world
+from ditflow.pipelines import loading
+from ditflow.training import train
+from ditflow.world import scenes as world
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ditflow.bench.interfaces import Tmux, ditflow_cmd
-from ditflow.chat import PROMPT, READY
+from ditflow.cli.chat import PROMPT, READY
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (.ci/run installs it); these tests drive the chat UI")
@@ -82,7 +82,7 @@ def test_an_interrupt_inside_a_command_returns_to_the_prompt(tmp_path, monkeypat
     from rich.console import Console
 
     from ditflow.api import Session
-    from ditflow.chat import Chat
+    from ditflow.cli.chat import Chat
 
     ran = []
 

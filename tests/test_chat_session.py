@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ditflow.bench.interfaces import Tmux, ditflow_cmd
-from ditflow.chat import READY, WORKING
+from ditflow.cli.chat import READY, WORKING
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)"),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditflow.cli import main
-from ditflow.cli_generate import stitch_model
+from ditflow.cli.generate import stitch_model
+from ditflow.cli.main import main
 from ditflow.images import load_image, sha256_file
-from ditflow.pipelines import world
 from ditflow.pipelines.tiny import tiny_flux_pipeline
+from ditflow.world import scenes as world
 
 FAST = ["--steps", "2", "--quiet"]
 
@@ -77,7 +77,7 @@ def test_local_attention_takes_a_radius_or_a_distilled_student(model_dir, tmp_pa
     'student' finds the file in the model's own folder. A covering radius changes nothing; a small one does."""
     import torch
 
-    from ditflow.pipelines.distill import WEIGHTS_NAME, make_student, save_student
+    from ditflow.training.distill import WEIGHTS_NAME, make_student, save_student
 
     teacher = tiny_flux_pipeline().transformer
     student = make_student(teacher, radius=1.5)

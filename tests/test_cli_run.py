@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from ditflow.api import read_manifest
-from ditflow.cli import EXIT_MISMATCH, EXIT_OK
-from ditflow.cli_run import prepare_out
+from ditflow.cli.main import EXIT_MISMATCH, EXIT_OK
+from ditflow.cli.run import prepare_out
 from ditflow.images import save_image_atomic, sha256_file
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

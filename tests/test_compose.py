@@ -11,8 +11,8 @@ from ditflow.agents import scene as sc
 from ditflow.agents.compose import compose, layout, needs_composing
 from ditflow.agents.execution import run_step
 from ditflow.agents.verify import detections
-from ditflow.pipelines import world
 from ditflow.schemas import GenerateSpec, ParsedRequest, Step
+from ditflow.world import scenes as world
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

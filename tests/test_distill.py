@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ditflow.kernels.processors import installed, remove_local_attention
-from ditflow.pipelines import distill
 from ditflow.pipelines.tiny import tiny_flux_pipeline
+from ditflow.training import distill
 
 SMALL = dict(model="tiny", height=64, width=64, radius=2.0, n_samples=4, teacher_steps=2, steps=3, batch=2,
              eval_n=0)
@@ -136,7 +136,8 @@ def test_score_judges_canvases_panels_and_attributes(monkeypatch):
 
     from PIL import Image
 
-    from ditflow.pipelines import sampling, world
+    from ditflow.pipelines import sampling
+    from ditflow.world import scenes as world
 
     cfg = distill.DistillConfig(model="tiny", height=128, width=128, eval_n=6)
     pairs = distill.canvas_prompts(cfg.eval_n, cfg.height, cfg.width, seed=10_000 + cfg.seed, heldout=True)

@@ -142,7 +142,7 @@ def test_chat_model_command_checks_the_name(tmp_path):
     from rich.console import Console
 
     from ditflow.api import Session
-    from ditflow.chat import Chat
+    from ditflow.cli.chat import Chat
 
     console = Console(file=io.StringIO(), width=300)
     with Session(model="tiny", llm="rules", home=tmp_path) as session:
@@ -155,7 +155,7 @@ def test_chat_model_command_checks_the_name(tmp_path):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 def test_chat_loads_its_model_in_the_background_without_printing_over_the_prompt(tmp_path):
     from ditflow.bench.interfaces import Tmux, ditflow_cmd
-    from ditflow.chat import PROMPT, READY
+    from ditflow.cli.chat import PROMPT, READY
 
     env = {"DITFLOW_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"],
            "TERM": "xterm-256color"}
@@ -213,7 +213,7 @@ def test_the_chat_preview_of_a_red_circle_shows_a_round_red_blob_of_the_right_si
     from PIL import Image
 
     from ditflow.bench.interfaces import Tmux, ditflow_cmd
-    from ditflow.chat import PROMPT, READY
+    from ditflow.cli.chat import PROMPT, READY
 
     env = {"DITFLOW_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"],
            "TERM": "xterm-256color", "COLORTERM": "truecolor"}
@@ -274,7 +274,7 @@ def test_the_progress_display_names_output_and_tool_and_leaves_the_error_to_its_
 
 
 def test_the_closing_line_says_how_many_images_how_long_and_what_verification_found():
-    from ditflow.cli_run import outcome
+    from ditflow.cli.run import outcome
     from ditflow.schemas import Claim, RepairAttempt, TurnRecord, TurnTimings, Verdict
 
     red = Claim(text="a red circle", attribute="object", status="pass")

@@ -7,7 +7,7 @@ import pytest
 
 from ditflow.bench.ideabench import find_cases, model_dir_name
 from ditflow.images import save_image_atomic
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 
 def make_case(root: Path, name: str, instruction: str, count: int, inputs: int = 0, meta_extra=None) -> Path:

@@ -7,8 +7,8 @@ import pytest
 
 from ditflow.agents.describe import scene_objects
 from ditflow.agents.object_edit import SHAPES_CANDIDATES, edit_objects
-from ditflow.pipelines import world
 from ditflow.schemas import InputImage, ObjectEdit
+from ditflow.world import scenes as world
 
 
 @pytest.fixture(scope="module")

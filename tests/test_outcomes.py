@@ -25,16 +25,16 @@ from rich.console import Console
 
 from ditflow.agents import scope
 from ditflow.agents.graph import AgentRuntime, run_turn
-from ditflow.agents.parsing import Context, parse_rules
 from ditflow.agents.llm.base import LLMUnavailable
 from ditflow.agents.llm.openai import OpenAIBackend
+from ditflow.agents.parsing import Context, parse_rules
 from ditflow.api import read_manifest
 from ditflow.batch import BATCH_FILE, BatchManifest
-from ditflow.cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main
-from ditflow.pipelines import world
+from ditflow.cli.main import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, main
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.progress import RichProgress
 from ditflow.schemas import OUT_OF_WORLD, OutputSpec, ParsedRequest, ProgressEvent
+from ditflow.world import scenes as world
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

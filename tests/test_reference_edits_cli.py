@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditflow.cli import EXIT_USAGE
-from ditflow.pipelines import world
+from ditflow.cli.main import EXIT_USAGE
+from ditflow.world import scenes as world
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 UNTOUCHED_DB = 35.0
@@ -25,7 +25,7 @@ def ditflow(*args: str) -> subprocess.CompletedProcess:
 
 def ditflow_here(*args: str) -> int:
     """The CLI in this process: the same code path, without a fresh interpreter's seconds of imports."""
-    from ditflow.cli import main
+    from ditflow.cli.main import main
 
     return main([*args, "-q"])
 

@@ -17,9 +17,9 @@ from ditflow.agents.repair import (Repair, best, ladder, local_mask, local_regio
                                    repair_steps, rung, run_repair)
 from ditflow.agents.verify import DetectorVerifier
 from ditflow.pipelines.tiny import tiny_flux_pipeline
-from ditflow.pipelines import world
-from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
 from ditflow.schemas import Claim, ParsedRequest, Verdict
+from ditflow.world import scenes as world
+from ditflow.world.scenes import CanvasSpec, ObjectSpec, PanelSpec, render
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -314,7 +314,7 @@ def test_chat_shows_repairs_and_each_unpassed_verdict_with_its_reason(pipe, tmp_
     from rich.console import Console
 
     from ditflow.api import Session, Turn
-    from ditflow.chat import Chat
+    from ditflow.cli.chat import Chat
 
     def shown(**kw) -> tuple[str, object]:
         out = tmp_path / str(len(list(tmp_path.iterdir())))

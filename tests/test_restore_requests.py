@@ -12,11 +12,11 @@ from ditflow.agents.parsing import Context, parse_rules
 from ditflow.agents.planning import plan_rules
 from ditflow.agents.restoring import output_size
 from ditflow.api import read_manifest
-from ditflow.cli import main
-from ditflow.pipelines import world
+from ditflow.cli.main import main
 from ditflow.schemas import InputImage
 from ditflow.toolkit import degradation as dg
 from ditflow.toolkit.restore import check_restoration
+from ditflow.world import scenes as world
 
 SR_MARGIN_DB = 0.5  # an upscale may trail bicubic by this much and still count as no worse
 

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from ditflow.pipelines import classifiers, degraders, world
+from ditflow.pipelines import degraders
 from ditflow.toolkit import degradation as dg
+from ditflow.training import classifiers
+from ditflow.world import scenes as world
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_auto_restores_pils_blur(builtin, scene):
 
 
 def test_restore_cli_states_the_size_and_writes_nothing_for_a_clean_image(tmp_path, scene, capsys):
-    from ditflow.cli import main
+    from ditflow.cli.main import main
 
     clean, tiny = tmp_path / "clean.png", tmp_path / "tiny.png"
     Image.fromarray(scene).save(clean)

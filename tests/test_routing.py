@@ -6,13 +6,14 @@ import random
 import pytest
 import torch
 
-from ditflow.cli import main
+from ditflow.cli.main import main
 from ditflow.images import sha256_file
-from ditflow.pipelines import routing, world
+from ditflow.pipelines import routing
 from ditflow.pipelines.loading import minilm_dir
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.toolkit import canvas as cv
 from ditflow.toolkit.flux import derived
+from ditflow.world import scenes as world
 
 CAPTION = "[TWO-PANEL] the same circle in two colours; [LEFT] a red circle on the left, [RIGHT] a blue circle on top."
 

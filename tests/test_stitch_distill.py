@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ditflow.bench.stitch import tiny_pair
-from ditflow.pipelines import stitch_distill as sd
-from ditflow.pipelines import world
+from ditflow.training import stitch_distill as sd
+from ditflow.world import scenes as world
 
 CFG = sd.StitchDistillConfig(fraction=0.5, steps=4, n_prompts=12, batch=4, lr=3e-3, minutes=5, max_steps=150)
 quiet = lambda *_: None  # noqa: E731

@@ -16,8 +16,8 @@ from ditflow.agents import story
 from ditflow.agents.article import write_article
 from ditflow.agents.parsing import Context, parse_rules
 from ditflow.agents.planning import plan_rules
-from ditflow.pipelines import world
 from ditflow.schemas import OutputSpec, ParsedRequest, Ref
+from ditflow.world import scenes as world
 
 DEV = Path(__file__).parent / "data" / "story_dev.jsonl"
 CASES = [json.loads(line) for line in DEV.read_text().splitlines() if line.strip()]
@@ -213,7 +213,7 @@ def test_the_article_tells_what_happens_on_each_page():
 def run(instruction: str, out: Path) -> dict:
     """`ditflow run` on the shipped builtin model, verification on (the default); in this process, as the CLI's
     own tests do, since a fresh interpreter per run only adds seconds of imports."""
-    from ditflow.cli import main
+    from ditflow.cli.main import main
 
     assert main(["run", instruction, "-o", str(out), "-q"]) == 0
     return json.loads((out / "manifest.json").read_text())

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ditflow.pipelines import world
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.schemas import EditSpec, GenerateSpec, GroupSpec, GuideSpec
 from ditflow.toolkit import canvas as cv
 from ditflow.toolkit import flux
 from ditflow.toolkit.edit import REGION_MARGIN, describe, edit, find_target, shapes_edit
 from ditflow.toolkit.generate import _canvas_plan, fill_canvas, generate, generate_group
+from ditflow.world import scenes as world
 
 STEPS = 3
 
@@ -230,8 +230,8 @@ def test_velocity_recovered_in_callbacks_is_the_transformers(pipe):
 
 
 def test_guidance_raises_the_classifier_objective(pipe):
-    from ditflow.pipelines import classifiers
     from ditflow.toolkit import guidance as gd
+    from ditflow.training import classifiers
 
     clf = classifiers.load("attributes")
     smooth = gd.smooth_activations(clf)
@@ -262,7 +262,7 @@ def test_guidance_raises_the_classifier_objective(pipe):
 
 def test_attribute_classifier_reads_every_attribute_guidance_aims_at():
     # trained on clean scenes only (EluCD's off-the-shelf classifier); its labels are what the scorer detects
-    from ditflow.pipelines import classifiers
+    from ditflow.training import classifiers
 
     clf = classifiers.load("attributes")
     assert set(clf.heads()) == {"shape", "color", "position", "size"} and clf.labels["position"][0] == "top-left"

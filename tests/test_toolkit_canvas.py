@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditflow.pipelines import world
 from ditflow.schemas import MAX_PANELS
 from ditflow.toolkit import canvas as cv
+from ditflow.world import scenes as world
 
 
 @pytest.mark.parametrize("n", range(1, MAX_PANELS + 1))

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ditflow.pipelines import world
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.schemas import RestoreSpec
 from ditflow.toolkit import degradation as dg
 from ditflow.toolkit.restore import measurement, restore, restore_tensor, start_sigma
+from ditflow.world import scenes as world
 
 
 def _matrix(op, h=8, w=8) -> torch.Tensor:
@@ -108,7 +108,7 @@ def test_restoration_runs_part_way_and_stays_consistent(pipe):
 
 
 def test_degradation_classifier_on_heldout_scenes():
-    from ditflow.pipelines import classifiers
+    from ditflow.training import classifiers
 
     model = classifiers.load("degradation")
     acc = classifiers.evaluate(model, "degradation", n=140, seed=777)

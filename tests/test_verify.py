@@ -11,9 +11,9 @@ import pytest
 
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, LLMVerifier, check_guarded, claims_of, expected_of,
                                    summary, verify_outputs)
-from ditflow.pipelines import world
-from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
 from ditflow.schemas import ParsedRequest
+from ditflow.world import scenes as world
+from ditflow.world.scenes import CanvasSpec, ObjectSpec, PanelSpec, render
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ditflow.agents.verify import LLMVerifier, check_guarded
-from ditflow.pipelines.world import CanvasSpec, ObjectSpec, PanelSpec, render
+from ditflow.world.scenes import CanvasSpec, ObjectSpec, PanelSpec, render
 
 pytestmark = pytest.mark.vllm
 

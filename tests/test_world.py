@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 
 def test_scorer_is_at_least_99_percent_on_clean_scenes():

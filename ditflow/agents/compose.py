@@ -28,9 +28,9 @@ from typing import Callable
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import ToolRecord
+from ditflow.world import scenes as world
 
 Pick = Callable[[list[Image.Image], str], Image.Image]  # (candidates, what they must show) → the best one
 

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 from ditflow.agents import scene as sc
-from ditflow.pipelines import world
 from ditflow.schemas import InputImage, SceneObject
+from ditflow.world import scenes as world
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from PIL import Image
 from scipy import ndimage
 
 from ditflow.agents import scene as sc
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import EditSpec, InputImage, ObjectEdit, SceneObject, ToolRecord
+from ditflow.world import scenes as world
 
 SHAPES_CANDIDATES = 3  # inpaint candidates per object where the detector checks them in milliseconds
 KEEP_GAP = 2  # px (of a 64 px panel) kept clear around the objects that stay, beyond the region mask's own 1 px

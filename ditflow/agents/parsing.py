@@ -21,9 +21,9 @@ from ditflow.agents import references as rf
 from ditflow.agents import scope
 from ditflow.agents import scene as sc
 from ditflow.agents import story
-from ditflow.pipelines.world import BACKGROUNDS, COLORS
 from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, MAX_PROMPT_CHARS, InputImage,
                              ObjectEdit, OutputSpec, ParsedRequest, SceneObject, TaskKind, one_line)
+from ditflow.world.scenes import BACKGROUNDS, COLORS
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ditflow.agents import scene as sc
-from ditflow.pipelines.world import POSITION_CELL, POSITIONS
 from ditflow.schemas import ObjectEdit, SceneObject
+from ditflow.world.scenes import POSITION_CELL, POSITIONS
 
 # ----------------------------------------------------------------------------- vocabulary
 _shape_alt = "|".join(sorted(sc.SHAPE_WORDS, key=len, reverse=True))

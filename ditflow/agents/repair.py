@@ -39,9 +39,9 @@ from ditflow.agents import scene as sc
 from ditflow.agents.compose import Pick, best_of, compose, free_cell, needs_composing, place, side_px
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
-from ditflow.pipelines import world
 from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
                              RepairAttempt, Step, ToolRecord, Verdict)
+from ditflow.world import scenes as world
 
 log = logging.getLogger(__name__)
 

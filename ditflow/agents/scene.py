@@ -4,7 +4,7 @@ The parser reads "a large red circle on the left on a black background" into a `
 ("make it blue", "move it to the top right") to it, and writes it back as one canonical phrase. People say an
 object's attributes apart from it too ("three circles: red, green and blue", "the circle is red", "big ones",
 "down the left edge"): `bind` gives them to it; `correct_slips` reads "yelow" as "yellow". The vocabulary and
-the object-phrase parser are `ditflow.pipelines.phrases`, shared with clause routing.
+the object-phrase parser are `ditflow.world.phrases`, shared with clause routing.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, replace
 
 # the phrase vocabulary and parser live with the world; re-exported, so the agents read phrases through scene
-from ditflow.pipelines.phrases import (  # noqa: F401
+from ditflow.world.phrases import (  # noqa: F401
     BACKGROUND_RE, BACKGROUND_WORDS, COLOR_WORDS, COUNT_WORDS, OBJECT_RE, POSITION_PHRASES, SHAPE_WORDS, SIZE_WORDS,
     Mention, Thing, find_background, find_position, mentions, normalise,
 )
-from ditflow.pipelines.world import POSITION_CELL, POSITIONS
+from ditflow.world.scenes import POSITION_CELL, POSITIONS
 
 POSITION_TEXT = {  # canonical phrase per position, as the builtin model's training captions say it
     "top-left": "at the top left", "top": "at the top", "top-right": "at the top right", "left": "on the left",

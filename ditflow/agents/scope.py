@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from ditflow.agents import scene as sc
 from ditflow.agents.verify import FILLER, expected_of
-from ditflow.pipelines import world
 from ditflow.schemas import OUT_OF_WORLD, ParsedRequest
+from ditflow.world import scenes as world
 
 DRAWN_FROM_WORDS = ("generate", "article", "guide")  # tasks whose outputs come from descriptions, not input images
 # What starts an object phrase, and what ends one: "a cat" in "a cat sleeping on a sofa".

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ditflow.agents import scene as sc
-from ditflow.pipelines.phrases import BACKGROUND_WORDS
-from ditflow.pipelines.world import COLORS, POSITION_CELL, POSITIONS, SHAPES
+from ditflow.world.phrases import BACKGROUND_WORDS
+from ditflow.world.scenes import COLORS, POSITION_CELL, POSITIONS, SHAPES
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ditflow.agents import scene as sc
 from ditflow.agents.llm.base import LLMError
-from ditflow.pipelines import world
 from ditflow.schemas import Claim, ParsedRequest, Verdict
+from ditflow.world import scenes as world
 
 log = logging.getLogger(__name__)
 

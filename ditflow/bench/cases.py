@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ditflow.pipelines import world
 from ditflow.schemas import CLARIFY, OUT_OF_WORLD
+from ditflow.world import scenes as world
 
 DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 UNCHANGED_DB = 35.0

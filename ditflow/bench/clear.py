@@ -25,9 +25,9 @@ _KEPT = {VARIANTS["teacher"], VARIANTS["student"]}  # the columns the goal compa
 
 def cli(argv: list[str]) -> int:
     from ditflow.kernels.processors import install_local_attention
-    from ditflow.pipelines.distill import SCORES, DistillConfig, load_student, read_student, score
     from ditflow.pipelines.loading import BUILTIN_DIR, STUDENT_FILE, load_pipeline
     from ditflow.pipelines.routing import set_clause_routing
+    from ditflow.training.distill import SCORES, DistillConfig, load_student, read_student, score
 
     p = argparse.ArgumentParser(prog="ditflow bench clear", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=80, help="held-out canvases (4 panels each)")

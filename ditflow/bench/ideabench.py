@@ -122,7 +122,7 @@ def cli(argv: list[str]) -> int:
     from rich.table import Table
 
     from ditflow.api import Session
-    from ditflow.cli_run import add_engine_args
+    from ditflow.cli.run import add_engine_args
     from ditflow.sessions import write_json_atomic
 
     p = argparse.ArgumentParser(prog="ditflow bench ideabench", description=__doc__.splitlines()[0])

@@ -88,7 +88,7 @@ def ditflow_cmd(*args: str) -> list[str]:
 def chat_latency(model: str, instruction: str = ONE_IMAGE) -> dict[str, float]:
     """Seconds, as seen on a real terminal: start → prompt ready, Enter → first feedback line, Enter → first agent
     stage on screen, Enter → turn done."""
-    from ditflow.chat import READY, WORKING
+    from ditflow.cli.chat import READY, WORKING
     from ditflow.progress import STAGE_TEXT
 
     with tempfile.TemporaryDirectory() as home:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ditflow.pipelines import world
 from ditflow.pipelines.routing import add_clause_routing_flag, clause_routing, set_clause_routing
+from ditflow.world import scenes as world
 
 GOALS = {"single": 0.90, "paraphrase": 0.80, "two": 0.70, "count": 0.70, "background": 0.95, "panels": 0.70}
 ROUTED_KINDS = ("two", "panels")  # the kinds whose captions name regions (pipelines/routing.py)

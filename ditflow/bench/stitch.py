@@ -23,7 +23,7 @@ import torch
 
 from ditflow.bench import _plots
 from ditflow.pipelines.stitch import apply_stitch, remove_stitch
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 GOAL_SPEEDUP, GOAL_MAX_LOSS = 1.4, 2.0  # ≥1.4× at ≤2 points of score lost

@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 from ditflow.bench import _plots
-from ditflow.pipelines import world
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import GuideSpec
+from ditflow.world import scenes as world
 
 SECTIONS = ("restore", "classify", "tools", "guide", "edit", "group")
 HELDOUT_SEED = 31_337  # scenes never drawn by classifier or model training (they use small seeds)
@@ -76,7 +76,7 @@ def bench_restore(pipe, n: int, steps: int | None) -> dict:
 
 
 def bench_classify(n: int) -> dict:
-    from ditflow.pipelines import classifiers
+    from ditflow.training import classifiers
 
     from ditflow.pipelines import degraders
 
@@ -173,7 +173,8 @@ def bench_tools(pipe, n: int, families: tuple[str, ...] | None = None, photos: b
     `via_run`, each through a plain request to the agents (TOOL_REQUESTS) instead of `restore --degradation auto`.
     `examples`, when given, receives the first case of each kind per "domain family" (images and PSNRs).
     `seed` DEV_SEED draws other scenes and degradations, and crops of the training photos, to tune on."""
-    from ditflow.pipelines import classifiers, degraders
+    from ditflow.pipelines import degraders
+    from ditflow.training import classifiers
 
     families = families or degraders.FAMILIES
     domains = {"shapes": _scenes(n, "two", seed + 5)}
@@ -228,8 +229,8 @@ def _tools_table(title: str, table: dict) -> str:
 
 
 def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None, seed: int = 0) -> dict:
-    from ditflow.pipelines import classifiers
     from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
+    from ditflow.training import classifiers
 
     clf = classifiers.load("attributes")
     prompts = [(t, s) for t, s in world.heldout_prompts(max(n, 1), seed=HELDOUT_SEED) if s.kind in GUIDE_KINDS]

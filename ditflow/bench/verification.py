@@ -21,9 +21,9 @@ from PIL import Image
 
 from ditflow.agents.repair import REPAIR_STEP_SHARE
 from ditflow.agents.verify import expected_of
-from ditflow.pipelines import world
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_CANDIDATES
+from ditflow.world import scenes as world
 
 GOALS = {"satisfied_on": 0.97, "time_ratio": 1.6}
 

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     import random
     from pathlib import Path
 
-    from ditflow.pipelines import world
+    from ditflow.world import scenes as world
 
     ap = argparse.ArgumentParser(prog="python -m ditflow.pipelines.degraders", description=__doc__.splitlines()[0])
     ap.add_argument("out")

@@ -6,7 +6,7 @@ neighbour's colour, or "a cyan circle and a blue square" comes out as two square
 part of joint attention. A caption's layout names regions, each with its clause:
 - **panels**: a tagged multi-panel caption ("[TWO-PANEL] overview; [LEFT] clause, [RIGHT] clause.", In-Context-LoRA
   style) gives each panel its tagged clause;
-- **objects**: a single-panel caption naming two or more objects of the shapes world (`pipelines/phrases.py`) gives
+- **objects**: a single-panel caption naming two or more objects of the shapes world (`world/phrases.py`) gives
   each object's words to the cell its position phrase names, a little enlarged; objects named without positions
   get side-by-side strips, a fixed layout plan in the spirit of LLM-grounded diffusion. The object clauses' text
   tokens also stop reading one another, so one noun's state does not take the other's.
@@ -117,8 +117,8 @@ def object_layout(prompt: str) -> Layout | None:
     """Objects of a shapes-world caption naming two or more: each object phrase, up to the next (or the background
     phrase), goes to the 3 × 3 cell its position names; objects without positions get side-by-side strips. None
     for fewer than two objects, or when only some have positions."""
-    from ditflow.pipelines.phrases import BACKGROUND_RE, mentions, normalise
-    from ditflow.pipelines.world import POSITION_CELL
+    from ditflow.world.phrases import BACKGROUND_RE, mentions, normalise
+    from ditflow.world.scenes import POSITION_CELL
 
     text = normalise(prompt)
     found = mentions(text)

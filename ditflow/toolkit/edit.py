@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import EditSpec, GroupSpec, ToolRecord
 from ditflow.toolkit.flux import Progress, call_kwargs, derived, step_callback, token_px
+from ditflow.world import scenes as world
 
 # Room around an object that an edit redraws, as a fraction of the shorter image side (8 px of a 64 px panel): the
 # model needs space to draw a whole silhouette. 2 px left it drawing fragments; 7-9 px measured alike once the

@@ -21,10 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import GuideSpec, ToolRecord
 from ditflow.toolkit.flux import Progress, call_kwargs, check_size, decode, noise_like, step_callback, x0_hook
+from ditflow.world import scenes as world
 
 # Sharp enough to keep the classifier's accuracy, smooth enough for useful gradients. Measured on the builtin
 # attribute classifier (clean held-out scenes, all four heads right): ReLU 98.0%, β = 100 98.0%, β = 30 97.3%,
@@ -156,7 +156,7 @@ def guided_generate(pipe, spec: GuideSpec, classifier: nn.Module | None = None, 
     classifier, which knows shapes-world shapes and colours)."""
     t0 = time.perf_counter()
     if classifier is None:
-        from ditflow.pipelines import classifiers
+        from ditflow.training import classifiers
 
         classifier = classifiers.load("attributes")
     classifier = smooth_activations(classifier)

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import info_of
 from ditflow.schemas import RestoreSpec, ToolRecord
 from ditflow.toolkit import degradation as dg
 from ditflow.toolkit.flux import (Progress, call_kwargs, decode, derived, encode, noise_like, step_callback,
                                   steps_of, strength_for, token_px, x0_hook)
+from ditflow.world import scenes as world
 
 # Where the noiseless operators start: how much of the image they leave to the prior (σ of the flow path).
 START_SIGMA = {"blur": 0.5, "sr2": 0.5, "sr4": 0.7, "jpeg": 0.35, "inpaint": 0.9}

@@ -5,10 +5,10 @@ import importlib
 import sys
 
 TARGETS = {
-    "builtin": ("ditflow.pipelines.train", "the VAE and both transformers of the builtin model (resumable)"),
-    "distill": ("ditflow.pipelines.distill", "CLEAR distillation: full-attention teacher → local-attention student"),
-    "stitch": ("ditflow.pipelines.stitch_distill", "T-Stitch: the small model distilled on the large one's early steps"),
-    "classifiers": ("ditflow.pipelines.classifiers", "the attribute and degradation classifiers"),
+    "builtin": ("ditflow.training.train", "the VAE and both transformers of the builtin model (resumable)"),
+    "distill": ("ditflow.training.distill", "CLEAR distillation: full-attention teacher → local-attention student"),
+    "stitch": ("ditflow.training.stitch_distill", "T-Stitch: the small model distilled on the large one's early steps"),
+    "classifiers": ("ditflow.training.classifiers", "the attribute and degradation classifiers"),
 }
 
 

@@ -16,7 +16,7 @@ import argparse
 from contextlib import contextmanager
 from pathlib import Path
 
-from ditflow.cli import UserError
+from ditflow.cli.main import UserError
 from ditflow.logs import add_verbose_flag, route_libraries
 from ditflow.pipelines.loading import check_model_name
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
@@ -166,7 +166,7 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
     from safetensors import SafetensorError
 
     from ditflow.kernels.processors import install_local_attention
-    from ditflow.pipelines.distill import load_student
+    from ditflow.training.distill import load_student
 
     if isinstance(spec, float):
         install_local_attention(transformer, spec)

@@ -17,7 +17,7 @@ from pathlib import Path
 from ditflow.agents.parsing import check_instruction
 from ditflow.agents.repair import REPAIR_DIR
 from ditflow.api import ARTICLE_FILE, MANIFEST_FILE, PLAN_FILE, Session, Turn, numbered
-from ditflow.cli import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
+from ditflow.cli.main import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
 from ditflow.logs import add_verbose_flag
 from ditflow.progress import RichProgress
 from ditflow.schemas import CLARIFY, DEFAULT_REPAIRS, OUT_OF_WORLD, ProgressEvent, TurnRecord

@@ -12,7 +12,7 @@ The result ships as a small safetensors file of just the trained projections plu
 `load_student` applies it to a loaded transformer.
 
     ditflow train distill --minutes 30 --radius 4 --out out/distill
-    python -c "from ditflow.pipelines.distill import main; main(model='tiny', steps=20)"
+    python -c "from ditflow.training.distill import main; main(model='tiny', steps=20)"
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from ditflow.kernels.local_attention import visible_pairs
 from ditflow.kernels.processors import install_local_attention
 from ditflow.pipelines.loading import STUDENT_FILE
-from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
-from ditflow.pipelines.train import cooldown_factor
+from ditflow.training.settings import add_flags, from_overrides, require_positive
+from ditflow.training.train import cooldown_factor
 
 IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")  # trainable linear layers inside each FluxAttention
 WEIGHTS_NAME = STUDENT_FILE
@@ -97,7 +97,7 @@ class DistillConfig:
 # ----------------------------------------------------------------------------- data: the teacher's own samples
 def canvas_prompts(n: int, height: int, width: int, seed: int, heldout: bool = False) -> list[tuple[str, object]]:
     """(caption, CanvasSpec) pairs for the canvas's panel layout; held-out captions only when `heldout`."""
-    from ditflow.pipelines import world
+    from ditflow.world import scenes as world
 
     layout = (max(1, height // world.PANEL), max(1, width // world.PANEL))
     rng = random.Random(seed)
@@ -339,8 +339,8 @@ def score(pipe, cfg: DistillConfig, steps: int | None = None) -> dict[str, float
     """The `bench shapes` scorer on held-out canvases at the distillation size, at three grains. A canvas counts
     only when all its panels are right, which the builtin teacher almost never manages on 2×2 canvases (0%), so
     the panels and the attributes are what can show a student falling behind."""
-    from ditflow.pipelines import world
     from ditflow.pipelines.sampling import text_to_images
+    from ditflow.world import scenes as world
 
     pairs = canvas_prompts(cfg.eval_n, cfg.height, cfg.width, seed=10_000 + cfg.seed, heldout=True)
     images = text_to_images(pipe, [t for t, _ in pairs], [(cfg.height, cfg.width)] * len(pairs),

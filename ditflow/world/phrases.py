@@ -3,14 +3,14 @@
 "a large red circle on the left and two blue squares" → one `Mention` per object phrase, with the position phrase
 that follows it and its character span. The agents build scenes and edits on it (agents/scene.py); clause routing
 reads it to give each object's words to the region its position names (pipelines/routing.py). The vocabulary is
-the one of docs/shapes-world.md (`ditflow.pipelines.world`), plus synonyms.
+the one of docs/shapes-world.md (`ditflow.world.scenes`), plus synonyms.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from ditflow.pipelines.world import BACKGROUNDS, COLORS, SHAPES
+from ditflow.world.scenes import BACKGROUNDS, COLORS, SHAPES
 
 # ----------------------------------------------------------------------------- vocabulary (synonyms → world names)
 COLOR_WORDS = {**{c: c for c in COLORS}, "violet": "purple", "magenta": "pink", "turquoise": "cyan",

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ditflow.cli import EXIT_MISMATCH, EXIT_OK, UserError
-from ditflow.cli_generate import add_model_args, check_prompt, examples, load_model, progress_bar
+from ditflow.cli.generate import add_model_args, check_prompt, examples, load_model, progress_bar
+from ditflow.cli.main import EXIT_MISMATCH, EXIT_OK, UserError
 from ditflow.logs import route_libraries
 from ditflow.pipelines.loading import check_model_name
 from ditflow.schemas import EditSpec, RestoreSpec
@@ -219,4 +219,4 @@ def cli(argv: list[str], command: str = "edit") -> int:
         return edit_cli(argv)
     if command == "restore":
         return restore_cli(argv)
-    raise UserError(f"cli_tools has no command {command!r}; use edit or restore")
+    raise UserError(f"cli.tools has no command {command!r}; use edit or restore")

@@ -10,15 +10,15 @@ from ditflow import logs
 
 # subcommand → (module with `cli(argv)`, one-line help)
 COMMANDS = {
-    "run": ("ditflow.cli_run", "run one instruction end to end and write images, plan and manifest"),
-    "chat": ("ditflow.chat", "interactive terminal session"),
+    "run": ("ditflow.cli.run", "run one instruction end to end and write images, plan and manifest"),
+    "chat": ("ditflow.cli.chat", "interactive terminal session"),
     "batch": ("ditflow.batch", "run a JSONL/YAML task file, resumable"),
-    "generate": ("ditflow.cli_generate", "text → image(s) with a FLUX-family pipeline"),
-    "edit": ("ditflow.cli_tools", "edit an image (SDEdit, inpaint, in-context)"),
-    "restore": ("ditflow.cli_tools", "restore a degraded image"),
+    "generate": ("ditflow.cli.generate", "text → image(s) with a FLUX-family pipeline"),
+    "edit": ("ditflow.cli.tools", "edit an image (SDEdit, inpaint, in-context)"),
+    "restore": ("ditflow.cli.tools", "restore a degraded image"),
     "bench": ("ditflow.bench", "benchmarks: shapes | toolkit | attention | agents | stitch | ideabench ..."),
     "llm": ("ditflow.agents.llm.serve", "LLM helpers: serve a vLLM OpenAI server"),
-    "train": ("ditflow.pipelines.train_cli", "train: builtin | distill | classifiers"),
+    "train": ("ditflow.training.cli", "train: builtin | distill | classifiers"),
 }
 
 
@@ -80,8 +80,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         logs.reset()
 
-
-if __name__ == "__main__":  # run through the package module, so UserError is the class others raise
-    from ditflow.cli import main as package_main
-
-    sys.exit(package_main())

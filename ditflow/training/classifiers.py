@@ -7,8 +7,8 @@
   strong, trained on shapes scenes and on the photos shipped in `skimage.data` (DCPT idea, arXiv 2403.09232),
   degraded half by our operators and half by other tools' (pipelines/degraders.py; OpenCV's never).
 
-    python -m ditflow.pipelines.classifiers attributes --minutes 4
-    python -m ditflow.pipelines.classifiers degradation --minutes 6
+    python -m ditflow.training.classifiers attributes --minutes 4
+    python -m ditflow.training.classifiers degradation --minutes 6
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ditflow.pipelines import world
+from ditflow.world import scenes as world
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
 CROP = 64  # classifiers see 64×64 px: one shapes-world panel
@@ -286,7 +286,7 @@ def load(kind: str, path: Path | None = None) -> SmallCNN:
     path = Path(path or ASSET_DIR / f"{kind}.safetensors")
     if not path.exists():
         raise FileNotFoundError(f"no {kind} classifier at {path}; train it with "
-                                f"`python -m ditflow.pipelines.classifiers {kind}`")
+                                f"`python -m ditflow.training.classifiers {kind}`")
     with safe_open(str(path), "pt") as f:
         cfg = ClassifierConfig(**json.loads(f.metadata()["config"]))
     model = SmallCNN(cfg.heads(), cfg.width, cfg.pool, cfg.spatial)

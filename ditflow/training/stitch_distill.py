@@ -1,6 +1,6 @@
 """Trajectory distillation for T-Stitch: the small transformer learns the large one's early steps.
 
-T-Stitch (`stitch.py`) gives the small model the first fraction f of the steps and the large one the rest. The
+T-Stitch (`pipelines/stitch.py`) gives the small model the first fraction f of the steps and the large one the rest. The
 large model inherits whatever layout the small one put down in those noisy steps, so the handover keeps the large
 model's quality only if the small model moves the latents where the large one would have. The general small model
 learned flow matching from data. At high noise its target ε − x0 is mostly noise, and with a fifth of the capacity
@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ditflow.pipelines.settings import add_flags, from_overrides, require_positive
 from ditflow.pipelines.stitch import small_step_range
+from ditflow.training.settings import add_flags, from_overrides, require_positive
 
 STUDENT = "transformer_stitch"  # subfolder the student is written to; `--stitch-model FOLDER#transformer_stitch`
 
@@ -111,7 +111,7 @@ class Trajectories:
 # ----------------------------------------------------------------------------- recording
 def training_prompts(n: int, seed: int) -> dict[tuple[int, int], list[str]]:
     """Training captions of every kind and layout, grouped by canvas (height, width)."""
-    from ditflow.pipelines import world
+    from ditflow.world import scenes as world
 
     rng = random.Random(seed)
     out: dict[tuple[int, int], list[str]] = {}
@@ -281,8 +281,8 @@ def handover_gap(pipe, small, fraction: float, steps: int, n: int, seed: int = 0
     """Mean relative squared distance, at the end of the small model's steps, between the latents of the stitched
     pipeline and those the large model reaches alone, over n held-out single-panel prompts (same seeds). With
     `at` = 1 that is the final latents."""
-    from ditflow.pipelines import world
     from ditflow.pipelines.stitch import apply_stitch, remove_stitch
+    from ditflow.world import scenes as world
 
     prompts = [t for t, s in world.heldout_prompts(n) if s.layout == (1, 1)][:n]
     span = small_step_range(fraction, at, steps)

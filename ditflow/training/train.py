@@ -5,7 +5,7 @@ so the small/large and CEP/no-CEP comparisons are equal-budget by construction.
 
     ditflow train builtin --minutes 120          # VAE (if absent), then transformers, then export
     ditflow train builtin --init ditflow/assets/builtin --minutes 480 --cooldown 40   # continue the shipped weights
-    python -m ditflow.pipelines.train --help
+    python -m ditflow.training.train --help
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ditflow.pipelines import world
 from ditflow.pipelines.loading import BUILTIN_DIR, DITFLOW_META, MASKED_MEAN, TEXT_LEN, encode_text, load_minilm
+from ditflow.world import scenes as world
 
 # ----------------------------------------------------------------------------- configs
 VAE_CONFIG = dict(

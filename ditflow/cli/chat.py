@@ -341,7 +341,7 @@ class Chat:
 
 
 def cli(argv: list[str], command: str = "chat") -> int:
-    from ditflow.cli_run import add_engine_args
+    from ditflow.cli.run import add_engine_args
 
     examples = ("examples:\n"
                 "  ditflow chat                          # a new conversation; /help lists the commands\n"
