@@ -230,8 +230,8 @@ def test_velocity_recovered_in_callbacks_is_the_transformers(pipe):
 
 
 def test_guidance_raises_the_classifier_objective(pipe):
+    from ditflow.pipelines import classifiers
     from ditflow.toolkit import guidance as gd
-    from ditflow.training import classifiers
 
     clf = classifiers.load("attributes")
     smooth = gd.smooth_activations(clf)
@@ -262,17 +262,18 @@ def test_guidance_raises_the_classifier_objective(pipe):
 
 def test_attribute_classifier_reads_every_attribute_guidance_aims_at():
     # trained on clean scenes only (EluCD's off-the-shelf classifier); its labels are what the scorer detects
-    from ditflow.training import classifiers
+    from ditflow.pipelines import classifiers
+    from ditflow.training.classifiers import evaluate
 
     clf = classifiers.load("attributes")
     assert set(clf.heads()) == {"shape", "color", "position", "size"} and clf.labels["position"][0] == "top-left"
-    acc = classifiers.evaluate(clf, "attributes", n=256, seed=777)
+    acc = evaluate(clf, "attributes", n=256, seed=777)
     assert min(acc[h] for h in clf.heads()) >= 0.95, acc
     # the softplus copy that guidance differentiates must still be the same classifier (at β = 10 it was not:
     # colour 59%)
     from ditflow.toolkit.guidance import smooth_activations
 
-    smooth = classifiers.evaluate(smooth_activations(clf), "attributes", n=256, seed=777)
+    smooth = evaluate(smooth_activations(clf), "attributes", n=256, seed=777)
     assert min(smooth[h] for h in clf.heads()) >= 0.95, smooth
 
 

@@ -108,10 +108,11 @@ def test_restoration_runs_part_way_and_stays_consistent(pipe):
 
 
 def test_degradation_classifier_on_heldout_scenes():
-    from ditflow.training import classifiers
+    from ditflow.pipelines import classifiers
+    from ditflow.training.classifiers import evaluate
 
     model = classifiers.load("degradation")
-    acc = classifiers.evaluate(model, "degradation", n=140, seed=777)
+    acc = evaluate(model, "degradation", n=140, seed=777)
     assert acc["accuracy"] > 0.8, acc
     rng = random.Random(9)
     clean = world.sample(rng, "single").image

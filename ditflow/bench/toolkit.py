@@ -76,17 +76,16 @@ def bench_restore(pipe, n: int, steps: int | None) -> dict:
 
 
 def bench_classify(n: int) -> dict:
-    from ditflow.training import classifiers
-
-    from ditflow.pipelines import degraders
+    from ditflow.pipelines import classifiers, degraders
+    from ditflow.training.classifiers import evaluate
 
     model = classifiers.load("degradation")
-    out = {"heldout_shapes": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED),
-           "heldout_photos": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True)}
+    out = {"heldout_shapes": evaluate(model, "degradation", n=n, seed=HELDOUT_SEED),
+           "heldout_photos": evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True)}
     for family in degraders.FAMILIES:  # each tool family's degradations alone (OpenCV's never trained on)
         out[f"family {family}"] = {
-            "shapes": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, family=family),
-            "photos": classifiers.evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True, family=family)}
+            "shapes": evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, family=family),
+            "photos": evaluate(model, "degradation", n=n, seed=HELDOUT_SEED, photos=True, family=family)}
     return out
 
 
@@ -229,8 +228,8 @@ def _tools_table(title: str, table: dict) -> str:
 
 
 def bench_guide(pipe, n: int, steps: int | None, scale: float, cfg: float | None = None, seed: int = 0) -> dict:
+    from ditflow.pipelines import classifiers
     from ditflow.toolkit.guidance import guided_generate, targets_from_prompt
-    from ditflow.training import classifiers
 
     clf = classifiers.load("attributes")
     prompts = [(t, s) for t, s in world.heldout_prompts(max(n, 1), seed=HELDOUT_SEED) if s.kind in GUIDE_KINDS]

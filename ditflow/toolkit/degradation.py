@@ -287,7 +287,7 @@ _MODEL = None
 def _predict(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """The degradation classifier's (class probabilities, normalised severities), the model loaded once."""
     global _MODEL
-    from ditflow.training import classifiers
+    from ditflow.pipelines import classifiers
 
     if _MODEL is None:
         _MODEL = classifiers.load("degradation")

@@ -156,7 +156,7 @@ def guided_generate(pipe, spec: GuideSpec, classifier: nn.Module | None = None, 
     classifier, which knows shapes-world shapes and colours)."""
     t0 = time.perf_counter()
     if classifier is None:
-        from ditflow.training import classifiers
+        from ditflow.pipelines import classifiers
 
         classifier = classifiers.load("attributes")
     classifier = smooth_activations(classifier)

@@ -1,4 +1,5 @@
-"""Two small CNN classifiers trained on the shapes world, weights in `ditflow/assets/classifiers/*.safetensors`:
+"""Training of the two small CNN classifiers of the shapes world (the models, and their loading at inference:
+`ditflow/pipelines/classifiers.py`); weights in `ditflow/assets/classifiers/*.safetensors`:
 
 - `attributes`: shape, colour, position (3×3 cell) and size of the main object of a clean 64×64 scene. It is the
   "off-the-shelf" classifier of EluCD guidance for the builtin model, so it is trained on clean scenes only, never
@@ -16,104 +17,25 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ditflow.pipelines.classifiers import (ASSET_DIR, ATTRIBUTE_HEADS, CROP, ClassifierConfig, SmallCNN,
+                                           image_tensor, load)
 from ditflow.world import scenes as world
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "classifiers"
-CROP = 64  # classifiers see 64×64 px: one shapes-world panel
-SHAPE_LABELS = world.SHAPES
-COLOR_LABELS = tuple(world.COLORS)
-POSITION_LABELS = tuple(p for row in world.POSITIONS for p in row)
-SIZE_LABELS = ("small", "large")
-ATTRIBUTE_HEADS = {"shape": SHAPE_LABELS, "color": COLOR_LABELS, "position": POSITION_LABELS, "size": SIZE_LABELS}
 # skimage.data photos: the first group trains the degradation classifier, the second is held out for its report
 TRAIN_PHOTOS = ("astronaut", "brick", "camera", "coffee", "coins", "grass", "hubble_deep_field",
                 "immunohistochemistry", "moon", "stereo_motorcycle", "retina", "page")
 HELDOUT_PHOTOS = ("chelsea", "rocket", "gravel", "cell")
 
 
-# ----------------------------------------------------------------------------- model
-class SmallCNN(nn.Module):
-    """Conv stack → global average pool → named linear heads. ReLU activations, so that guidance can swap them
-    for softplus (EluCD) exactly as it would in any off-the-shelf classifier. With `spatial`, the heads also see
-    the features averaged over a 3×3 grid of cells: a global average alone cannot tell where an object is."""
-
-    def __init__(self, heads: dict[str, int], width: int = 16, pool: int = 1, spatial: bool = False):
-        super().__init__()
-        self.head_sizes = dict(heads)
-        self.pool = pool  # input average-pooling: attributes need no fine detail, degradations do
-        self.spatial = spatial
-        w = width
-        self.features = nn.Sequential(  # (B, 3, 64, 64) → (B, 4w, 8, 8)
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1, stride=2), nn.ReLU(),  # 32×32
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),  # 16×16
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1, stride=2), nn.ReLU(),  # 8×8
-        )
-        self.out = nn.Linear(4 * w * (10 if spatial else 1), sum(heads.values()))
-
-    def heads(self) -> dict[str, slice]:
-        out, start = {}, 0
-        for name, n in self.head_sizes.items():
-            out[name] = slice(start, start + n)
-            start += n
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] → (B, Σ heads) logits (the severity head, if any, is in it too)."""
-        if self.pool > 1:
-            x = F.avg_pool2d(x, self.pool)
-        h = self.features(x * 2 - 1)
-        feats = h.mean((-2, -1))
-        if self.spatial:
-            feats = torch.cat([feats, F.adaptive_avg_pool2d(h, 3).flatten(1)], 1)
-        return self.out(feats)
-
-
-@dataclass
-class ClassifierConfig:
-    kind: str  # attributes | degradation
-    width: int = 16
-    pool: int = 1
-    spatial: bool = False  # 3×3-cell features too (the attribute classifier's position head needs them)
-    batch: int = 64
-    lr: float = 2e-3
-    minutes: float = 4.0
-    max_steps: int = 100_000
-    seed: int = 0
-    save_every: int = 0  # steps between checkpoints (0: only at the end)
-    init: str | None = None  # weights to continue from
-
-    def heads(self) -> dict[str, int]:
-        from ditflow.toolkit.degradation import CLASSES, NAMES
-
-        if self.kind == "attributes":  # files from before the position head have shape and colour only
-            names = tuple(ATTRIBUTE_HEADS) if self.spatial else ("shape", "color")
-            return {h: len(ATTRIBUTE_HEADS[h]) for h in names}
-        return {"class": len(CLASSES), "severity": len(NAMES)}
-
-
-def labels_of(model: SmallCNN, head: str) -> tuple[str, ...]:
-    from ditflow.toolkit.degradation import CLASSES
-
-    return {**ATTRIBUTE_HEADS, "class": CLASSES}[head]
-
-
 # ----------------------------------------------------------------------------- data
-def _tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
-
-
 def attribute_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clean single-object scenes: images (n, 3, 64, 64) and label ids per head of ATTRIBUTE_HEADS. Position and
     size are what the scorer's detector reads off the render, so the classifier agrees with the benchmark."""
@@ -121,7 +43,7 @@ def attribute_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, dict[str,
     for _ in range(n):
         s = world.sample(rng, rng.choice(("single", "single", "position", "background")))
         (d,) = world.detect(s.image)[1]
-        xs.append(_tensor(s.image))
+        xs.append(image_tensor(s.image))
         for head, value in (("shape", d.shape), ("color", d.color), ("position", d.position), ("size", d.size)):
             labels[head].append(ATTRIBUTE_HEADS[head].index(value))
     return torch.stack(xs), {h: torch.tensor(v) for h, v in labels.items()}
@@ -149,7 +71,7 @@ def photo_crop(rng: random.Random, names: tuple[str, ...]) -> torch.Tensor:
     side = min(h, w, int(CROP / rng.uniform(0.25, 1.0)))  # crop first, then resize: photos are large
     y0, x0 = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
     img = Image.fromarray(a[y0:y0 + side, x0:x0 + side])
-    return _tensor(img.resize((CROP, CROP), Image.BICUBIC) if side != CROP else img)
+    return image_tensor(img.resize((CROP, CROP), Image.BICUBIC) if side != CROP else img)
 
 
 def degrade(x: torch.Tensor, cls: int, rng: random.Random) -> tuple[torch.Tensor, float]:
@@ -201,7 +123,8 @@ def degradation_batch(rng: random.Random, n: int, photos: tuple[str, ...] | None
     xs, cls, sev = [], [], []
     for _ in range(n):
         use_photo = photos and (not shapes or rng.random() < 0.5)
-        x = photo_crop(rng, photos) if use_photo else _tensor(world.sample(rng, rng.choice(world.KINDS[:5])).image)
+        x = (photo_crop(rng, photos) if use_photo
+             else image_tensor(world.sample(rng, rng.choice(world.KINDS[:5])).image))
         if families and (not own or rng.random() < 0.5):
             y, c, s = degrade_by_tool(x, rng.choice(families), rng)
         else:
@@ -278,31 +201,6 @@ def save(model: SmallCNN, cfg: ClassifierConfig, metrics: dict, path: Path) -> P
     return path
 
 
-def load(kind: str, path: Path | None = None) -> SmallCNN:
-    """A trained classifier in eval mode (float32). Raises FileNotFoundError with the command that trains it."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path or ASSET_DIR / f"{kind}.safetensors")
-    if not path.exists():
-        raise FileNotFoundError(f"no {kind} classifier at {path}; train it with "
-                                f"`python -m ditflow.training.classifiers {kind}`")
-    with safe_open(str(path), "pt") as f:
-        cfg = ClassifierConfig(**json.loads(f.metadata()["config"]))
-    model = SmallCNN(cfg.heads(), cfg.width, cfg.pool, cfg.spatial)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    model.labels = {h: labels_of(model, h) for h in model.head_sizes if h != "severity"}  # read by guidance
-    model.input_size = CROP
-    return model.eval()
-
-
-def metrics_of(kind: str, path: Path | None = None) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path or ASSET_DIR / f"{kind}.safetensors"), "pt") as f:
-        return json.loads(f.metadata()["metrics"])
-
-
 def main(**overrides) -> tuple[SmallCNN, dict]:
     """Train one classifier (`kind=attributes|degradation`) for `minutes`, evaluate it, save it to `out`."""
     out = overrides.pop("out", None)
@@ -341,37 +239,6 @@ def main(**overrides) -> tuple[SmallCNN, dict]:
     save(model, cfg, metrics, path)
     print(json.dumps(metrics), flush=True)
     return model, metrics
-
-
-# ----------------------------------------------------------------------------- inference
-def crops(image: Image.Image, k: int = 3) -> torch.Tensor:
-    """Up to k×k native-resolution 64×64 crops on a regular grid: (N, 3, 64, 64). Smaller images are padded
-    by reflection, not resized, so their degradation statistics are kept."""
-    x = _tensor(image)
-    _, h, w = x.shape
-    if h < CROP or w < CROP:
-        x = F.pad(x[None], (0, max(0, CROP - w), 0, max(0, CROP - h)), mode="replicate")[0]
-        _, h, w = x.shape
-    ys = sorted({round(v) for v in np.linspace(0, h - CROP, k)})
-    xs = sorted({round(v) for v in np.linspace(0, w - CROP, k)})
-    return torch.stack([x[:, a:a + CROP, b:b + CROP] for a in ys for b in xs])
-
-
-@torch.no_grad()
-def predict_degradation(model: SmallCNN, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(class probabilities (7,), normalised severities (6,)) averaged over crops; a missing region counts when
-    any crop sees it (it need not cover every crop)."""
-    heads = model.heads()
-    out = model(crops(image))
-    p = torch.softmax(out[:, heads["class"]], 1)
-    sev = torch.sigmoid(out[:, heads["severity"]]).mean(0)
-    probs = p.mean(0)
-    from ditflow.toolkit.degradation import CLASSES
-
-    i = CLASSES.index("inpaint")
-    if p[:, i].max() > 0.5:
-        probs = p[p[:, i].argmax()]
-    return probs.numpy(), sev.numpy()
 
 
 def cli(argv: list[str] | None = None) -> int:
