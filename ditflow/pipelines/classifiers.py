@@ -27,6 +27,12 @@ COLOR_LABELS = tuple(world.COLORS)
 POSITION_LABELS = tuple(p for row in world.POSITIONS for p in row)
 SIZE_LABELS = ("small", "large")
 ATTRIBUTE_HEADS = {"shape": SHAPE_LABELS, "color": COLOR_LABELS, "position": POSITION_LABELS, "size": SIZE_LABELS}
+# The degradation classifier's labels: the degradations `toolkit/degradation.py` has an operator for, and "clean"
+DEGRADATIONS = ("noise", "blur", "sr2", "sr4", "jpeg", "inpaint")
+DEGRADATION_CLASSES = ("clean",) + DEGRADATIONS
+# severity ranges seen in classifier training, and their [0, 1] normalisation for the severity head
+SEVERITY_RANGE = {"noise": (0.03, 0.3), "blur": (1.0, 3.0), "sr2": (2.0, 2.0), "sr4": (4.0, 4.0),
+                  "jpeg": (5.0, 60.0), "inpaint": (0.05, 0.4)}
 
 
 # ----------------------------------------------------------------------------- model
@@ -84,18 +90,14 @@ class ClassifierConfig:
     init: str | None = None  # weights to continue from
 
     def heads(self) -> dict[str, int]:
-        from ditflow.toolkit.degradation import CLASSES, NAMES
-
         if self.kind == "attributes":  # files from before the position head have shape and colour only
             names = tuple(ATTRIBUTE_HEADS) if self.spatial else ("shape", "color")
             return {h: len(ATTRIBUTE_HEADS[h]) for h in names}
-        return {"class": len(CLASSES), "severity": len(NAMES)}
+        return {"class": len(DEGRADATION_CLASSES), "severity": len(DEGRADATIONS)}
 
 
 def labels_of(model: SmallCNN, head: str) -> tuple[str, ...]:
-    from ditflow.toolkit.degradation import CLASSES
-
-    return {**ATTRIBUTE_HEADS, "class": CLASSES}[head]
+    return {**ATTRIBUTE_HEADS, "class": DEGRADATION_CLASSES}[head]
 
 
 def image_tensor(img: Image.Image) -> torch.Tensor:
@@ -152,9 +154,7 @@ def predict_degradation(model: SmallCNN, image: Image.Image) -> tuple[np.ndarray
     p = torch.softmax(out[:, heads["class"]], 1)
     sev = torch.sigmoid(out[:, heads["severity"]]).mean(0)
     probs = p.mean(0)
-    from ditflow.toolkit.degradation import CLASSES
-
-    i = CLASSES.index("inpaint")
+    i = DEGRADATION_CLASSES.index("inpaint")
     if p[:, i].max() > 0.5:
         probs = p[p[:, i].argmax()]
     return probs.numpy(), sev.numpy()

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-NAMES = ("noise", "blur", "sr2", "sr4", "jpeg", "inpaint")
-CLASSES = ("clean",) + NAMES  # the classifier's outputs
+from ditflow.pipelines import classifiers
+
+# One operator per name the degradation classifier outputs; its weights fix the names, so they are defined there.
+NAMES = classifiers.DEGRADATIONS
+CLASSES = classifiers.DEGRADATION_CLASSES  # the classifier's outputs: "clean", then NAMES
+SEVERITY_RANGE = classifiers.SEVERITY_RANGE
 DEFAULT_SEVERITY = {"noise": 0.2, "blur": 1.5, "sr2": 2.0, "sr4": 4.0, "jpeg": 30.0, "inpaint": 0.25}
-# severity ranges seen in classifier training, and their [0, 1] normalisation for the severity head
-SEVERITY_RANGE = {"noise": (0.03, 0.3), "blur": (1.0, 3.0), "sr2": (2.0, 2.0), "sr4": (4.0, 4.0),
-                  "jpeg": (5.0, 60.0), "inpaint": (0.05, 0.4)}
 HOLE_VALUE = 0.0  # missing pixels are black; a rectangle of exact zeros is how `auto` finds them
 WIENER_NSR = 1e-3  # noise-to-signal ratio of the Wiener deconvolution baseline (8-bit quantisation level)
 
@@ -287,8 +288,6 @@ _MODEL = None
 def _predict(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """The degradation classifier's (class probabilities, normalised severities), the model loaded once."""
     global _MODEL
-    from ditflow.pipelines import classifiers
-
     if _MODEL is None:
         _MODEL = classifiers.load("degradation")
     return classifiers.predict_degradation(_MODEL, image)
