@@ -5,7 +5,7 @@ small model then leaks attributes between the things a caption names: one panel 
 neighbour's colour, or "a cyan circle and a blue square" comes out as two squares. Routing masks the image → text
 part of joint attention. A caption's layout names regions, each with its clause:
 - **panels**: a tagged multi-panel caption ("[TWO-PANEL] overview; [LEFT] clause, [RIGHT] clause.", In-Context-LoRA
-  style) gives each panel its tagged clause;
+  style; the tag grammar is `ditflow/panel_tags.py`) gives each panel its tagged clause;
 - **objects**: a single-panel caption naming two or more objects of the shapes world (`world/phrases.py`) gives
   each object's words to the cell its position phrase names, a little enlarged; objects named without positions
   get side-by-side strips, a fixed layout plan in the spirit of LLM-grounded diffusion. The object clauses' text
@@ -21,64 +21,17 @@ measures it.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch loads where routing runs: the tag grammar serves the world and canvas modules without it
+from ditflow.panel_tags import clause_starts, grid_of_caption
+from ditflow.world.phrases import BACKGROUND_RE, mentions, normalise
+from ditflow.world.scenes import POSITION_CELL
+
+if TYPE_CHECKING:  # torch loads where routing runs: naming the flag or a caption's layout needs none of it
     import torch
 
-COUNT_WORDS = ("ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
-MAX_GRID_SIDE = 6  # the largest rows or columns a caption's grid is looked for in
 _ATTR = "_ditflow_clause_routing"
-
-
-# ----------------------------------------------------------------------------- the caption grammar
-def layout_tags(grid: tuple[int, int]) -> tuple[str, tuple[str, ...]]:
-    """("[FOUR-PANEL]", ("[TOP-LEFT]", ...)) for grids up to 3×3; "[PANEL-i]" beyond (e.g. 1×4 strips)."""
-    rows, cols = grid
-    n = rows * cols
-    if n == 1:
-        return "", ()
-    head = f"[{COUNT_WORDS[n - 1]}-PANEL]" if n <= len(COUNT_WORDS) else f"[{n}-PANEL]"
-    if rows > 3 or cols > 3:
-        return head, tuple(f"[PANEL-{i + 1}]" for i in range(n))
-    row_words = {1: ("",), 2: ("TOP", "BOTTOM"), 3: ("TOP", "", "BOTTOM")}[rows]
-    col_words = {1: ("",), 2: ("LEFT", "RIGHT"), 3: ("LEFT", "", "RIGHT")}[cols]
-    names = ["-".join(w for w in (rw, cw) if w) or "CENTER" for rw in row_words for cw in col_words]
-    return head, tuple(f"[{name}]" for name in names)
-
-
-def clause_starts(prompt: str, grid: tuple[int, int]) -> list[int] | None:
-    """Where each panel's tagged clause starts in `prompt` (reading order), or None if the caption does not
-    name this grid: its head tag, then every panel tag in order."""
-    head, tags = layout_tags(grid)
-    at = prompt.find(head) if head else -1
-    if at < 0:
-        return None
-    starts, at = [], at + len(head)
-    for tag in tags:
-        at = prompt.find(tag, at)
-        if at < 0:
-            return None
-        starts.append(at)
-        at += len(tag)
-    return starts
-
-
-def grid_of_caption(prompt: str, token_rows: int, token_cols: int) -> tuple[int, int] | None:
-    """The panel grid a tagged caption names on a canvas of token_rows × token_cols tokens, or None.
-
-    Grids must split the canvas into whole tokens. Where tags fit two grids (a "[PANEL-i]" strip, 1×4 or 4×1),
-    the one with the squarest panels wins."""
-    found = []
-    for rows in range(1, MAX_GRID_SIDE + 1):
-        for cols in range(1, MAX_GRID_SIDE + 1):
-            if rows * cols < 2 or token_rows % rows or token_cols % cols:
-                continue
-            if clause_starts(prompt, (rows, cols)) is not None:
-                found.append((abs(math.log((token_cols / cols) / (token_rows / rows))), (rows, cols)))
-    return min(found)[1] if found else None
 
 
 # ----------------------------------------------------------------------------- layouts: regions and their clauses
@@ -117,9 +70,6 @@ def object_layout(prompt: str) -> Layout | None:
     """Objects of a shapes-world caption naming two or more: each object phrase, up to the next (or the background
     phrase), goes to the 3 × 3 cell its position names; objects without positions get side-by-side strips. None
     for fewer than two objects, or when only some have positions."""
-    from ditflow.world.phrases import BACKGROUND_RE, mentions, normalise
-    from ditflow.world.scenes import POSITION_CELL
-
     text = normalise(prompt)
     found = mentions(text)
     positions = [m.thing.position for m in found]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ditflow.pipelines.routing import layout_tags  # the tag grammar, shared with the shapes world
+from ditflow.panel_tags import layout_tags  # the tag grammar, shared with the shapes world
 from ditflow.schemas import MAX_PANELS
 
 SPARE_PENALTY = 0.3  # cost of one empty cell, per panel, against |log aspect| of the canvas

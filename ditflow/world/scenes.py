@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ditflow.pipelines.routing import layout_tags
+from ditflow.panel_tags import layout_tags
 
 # ----------------------------------------------------------------------------- vocabulary
 PANEL = 64  # one panel is 64×64 RGB
@@ -38,7 +38,7 @@ MIN_COMPONENT_PX = 20  # connected components smaller than this are noise
 FG_DISTANCE = 48.0  # RGB distance from the background that counts as foreground
 OBJECT_GAP = 3  # px between the boxes of two objects
 
-# Panel tags of the world's layouts (rows, cols), in reading order (the grammar: pipelines/routing.py).
+# Panel tags of the world's layouts (rows, cols), in reading order (the grammar: panel_tags.py).
 LAYOUT_TAGS = {grid: layout_tags(grid) for grid in ((1, 1), (1, 2), (2, 1), (2, 2))}
 CLOCKWISE_2x2 = (0, 1, 3, 2)  # panel indices of a 2×2 grid, clockwise from top-left
 
