@@ -74,12 +74,23 @@ def load_minilm(text_len: int = TEXT_LEN, dtype: torch.dtype | None = None, enco
     import torch
     from transformers import AutoTokenizer
 
-    from ditflow.pipelines.minilm import encoder_class
-
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, model_max_length=text_len)
     enc = encoder_class(encoding or MASKED_MEAN).from_pretrained(path, dtype=dtype or torch.float32).eval()
     return tok, enc
+
+
+def encoder_class(encoding: str):
+    """The MiniLM class a folder's `text_encoding` names (imported here, not at the top: it needs transformers)."""
+    if encoding not in TEXT_ENCODINGS:
+        raise ValueError(f"unknown text_encoding {encoding!r}; known: {', '.join(TEXT_ENCODINGS)}")
+    if encoding == MASKED_MEAN:
+        from ditflow.pipelines.minilm import MaskedMiniLM
+
+        return MaskedMiniLM
+    from transformers import BertModel
+
+    return BertModel
 
 
 def encode_text(tokenizer, encoder, prompts: list[str], text_len: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,14 +7,12 @@ mostly padding. `MaskedMiniLM` reads the mask from the ids instead, and pools th
 sentences (the masked mean of the last states; BERT's CLS pooler was never tuned on this checkpoint).
 
 Exports record the encoding in ditflow.json (`text_encoding`); folders without the key were trained on the plain
-unmasked BertModel and load with it.
+unmasked BertModel and load with it (`loading.load_minilm` picks the class).
 """
 from __future__ import annotations
 
 import torch
 from transformers import BertModel
-
-from ditflow.pipelines.loading import MASKED_MEAN, TEXT_ENCODINGS
 
 
 class MaskedMiniLM(BertModel):
@@ -32,9 +30,3 @@ class MaskedMiniLM(BertModel):
         else:  # embeddings passed directly: every position is real
             out.pooler_output = out.last_hidden_state.mean(1)
         return out
-
-
-def encoder_class(encoding: str):
-    if encoding not in TEXT_ENCODINGS:
-        raise ValueError(f"unknown text_encoding {encoding!r}; known: {', '.join(TEXT_ENCODINGS)}")
-    return MaskedMiniLM if encoding == MASKED_MEAN else BertModel
