@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypedDict
+from typing import Any, Callable
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -30,6 +30,7 @@ from langgraph.runtime import Runtime
 from ditflow.agents.parsing import (Context, GalleryItem, InstructionError, Parse, check_instruction, next_gallery,
                                     parse)
 from ditflow.agents.repair import REPAIR_STEP_SHARE, after_verify, repair_node, verify_node
+from ditflow.agents.state import TurnState, last_turn, turn_inputs
 from ditflow.schemas import (CLARIFY, DEFAULT_REPAIRS, MAX_INPUTS, InputImage, ParsedRequest, Plan, ProgressEvent,
                              RepairAttempt, ToolRecord, TurnRecord, TurnTimings, Verdict)
 
@@ -81,40 +82,10 @@ class AgentRuntime:
         return getattr(self.llm, "name", "rules")
 
 
-# ----------------------------------------------------------------------------- state
-class TurnState(TypedDict, total=False):
-    """Checkpointed state. `turns` is the conversation; everything else is the turn in progress."""
-
-    turns: list[dict]  # [{"record": TurnRecord, "gallery": [GalleryItem]}] as JSON, oldest first
-    instruction: str
-    image_paths: list[str]
-    out_dir: str
-    verify: bool
-    inputs: list[dict]  # InputImage, as described
-    parse: dict  # {"request": ParsedRequest, "uses_gallery": bool, "notes": [...], "valid": bool, "source": str}
-    plan: dict | None  # Plan
-    files: dict[str, str]  # output index (as a string: JSON keys) → file name in out_dir
-    tool_calls: list[dict]  # ToolRecord
-    verdicts: list[dict]  # Verdict
-    candidates: dict[str, list[dict]]  # output index → [original, repair 1, ...] with verdicts (agents.repair)
-    to_repair: list[int]  # outputs the repair node works on next
-    repairs: list[dict]  # RepairAttempt
-    article: str | None
-    captions: dict[str, str]  # output index → the page text the article gave it (kept for later pages)
-    notes: list[str]
-    left_out: list[str]  # what of the request the outputs cannot show (scope.left_out_parts)
-    error: str | None
-    timings: dict  # TurnTimings
-
-
-def _last(state: TurnState) -> dict | None:
-    turns = state.get("turns") or []
-    return turns[-1] if turns else None
-
-
+# ----------------------------------------------------------------------------- state (its type: agents/state.py)
 def context_of(state: TurnState, inputs: list[InputImage]) -> Context:
     """The parser's view of this turn: the instruction, the described inputs, and the current set of images."""
-    last = _last(state)
+    last = last_turn(state)
     gallery = [_read_objects(GalleryItem.model_validate(g)) for g in last["gallery"]] if last else []
     prev = None  # the latest turn that made a new set (not an edit of one) sets the story a follow-up continues
     for t in reversed(state.get("turns") or []):
@@ -214,16 +185,6 @@ def plan_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
             "timings": _timings(state, plan_s=time.perf_counter() - t0)}
 
 
-def _turn_inputs(state: TurnState) -> list:
-    """The images this turn's steps may reference: the attached ones, or the current set for a follow-up."""
-    from ditflow.images import load_image
-
-    if state["parse"]["uses_gallery"]:
-        last = _last(state)
-        return [load_image(g["path"]) for g in (last["gallery"] if last else [])][:MAX_INPUTS]
-    return [load_image(p) for p in state.get("image_paths") or []]
-
-
 def execute_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     from ditflow.agents.execution import execute
     from ditflow.images import save_image_atomic
@@ -232,7 +193,7 @@ def execute_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     t0 = time.perf_counter()
     req = ParsedRequest.model_validate(state["parse"]["request"])
     plan = Plan.model_validate(state["plan"])
-    done = execute(rt.get_pipeline(), plan, req, _turn_inputs(state), seed=rt.seed, emit=rt.emit)
+    done = execute(rt.get_pipeline(), plan, req, turn_inputs(state), seed=rt.seed, emit=rt.emit)
     out_dir = Path(state["out_dir"])
     files: dict[str, str] = {}
     for index in sorted(done.images):  # saved in output order, as 0001.png, 0002.png, ...
@@ -255,7 +216,7 @@ def article_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
     out_dir = Path(state["out_dir"])
     files = {int(k): v for k, v in (state.get("files") or {}).items()}
     before: list[Page] = []
-    last = _last(state)
+    last = last_turn(state)
     if state["parse"]["uses_gallery"] and last:  # "add two more pages": the whole book, new pages at the end
         for k, g in enumerate(GalleryItem.model_validate(x) for x in last["gallery"]):
             caption = g.caption or template_caption(k, len(last["gallery"]) + 1, g.description)
@@ -276,7 +237,7 @@ def finish_node(state: TurnState, runtime: Runtime[AgentRuntime]) -> dict:
 
     rt = runtime.context
     turns = list(state.get("turns") or [])
-    last = _last(state)
+    last = last_turn(state)
     gallery = [GalleryItem.model_validate(g) for g in last["gallery"]] if last else []
     req = ParsedRequest.model_validate(state["parse"]["request"]) if state.get("parse") else None
     files = {int(k): v for k, v in (state.get("files") or {}).items()}

@@ -37,6 +37,7 @@ from PIL import Image
 
 from ditflow.agents import scene as sc
 from ditflow.agents.compose import Pick, best_of, compose, free_cell, needs_composing, place, side_px
+from ditflow.agents.state import turn_inputs
 from ditflow.agents.verify import (NOTHING, DetectorVerifier, check_guarded, claims_of, default_verifier,
                                    detections, expected_of, summary)
 from ditflow.schemas import (EditSpec, GenerateSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent, Ref,
@@ -559,9 +560,7 @@ def repair_node(state: dict, runtime) -> dict:
                               f"({rep.reason})", step=k + 1, total=len(todo), output=i))
         if rep.kind == "regenerate" and origin is not None and origin.tool in ("edit", "inpaint", "restore") \
                 and inputs is None:
-            from ditflow.agents.graph import _turn_inputs
-
-            inputs = _turn_inputs(state)
+            inputs = turn_inputs(state)
         progress = lambda s, t, _o=i, _m=f"repair {attempt}: {rep.kind}": rt.emit(  # noqa
             ProgressEvent(stage="denoise", message=_m, step=s, total=t, output=_o))
         seed = rt.seed + 500_000 + 1000 * i + attempt
