@@ -5,7 +5,8 @@ TASKS is JSONL (one JSON object a line) or YAML (a list, or `{tasks: [...]}`); e
 
 How a kill at any moment loses nothing and duplicates nothing:
 - a task runs in `DIR/.staging/<id>/`; when its images, plan and manifest are written, the whole folder is renamed
-  to `DIR/<id>/` in one `os.replace`, so `DIR/<id>/` with a matching manifest means done, and nothing else does;
+  to `DIR/<id>/` in one `os.replace`, so `DIR/<id>/` with a matching manifest means done, and nothing else does
+  (`ditflow.batch_task`);
 - `--resume` deletes `DIR/.staging/`, skips done tasks, and runs the rest (failed ones included);
 - `DIR/batch.json` records each task's status for people and tools; it is rewritten atomically by the one
   parent process, and rebuilt from the folders on resume, so the folders stay the truth;
@@ -20,35 +21,19 @@ same way (`ditflow.scale.ray_batch`).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import shutil
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
-from ditflow.schemas import MAX_INSTRUCTION_CHARS, SafeId, Strict
+from ditflow.batch_task import STAGING, BatchTask, Engines, OutOfSpace, TaskState, out_of_space, run_task
 from ditflow.sessions import write_json_atomic
 
-BATCH_FILE, LOCK_FILE, STAGING, ERROR_FILE = "batch.json", ".lock", ".staging", "error.json"
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota, file-size limit: every next task would fail
-
-
-class OutOfSpace(OSError):
-    """The output folder ran out of space: the batch stops (finished tasks stay done; the half-written one is
-    removed) and `--resume` continues it once there is space again."""
-
-
-def _out_of_space(e: BaseException, out: Path, task_id: str) -> OutOfSpace | None:
-    if isinstance(e, OutOfSpace) or not (isinstance(e, OSError) and e.errno in NO_SPACE):
-        return e if isinstance(e, OutOfSpace) else None
-    return OutOfSpace(e.errno, f"no space left in {out} while writing task {task_id!r} ({e.strerror}); free some "
-                               "space, then run the same command with --resume")
+BATCH_FILE, LOCK_FILE = "batch.json", ".lock"
 MAX_WORKERS = 64
 # what `ditflow batch --help` shows of a task file; tests load these very lines
 TASKS_HELP = """task file: one task a line (JSONL), or YAML (a list, or {tasks: [...]}); two tasks, then the first in YAML:
@@ -64,33 +49,6 @@ fields: id (its output folder's name), instruction; optional: images (paths rela
 examples:
   ditflow batch tasks.jsonl -o out/batch --workers 2
   ditflow batch tasks.jsonl -o out/batch --resume     # after a kill or a failure: only what is not done"""
-
-
-class BatchTask(Strict):
-    id: SafeId
-    instruction: str = Field(min_length=1, max_length=MAX_INSTRUCTION_CHARS)
-    images: list[str] = Field(default_factory=list)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    model: str | None = Field(None, min_length=1)
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str | None) -> str | None:  # checked as the file loads, not when the task's turn comes
-        from ditflow.config import check_model
-
-        return v if v is None else check_model(v)
-
-
-class TaskState(BaseModel):
-    id: str
-    status: Literal["pending", "running", "done", "failed"] = "pending"
-    error: str | None = None
-    seconds: float = 0.0
-    images: list[str] = Field(default_factory=list)
-    attempts: int = 0
-    skipped: bool = Field(False, description="done in an earlier run, not redone")
-    mismatches: list[str] = Field(default_factory=list, description="outputs that still fail verification after "
-                                  "repairs, one line each with the failed claims (`cli.run.mismatches`)")
 
 
 class BatchManifest(BaseModel):
@@ -164,72 +122,8 @@ def load_tasks(path: str | Path) -> list[BatchTask]:
     return tasks
 
 
-# ----------------------------------------------------------------------------- one task (in a worker)
-class _Engines:
-    """The worker's loaded Session: one pipeline, reused across tasks; replaced only when a task names another
-    model, so at most one pipeline is in memory per worker."""
-
-    def __init__(self, settings_json: str):
-        from ditflow.config import Settings
-
-        self.settings = Settings.model_validate_json(settings_json)
-        self.session = None
-
-    def get(self, model: str | None):
-        from ditflow.api import Session
-
-        want = model or self.settings.model
-        if self.session is None or self.session.settings.model != want:
-            if self.session is not None:
-                self.session.close()
-            self.session = Session(settings=self.settings.model_copy(update={"model": want}), persist=False)
-        return self.session
-
-
-def run_task(engines: _Engines, task: BatchTask, out: Path) -> TaskState:
-    """Run one task in its staging folder and move the folder into place; never raises for a task's own failure."""
-    from ditflow.cli.run import mismatches
-    staging = out / STAGING / task.id
-    final = out / task.id
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    t0 = time.perf_counter()
-    state = TaskState(id=task.id, status="failed")
-    try:
-        turn = engines.get(task.model).run(task.instruction, task.images, staging, seed=task.seed,
-                                           task=task.model_dump(mode="json"))
-        state.images = [p.name for p in turn.image_paths]
-        if turn.record.error or not turn.record.images:
-            state.error = turn.record.error or "the agents produced no image"
-        else:
-            state.status = "done"
-            state.mismatches = mismatches(turn.record)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:  # a task's failure is recorded and the batch goes on; the traceback goes beside it
-        if full := _out_of_space(e, out, task.id):
-            shutil.rmtree(staging, ignore_errors=True)
-            raise full from e
-        state.error = f"{type(e).__name__}: {e}"
-        (staging / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
-    state.seconds = time.perf_counter() - t0
-    if state.status == "failed":
-        write_json_atomic(staging / ERROR_FILE, {"task": task.model_dump(mode="json"), "error": state.error})
-    shutil.rmtree(final, ignore_errors=True)  # only a failed or corrupt earlier attempt can be here
-    os.replace(staging, final)  # the commit point: the folder appears whole, or not at all
-    _fsync_dir(out)
-    return state
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_WORKER: _Engines | None = None
+# ----------------------------------------------------------------------------- the worker processes (--workers N)
+_WORKER: Engines | None = None
 
 
 def _worker_init(settings_json: str, threads: int, verbose: bool | None = None) -> None:
@@ -248,7 +142,7 @@ def _worker_init(settings_json: str, threads: int, verbose: bool | None = None) 
 
         logs.setup(verbose)
     torch.set_num_threads(threads)
-    _WORKER = _Engines(settings_json)
+    _WORKER = Engines(settings_json)
 
 
 def _worker_run(task_json: str, out: str) -> str:
@@ -345,7 +239,7 @@ def run_batch(tasks_path: str | Path, out: str | Path, *, resume: bool = False, 
             manifest.workers = run_on_ray(pending, out, settings, workers, states, save, finished, address=ray)
             save()
         elif workers == 1 or len(pending) <= 1:
-            engines = _Engines(settings.model_dump_json())
+            engines = Engines(settings.model_dump_json())
             for task in pending:
                 states[task.id].status, states[task.id].attempts = "running", states[task.id].attempts + 1
                 save()
@@ -425,7 +319,7 @@ def cli(argv: list[str], command: str = "batch") -> int:
         manifest = run_batch(args.tasks, args.out, resume=args.resume, workers=args.workers, settings=settings,
                              on_task=report, ray=args.ray)
     except OSError as e:
-        if not (full := _out_of_space(e, args.out, "?")):
+        if not (full := out_of_space(e, args.out, "?")):
             raise
         console.print(f"[red]stopped[/]: {full.strerror}", highlight=False)
         return EXIT_NO_SPACE

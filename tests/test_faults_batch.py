@@ -22,7 +22,8 @@ import pytest
 
 from ditflow import batch
 from ditflow.api import read_manifest
-from ditflow.batch import BATCH_FILE, ERROR_FILE, STAGING, BatchManifest
+from ditflow.batch import BATCH_FILE, STAGING, BatchManifest
+from ditflow.batch_task import ERROR_FILE
 
 pytest.importorskip("ditflow.agents.graph")
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ditflow.api import MANIFEST_FILE, Session, read_manifest
-from ditflow.batch import ERROR_FILE, BatchTask, _Engines, run_task
+from ditflow.batch_task import ERROR_FILE, BatchTask, Engines, run_task
 from ditflow.config import Settings
 
 pytest.importorskip("ditflow.agents.graph")
@@ -76,7 +76,7 @@ def test_batch_task_raising_mid_denoise_is_failed_and_redone(pipe, tmp_path):
     (out / ".staging").mkdir(parents=True)
     task = BatchTask(id="t0", instruction="a large red circle on the left", seed=3)
     settings = Settings.load(model="tiny", llm="rules", verify=False, home=tmp_path / "home")
-    engines = _Engines(settings.model_dump_json())
+    engines = Engines(settings.model_dump_json())
     engines.session = Session(pipeline=pipe, settings=settings, persist=False)
     handle, _ = fail_at(pipe, 2)
     state = run_task(engines, task, out)

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ditflow.api import MANIFEST_FILE
-from ditflow.batch import ERROR_FILE, STAGING, BatchTask, TaskState, _Engines, _fsync_dir, run_task
+from ditflow.batch_task import ERROR_FILE, STAGING, BatchTask, Engines, TaskState, fsync_dir, run_task
 from ditflow.schemas import RunManifest
 from ditflow.sessions import write_json_atomic
 
@@ -46,7 +46,7 @@ class PipelineWorker:
         import torch
 
         torch.set_num_threads(threads)
-        self.engines = _Engines(settings_json)
+        self.engines = Engines(settings_json)
 
     def run(self, task_json: str, inputs: list[tuple[str, bytes | None]]) -> tuple[str, dict[str, bytes]]:
         """Run one task; returns (TaskState JSON, the task folder's files). `inputs` pairs each image path of the
@@ -124,7 +124,7 @@ def commit(out: Path, task: BatchTask, files: dict[str, bytes]) -> None:
         write_json_atomic(staging / ERROR_FILE, {"task": task_json, "error": _read_error(staging / ERROR_FILE)})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    _fsync_dir(out)
+    fsync_dir(out)
 
 
 def _read_error(path: Path) -> str | None:
