@@ -6,22 +6,12 @@ before fallback, valid final plans (after fallback), and seconds per instruction
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
-
-
-def load_cases(split: str = "dev") -> list[dict]:
-    splits = ("dev", "test") if split == "all" else (split,)
-    cases = []
-    for s in splits:
-        with open(DATA / f"instructions_{s}.jsonl") as f:
-            cases += [dict(json.loads(line), split=s) for line in f if line.strip()]
-    return cases
+from ditflow.bench._data import load_cases
 
 
 @dataclass

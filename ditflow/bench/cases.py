@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ditflow.bench._data import DATA
 from ditflow.schemas import CLARIFY, OUT_OF_WORLD
 from ditflow.world import scenes as world
 
-DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 UNCHANGED_DB = 35.0
 GOALS = {"satisfied": 0.90, "unchanged": 0.95}
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "box": Image.BOX, "lanczos": Image.LANCZOS}

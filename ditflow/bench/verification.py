@@ -21,6 +21,7 @@ from PIL import Image
 
 from ditflow.agents.repair import REPAIR_STEP_SHARE
 from ditflow.agents.verify import expected_of
+from ditflow.bench._data import load_cases
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_CANDIDATES
 from ditflow.world import scenes as world
@@ -58,8 +59,6 @@ def shapes_items(n_per_kind: int) -> list[Item]:
 
 
 def instruction_items(split: str, limit: int = 0) -> list[Item]:
-    from ditflow.bench.agents import load_cases
-
     cases = [c for c in load_cases(split) if not c.get("history") and not c.get("inputs") and c["instruction"].strip()]
     cases = cases[:limit] if limit else cases
     return [Item(c["id"], c["instruction"]) for c in cases]

@@ -109,7 +109,7 @@ def cli(argv: list[str]) -> int:
 
     from ditflow.agents.llm.openai import OpenAIBackend
     from ditflow.agents.llm.serve import VLLMServer
-    from ditflow.bench.agents import load_cases
+    from ditflow.bench._data import load_cases
 
     cases = [c for c in load_cases("dev") if c["task"] != "clarify"][: args.limit]
     server = None
