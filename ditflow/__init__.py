@@ -3,7 +3,8 @@
 `from ditflow import Session` is the Python API (ditflow/api.py); it is imported lazily, so `import ditflow`
 and `ditflow --help` stay instant.
 """
-__version__ = "0.1.0"
+from ditflow.version import __version__
+
 __all__ = ["Session", "Turn", "TurnCancelled", "Settings", "__version__"]
 
 

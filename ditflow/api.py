@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ditflow.config import TINY_MODEL, Settings
 from ditflow.schemas import ProgressEvent, RunManifest, TurnRecord
 from ditflow.sessions import SessionMeta, SessionStore, copy_atomic, write_json_atomic, write_text_atomic
+from ditflow.version import __version__
 
 Progress = Callable[[ProgressEvent], None]
 PLAN_FILE, ARTICLE_FILE, MANIFEST_FILE = "plan.json", "article.md", "manifest.json"
@@ -87,7 +88,6 @@ class Turn:
         Every file is written atomically and the manifest lists each file's sha256, so a folder whose manifest
         exists and matches is complete. Returns the manifest's path.
         """
-        from ditflow import __version__
         from ditflow.images import sha256_file
 
         out = Path(out_dir)
