@@ -157,6 +157,24 @@ class ParsedRequest(Strict):
         return self
 
 
+class FrameOutput(Strict):
+    """One output as the trained parse model writes it: a scene for a new image, or a source and its edits."""
+
+    scene: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="the new image in canonical words")
+    source: int | None = Field(None, ge=1, le=MAX_INPUTS, description="the 1-based input it is made from")
+    edits: list[ObjectEdit] = Field(default_factory=list, max_length=MAX_SCENE_OBJECTS)
+
+
+class ParseFrame(Strict):
+    """The short form of a `ParsedRequest` that the trained parse model writes (issue 32): only what the words
+    decide. Descriptions of edited images, inputs, counts and titles follow from it and the context
+    (`agents/frames.py`), so the model writes few tokens and cannot contradict itself."""
+
+    task: Literal["generate", "edit", "restore", "guide", "article", "clarify"]
+    outputs: list[FrameOutput] = Field(default_factory=list, max_length=MAX_OUTPUTS)
+    restore: Literal["auto", "noise", "blur", "sr2", "sr4", "jpeg", "inpaint"] | None = None
+
+
 ToolName = Literal["generate", "group", "edit", "inpaint", "restore", "guide"]
 
 

@@ -29,7 +29,7 @@ def test_rules_backend_refuses_prose_so_callers_use_templates():
 
 
 def test_unknown_backend_names_the_choices():
-    with pytest.raises(ValueError, match="rules, local, openai"):
+    with pytest.raises(ValueError, match="rules, local, parser, openai"):
         make_backend("gpt-17")
 
 

@@ -17,6 +17,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model
 
 from ditflow.agents import scene as sc
+from ditflow.agents.llm.base import only_parses
 from ditflow.agents.parsing import SELF_REFERENCE
 from ditflow.agents.prompts import prompt_section
 from ditflow.schemas import MAX_OUTPUTS, ParsedRequest, one_line
@@ -97,7 +98,8 @@ def write_article(req: ParsedRequest, files: dict[int, str], backend=None, *, be
     valid = True
     title = title or req.title or (req.shared or outs[0].description).capitalize()
     captions = [o.caption or "" for o in outs]
-    if backend is not None and backend.name != "rules" and not all(captions) and n <= MAX_OUTPUTS:
+    if backend is not None and backend.name != "rules" and not only_parses(backend) and not all(captions) \
+            and n <= MAX_OUTPUTS:
         from ditflow.agents.llm.base import LLMError
 
         user = {"subject": req.shared or title, "pages": [o.description for o in outs]}

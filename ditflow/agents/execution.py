@@ -15,7 +15,7 @@ from typing import Callable
 
 from PIL import Image
 
-from ditflow.agents.parsing import split_degradations
+from ditflow.agents.scene import split_degradations
 from ditflow.agents.planning import GROUP_PANELS
 from ditflow.schemas import (EditSpec, GenerateSpec, GroupSpec, GuideSpec, ParsedRequest, Plan, ProgressEvent,
                              RestoreSpec, Step, ToolRecord)

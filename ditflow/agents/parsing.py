@@ -17,12 +17,14 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from ditflow.agents import frames as fr
 from ditflow.agents import references as rf
 from ditflow.agents import scope
 from ditflow.agents import scene as sc
+from ditflow.agents.scene import split_degradations
 from ditflow.agents import story
 from ditflow.schemas import (MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_OUTPUTS, MAX_PANELS, MAX_PROMPT_CHARS, InputImage,
-                             ObjectEdit, OutputSpec, ParsedRequest, SceneObject, TaskKind, one_line)
+                             ObjectEdit, OutputSpec, ParsedRequest, ParseFrame, SceneObject, TaskKind, one_line)
 from ditflow.world.scenes import BACKGROUNDS, COLORS
 
 log = logging.getLogger(__name__)
@@ -87,11 +89,6 @@ QUALITY = (r"(?:better|higher|improved?|improving|boost(?:ed)?|increase[sd]?)\s+
 RESTORE_RE = re.compile(rf"{QUALITY}|restor|\brepair|\bfix\b|enhance|clean (?:it |them |this |these |that )?up|"
                         r"clean ?up|"
                         + "|".join(v for k, v in RESTORE_WORDS.items() if k != "sr4"))
-DEGRADATION_SUFFIX = re.compile(r",?\s*\b(noisy|grainy|blurry|blurred|pixelated|low-resolution|jpeg-compressed|"
-                                r"compressed|damaged|with missing parts)\b")
-SUFFIX_TO_DEGRADATION = {"noisy": "noise", "grainy": "noise", "blurry": "blur", "blurred": "blur",
-                         "pixelated": "sr2", "low-resolution": "sr2", "jpeg-compressed": "jpeg", "compressed": "jpeg",
-                         "damaged": "inpaint", "with missing parts": "inpaint"}
 ADD_VERB = r"\b(?:add|adds|adding|put|place|insert|include|draw in|drop in)\b"
 REMOVE_VERB = r"\b(?:remove|delete|erase|take out|take away|get rid of|drop)\b"
 MOVE_VERB = r"\b(?:move|shift|slide|push|drag|put|place|relocate|reposition)\b"
@@ -378,12 +375,6 @@ def _has_edit_ops(text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- descriptions
-def split_degradations(description: str) -> tuple[str, list[str]]:
-    """"a blue square, noisy" → ("a blue square", ["noise"])."""
-    found = [SUFFIX_TO_DEGRADATION[m.group(1)] for m in DEGRADATION_SUFFIX.finditer(description)]
-    return DEGRADATION_SUFFIX.sub("", description).strip(" ,"), found
-
-
 def _free_colors(text: str, spans: list[tuple[int, int]]) -> list[str]:
     """Object colours named outside any object phrase ("make it blue"), in order."""
     out = []
@@ -979,6 +970,8 @@ def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Pa
     if rules.request.clarification:  # safety and reference checks are the rules' call, never the LLM's
         rules.notes.append("the rules asked for clarification; the LLM was not consulted")
         return rules
+    if getattr(backend, "writes_frames", False):
+        return _parse_frames(ctx, backend, rules)
     messages = parse_messages(ctx, load_prompt("parse"))
     if image_urls and getattr(backend, "supports_images", False):
         messages[-1]["content"] = [{"type": "text", "text": messages[-1]["content"]}] + [
@@ -996,6 +989,47 @@ def parse(ctx: Context, backend=None, image_urls: list[str] | None = None) -> Pa
     refereed, notes = referee(got, rules.request, ctx.instruction)
     return Parse(refereed, rules.uses_gallery, notes, valid_before_fallback=True,
                  source=backend.name if refereed is not rules.request else "rules")
+
+
+def parse_frame(ctx: Context, backend) -> Parse:
+    """The trained parse model's own reading of a turn (no referee): its frame, compiled in this context. With no
+    images attached, the current set is shown as the images, as the rules read a follow-up; the turn uses it when
+    an output is made from one. Raises LLMError when the model gives no valid frame, frames.FrameError when the
+    frame contradicts the context."""
+    inputs = ctx.inputs or [InputImage(index=i + 1, description=g.description, objects=g.objects,
+                                       background=g.background) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+    got = backend.complete(fr.frame_messages(ctx.instruction, inputs), ParseFrame, task="parse")
+    uses_gallery = not ctx.inputs and any(o.source for o in got.outputs)
+    req = fr.compile_frame(got, ctx.instruction, inputs if ctx.inputs or uses_gallery else [])
+    if req.task == "restore":  # an output size the user wrote ("to 64 by 64", "4× bigger") is read, not guessed
+        size = restore_output_size(sc.normalise(ctx.instruction))
+        req = req.model_copy(update={"outputs": [o.model_copy(update=size) for o in req.outputs]})
+    return Parse(req, uses_gallery, source=backend.name)
+
+
+def _parse_frames(ctx: Context, backend, rules: Parse) -> Parse:
+    """The trained model parses; the rules referee as they do any LLM's parse. Where the two read a follow-up
+    differently (one edits the current set, the other makes new images), the rules cannot check the model's
+    fields against theirs, and the model's reading stands, with a note."""
+    from ditflow.agents.llm.base import LLMError
+
+    try:
+        got = parse_frame(ctx, backend)
+    except (LLMError, fr.FrameError) as e:
+        note = f"parse: the parse model gave no usable answer ({one_line(e, 200)}); using the rules parse"
+        log.info(note)
+        return Parse(rules.request, rules.uses_gallery, [note], valid_before_fallback=False, source="rules")
+    if got.request.clarification:
+        return Parse(rules.request, rules.uses_gallery,
+                     ["the parse model asked for clarification, but the rules found the request clear; overruled"],
+                     source="rules")
+    if got.uses_gallery != rules.uses_gallery:
+        reading = "edits the current set" if got.uses_gallery else "makes new images"
+        return Parse(got.request, got.uses_gallery, [f"the parse model {reading}, unlike the rules; the model's "
+                                                     "reading stands"], source=backend.name)
+    refereed, notes = referee(got.request, rules.request, ctx.instruction)
+    return Parse(refereed, rules.uses_gallery, [f"referee overruled the parse model: {n}" for n in notes],
+                 valid_before_fallback=True, source=backend.name if refereed is not rules.request else "rules")
 
 
 def description_problem(new: str, old: str) -> str | None:

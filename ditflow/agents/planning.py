@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from ditflow.agents import scene as sc
-from ditflow.agents.parsing import split_degradations
+from ditflow.agents.llm.base import only_parses
+from ditflow.agents.scene import split_degradations
 from ditflow.toolkit import canvas as cv
 from ditflow.schemas import MAX_PANELS, OutputSpec, ParsedRequest, Plan, Ref, Step, one_line
 
@@ -186,7 +187,7 @@ def make_plan(req: ParsedRequest, backend=None, prompt: str | None = None) -> Pl
 
 def llm_plans(backend) -> bool:
     """Only a capable endpoint plans; the rules and the embedded tiny LLM leave planning to the rules."""
-    return backend.name != "rules" and getattr(backend, "parses", True)
+    return backend.name != "rules" and getattr(backend, "parses", True) and not only_parses(backend)
 
 
 def describe_plan(plan: Plan) -> str:

@@ -261,6 +261,20 @@ def parse_scene(text: str) -> Scene:
     return Scene(tuple(m.thing for m in mentions(text)), find_background(normalise(text)))
 
 
+# an input's description may end in how it is degraded ("a blue square, noisy"): what restoration undoes
+DEGRADATION_SUFFIX = re.compile(r",?\s*\b(noisy|grainy|blurry|blurred|pixelated|low-resolution|jpeg-compressed|"
+                                r"compressed|damaged|with missing parts)\b")
+SUFFIX_TO_DEGRADATION = {"noisy": "noise", "grainy": "noise", "blurry": "blur", "blurred": "blur",
+                         "pixelated": "sr2", "low-resolution": "sr2", "jpeg-compressed": "jpeg", "compressed": "jpeg",
+                         "damaged": "inpaint", "with missing parts": "inpaint"}
+
+
+def split_degradations(description: str) -> tuple[str, list[str]]:
+    """"a blue square, noisy" → ("a blue square", ["noise"])."""
+    found = [SUFFIX_TO_DEGRADATION[m.group(1)] for m in DEGRADATION_SUFFIX.finditer(description)]
+    return DEGRADATION_SUFFIX.sub("", description).strip(" ,"), found
+
+
 # ----------------------------------------------------------------------------- writing
 def _an(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

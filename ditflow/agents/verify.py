@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ditflow.agents import scene as sc
-from ditflow.agents.llm.base import LLMError
+from ditflow.agents.llm.base import LLMError, only_parses
 from ditflow.schemas import Claim, ParsedRequest, Verdict
 from ditflow.world import scenes as world
 
@@ -300,7 +300,7 @@ def default_verifier(pipe, llm=None) -> Verifier | None:
 
     if info_of(pipe).world == "shapes":
         return DetectorVerifier()
-    if llm is not None and getattr(llm, "name", "rules") == "openai":
+    if llm is not None and getattr(llm, "name", "rules") == "openai" and not only_parses(llm):
         return LLMVerifier(llm)
     return None
 

@@ -62,9 +62,12 @@ def score_case(case: dict, parsed, plan_ok: bool, valid: bool, seconds: float) -
                       {"task": got_task, "n": n, "descriptions": descs})
 
 
-def run_case(case: dict, backend) -> CaseResult:
-    """Parse the case's history turns, then its instruction, with one backend; then plan it."""
-    from ditflow.agents.parsing import Context, InstructionError, next_gallery
+def run_case(case: dict, backend, alone: bool = False) -> CaseResult:
+    """Parse the case's history turns, then its instruction, with one backend; then plan it. `alone`: the trained
+    parse model's own frame for the instruction, with no rules referee and no fallback (issue 32)."""
+    from ditflow.agents.frames import FrameError
+    from ditflow.agents.llm.base import LLMError
+    from ditflow.agents.parsing import Context, InstructionError, next_gallery, parse_frame
     from ditflow.agents.planning import make_plan
     from ditflow.agents.parsing import parse
     from ditflow.schemas import InputImage
@@ -82,6 +85,13 @@ def run_case(case: dict, backend) -> CaseResult:
                   previous_task=prev and prev.request.task, previous_shared=prev and prev.request.shared,
                   previous_title=prev and prev.request.title)
     t0 = time.perf_counter()
+    if alone:
+        try:
+            req = parse_frame(ctx, backend).request
+        except (LLMError, FrameError):
+            return CaseResult(case["id"], case["category"], False, False, False if case.get("attrs") else None,
+                              False, False, time.perf_counter() - t0, {"task": "invalid"})
+        return score_case(case, None if req.clarification else req, True, True, time.perf_counter() - t0)
     try:
         p = parse(ctx, backend)
     except InstructionError:
@@ -157,7 +167,8 @@ def cli(argv: list[str]) -> int:
         return cases_cli([a.replace("--cases", "--set", 1) if a.startswith("--cases") else a for a in argv])
     ap = argparse.ArgumentParser(prog="ditflow bench agents")
     ap.add_argument("--split", default="test", choices=("dev", "test", "all"))
-    ap.add_argument("--backends", default="rules,local", help="comma-separated: rules, local, openai, or a URL")
+    ap.add_argument("--backends", default="rules,local", help="comma-separated: rules, local, openai, or a URL; "
+                    "local:parser, local:parser-alone, openai:parser, openai:parser-alone for the trained parse model")
     ap.add_argument("--show-errors", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="only the first N cases (slow backends)")
     ap.add_argument("--e2e", action="store_true", help="also time a four-page picture book end to end")
@@ -168,15 +179,21 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--verify", choices=("on", "off", "both"),
                     help="instead: full turns with verify/repair on, off, or both side by side (bench/verification.py)")
     args = ap.parse_args(argv)
-    from ditflow.agents.llm.base import make_backend
+    from ditflow.agents.llm.base import PARSER_NAME, make_backend
 
     cases = load_cases(args.split)
     cases = cases[: args.limit] if args.limit else cases
     rows = {}
     for spec in args.backends.split(","):
-        name, _, role = spec.partition(":")  # "local:parse" lets the embedded LLM parse, to measure it
-        backend = make_backend(name, **({"parses": True} if role == "parse" else {}))
-        results = [run_case(c, backend) for c in cases]
+        # "local:parse" lets the embedded LLM parse, to measure it; "local:parser" is the trained parse model
+        # refereed by the rules, "local:parser-alone" the same model with no referee (issue 32); "openai:parser"
+        # and "openai:parser-alone" the same through the server at $DITFLOW_LLM_URL (vLLM)
+        name, _, role = spec.partition(":")
+        kwargs = {"parses": True} if role == "parse" else {}
+        if role in ("parser", "parser-alone"):
+            kwargs = {"parser": True} if name == "local" else {"model": PARSER_NAME}
+        backend = make_backend(name, **kwargs)
+        results = [run_case(c, backend, alone=role == "parser-alone") for c in cases]
         rows[spec] = summarise(results)
         if args.show_errors:
             for r in results:

@@ -1,4 +1,4 @@
-"""`ditflow train builtin | distill | stitch | classifiers`: each target is a module with `cli(argv)`."""
+"""`ditflow train builtin | distill | stitch | classifiers | parser`: each target is a module with `cli(argv)`."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,7 @@ TARGETS = {
     "distill": ("ditflow.training.distill", "CLEAR distillation: full-attention teacher → local-attention student"),
     "stitch": ("ditflow.training.stitch_distill", "T-Stitch: the small model distilled on the large one's early steps"),
     "classifiers": ("ditflow.training.classifiers", "the attribute and degradation classifiers"),
+    "parser": ("ditflow.training.parser", "the parse model: SmolLM2-135M with LoRA on generated requests (resumable)"),
 }
 
 

@@ -42,6 +42,14 @@ class LLMBackend(Protocol):
 
 
 BACKENDS: dict[str, Callable[..., LLMBackend]] = {}
+MODULE_OF = {"parser": "local"}  # backends registered by a module of another name
+PARSER_NAME = "ditflow-parser"  # the trained parse model (issue 32), as `ditflow llm serve --model parser` names it
+
+
+def only_parses(backend) -> bool:
+    """Whether `backend` is the trained parse model: it answers `ParseFrame`s and nothing else, so planning,
+    page text and verification stay with the rules."""
+    return bool(getattr(backend, "writes_frames", False))
 
 
 def register(name: str):
@@ -53,7 +61,8 @@ def register(name: str):
 
 
 def make_backend(spec: str | None, **kwargs) -> LLMBackend:
-    """`rules`, `local`, `openai`, or an endpoint URL (`http://host:8000/v1` → openai backend)."""
+    """`rules`, `local`, `parser` (the trained parse model, in-process), `openai`, or an endpoint URL
+    (`http://host:8000/v1` → openai backend)."""
     spec = spec or "rules"
     if spec.startswith(("http://", "https://")):
         kwargs.setdefault("base_url", spec)
@@ -62,9 +71,10 @@ def make_backend(spec: str | None, **kwargs) -> LLMBackend:
         import importlib
 
         try:
-            importlib.import_module(f"ditflow.agents.llm.{spec}")
+            importlib.import_module(f"ditflow.agents.llm.{MODULE_OF.get(spec, spec)}")
         except ModuleNotFoundError:
             pass
     if spec not in BACKENDS:
-        raise ValueError(f"unknown LLM backend {spec!r}; use one of rules, local, openai, or an http(s):// URL")
+        raise ValueError(f"unknown LLM backend {spec!r}; use one of rules, local, parser, openai, or an http(s):// "
+                         "URL")
     return BACKENDS[spec](**kwargs)

@@ -11,6 +11,7 @@ The first load de-quantises the GGUF (about 30 s on 2 cores) and caches the resu
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from ditflow.agents.llm.base import LLMInvalidOutput, LLMUnavailable, Message, T, register
+from ditflow.agents.llm.base import PARSER_NAME, LLMInvalidOutput, LLMUnavailable, Message, T, register
 from ditflow.agents.prompts import load_prompt
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,55 @@ def converted_folder() -> Path:
     return folder
 
 
-@lru_cache(maxsize=1)
-def load_model():
-    """(tokenizer, model, xgrammar compiler), once per process."""
+PARSER_ADAPTER = Path(__file__).resolve().parents[2] / "assets" / "parser"
+
+
+def parser_adapter() -> Path:
+    """The LoRA adapter of the parse model: `$DITFLOW_PARSER_ADAPTER` (a candidate being measured), else the
+    shipped one."""
+    return Path(os.environ.get("DITFLOW_PARSER_ADAPTER") or PARSER_ADAPTER)
+
+
+def parser_folder() -> Path:
+    """The trained parse model (issue 32) as a transformers folder vLLM can serve: the embedded SmolLM2 with the
+    shipped LoRA adapter merged in. Merged once per adapter (the folder name carries its digest), never in the
+    repo, which holds only the ~10 MB adapter."""
+    adapter = parser_adapter()
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LLMUnavailable(f"no trained parse model is shipped ({weights} is missing); train one with "
+                             "`ditflow train parser`")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    folder = cache_dir().parent / f"{PARSER_NAME}-{digest}"
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = converted_folder()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".merge-"))
+    try:  # written aside and renamed, as in converted_folder
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@lru_cache(maxsize=2)
+def load_model(parser: bool = False):
+    """(tokenizer, model, xgrammar compiler) of the embedded SmolLM2 or the trained parse model, once per process."""
     import torch
     import xgrammar as xgr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_folder()
+    folder = parser_folder() if parser else converted_folder()
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.vocab_size)
@@ -114,20 +156,22 @@ def grammar_schema(schema: type[BaseModel]) -> dict:
 
 
 class LocalBackend:
-    name = "local"
     supports_images = False
 
-    def __init__(self, parses: bool = False, max_new_tokens: int | None = None):
-        self.parses = parses
+    def __init__(self, parses: bool = False, max_new_tokens: int | None = None, parser: bool = False):
+        self.name = "parser" if parser else "local"
+        self.parses = parses or parser
+        self.writes_frames = parser  # the trained parse model: it answers `ParseFrame`s to the frame prompt
         self.max_new_tokens = max_new_tokens
         self.stats: dict = {}
         self._lock = threading.Lock()  # one generate at a time: the model is shared
         self._grammars: dict[str, object] = {}
 
     def _grammar(self, schema: type[BaseModel]):
-        key = f"{schema.__module__}.{schema.__qualname__}:{json.dumps(schema.model_json_schema(), sort_keys=True)}"
+        key = (f"{self.writes_frames}:{schema.__module__}.{schema.__qualname__}:"
+               f"{json.dumps(schema.model_json_schema(), sort_keys=True)}")
         if key not in self._grammars:
-            _, _, compiler = load_model()
+            _, _, compiler = load_model(self.writes_frames)
             self._grammars[key] = compiler.compile_json_schema(json.dumps(grammar_schema(schema)))
         return self._grammars[key]
 
@@ -135,7 +179,7 @@ class LocalBackend:
         import torch
         import xgrammar as xgr
 
-        tok, model, _ = load_model()
+        tok, model, _ = load_model(self.writes_frames)
         compiled = self._grammar(schema)
         enc = tok.apply_chat_template(_text_only(messages), add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)
@@ -181,3 +225,9 @@ def _text_only(messages: list[Message]) -> list[Message]:
 @register("local")
 def make_local(**kwargs) -> LocalBackend:
     return LocalBackend(**kwargs)
+
+
+@register("parser")
+def make_parser(**kwargs) -> LocalBackend:
+    """The trained parse model (issue 32) in-process: it parses; the rules referee."""
+    return LocalBackend(parser=True, **kwargs)

@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ditflow.agents.llm.base import LLMBackend, LLMError, LLMInvalidOutput, LLMUnavailable, Message, T, make_backend, register
+from ditflow.agents.llm.base import (PARSER_NAME, LLMBackend, LLMError, LLMInvalidOutput, LLMUnavailable, Message, T,
+                                     make_backend, register)
 from ditflow.schemas import one_line
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,14 @@ class OpenAIBackend:
                 raise LLMUnavailable(f"{self.base_url}/models lists no model; pass model=...")
             self._model = str(data[0]["id"])
         return self._model
+
+    @property
+    def writes_frames(self) -> bool:
+        """Whether the endpoint serves the trained parse model (`ditflow llm serve --model parser`), by its name."""
+        try:
+            return self.model.startswith(PARSER_NAME)
+        except LLMError:  # an endpoint that does not answer is no parse model; the turn's fallback says so
+            return False
 
     # ------------------------------------------------------------------------- structured completion
     def complete(self, messages: list[Message], schema: type[T], *, task: str = "") -> T:

