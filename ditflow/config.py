@@ -68,7 +68,8 @@ class Settings(BaseModel):
     Args:
         model: `builtin`, `builtin-small`, `tiny` (random weights), a local diffusers folder, or a hub id such as
             `black-forest-labs/FLUX.1-dev`; checked when set (`check_model`).
-        llm: `rules` (deterministic, offline), `local` (GGUF + xgrammar), `openai`, or an `http(s)://.../v1` URL.
+        llm: `rules` (deterministic, offline), `local` (GGUF + xgrammar), `parser` (the trained parse model),
+            `openai`, or an `http(s)://.../v1` URL.
         device: `cpu`, `cuda`, `cuda:N` or `mps`, checked against this machine; None picks cuda when available.
         dtype: weights dtype; `auto` is bfloat16 on GPU, float32 on CPU.
         home: folder for sessions and chat history.

@@ -37,7 +37,7 @@ COMMANDS = {
     "/images": "show the last turn's images",
     "/save DIR": "save the last turn's images, plan, article and manifest to DIR",
     "/model [NAME]": "show or switch the model (builtin, tiny, a folder, a hub id)",
-    "/llm [SPEC]": "show or switch the LLM backend (rules, local, openai, http://host/v1)",
+    "/llm [SPEC]": "show or switch the LLM backend (rules, local, parser, openai, http://host/v1)",
     "/undo": "drop the last turn",
     "/attach PATH": "attach an image to the next message (repeat for several)",
     "/exit": "leave (Ctrl-D too)",

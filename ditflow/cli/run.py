@@ -35,7 +35,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Options shared by run, chat and batch; None means "use the setting / environment / default"."""
     p.add_argument("--model", help="builtin (default: the embedded shapes-world model), builtin-small, tiny (random "
                                    "weights, for smoke runs), a diffusers folder, or a hub id")
-    p.add_argument("--llm", help="rules (default), local, openai, or an http(s)://host/v1 endpoint")
+    p.add_argument("--llm", help="rules (default), local, parser (the trained parse model, in-process), openai, or "
+                                 "an http(s)://host/v1 endpoint")
     p.add_argument("--seed", type=int, help="base seed (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
