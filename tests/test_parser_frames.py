@@ -60,6 +60,9 @@ def test_a_clarify_frame_asks_and_makes_no_image():
     (ParseFrame(task="edit", outputs=[FrameOutput(source=1, edits=[ObjectEdit(op="remove", targets=[7])])]),
      "does not hold"),
     (ParseFrame(task="generate", outputs=[FrameOutput()]), "neither a scene nor a source"),
+    # found by the first end-to-end bench: a move with no cell reached the executor and crashed the turn
+    (ParseFrame(task="edit", outputs=[FrameOutput(source=1, edits=[ObjectEdit(op="move", targets=[1])])]),
+     "a move with no position"),
     (ParseFrame(task="restore", restore="blur", outputs=[FrameOutput(scene="a red circle")]), "no source"),
 ])
 def test_a_frame_the_context_refutes_is_refused(frame, why):
@@ -140,3 +143,18 @@ def test_the_held_out_and_labelled_sets_never_enter_training():
     assert len(theirs) > 700 and theirs == pd.held_out_wording()
     ours = {e.instruction.strip().lower() for e in pd.training_examples(6000, seed=0)}
     assert len(ours) > 5000 and not theirs & ours
+
+
+def test_the_referee_never_leaves_an_edit_or_restoration_without_a_source():
+    """Found by the first bench of the trained model: its restoration of image 1, refereed against a rules parse
+    that names no image, lost its source and crashed the planner. Now the rules' parse stands, with a note."""
+    from ditflow.agents.parsing import referee
+    from ditflow.schemas import OutputSpec, ParsedRequest
+
+    inputs = [InputImage(index=1, description="a blue triangle")]
+    model = ParsedRequest(task="restore", num_inputs=1, num_outputs=1, inputs=inputs,
+                          outputs=[OutputSpec(index=1, description="a blue triangle", sources=[1])])
+    rules = ParsedRequest(task="generate", num_inputs=1, num_outputs=1, inputs=inputs,
+                          outputs=[OutputSpec(index=1, description="a blue triangle")])
+    got, notes = referee(model, rules, "a blue triangle, but crisper")
+    assert got is rules and "names an image the instruction does not" in notes[-1]

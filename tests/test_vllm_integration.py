@@ -18,12 +18,12 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from ditflow.agents.llm.base import LLMUnavailable
+from ditflow.agents.llm.base import PARSER_NAME, LLMUnavailable
 from ditflow.agents.llm.openai import OpenAIBackend, request_schema
 from ditflow.agents.llm.serve import EMBEDDED_NAME, VLLMServer
-from ditflow.agents.parsing import Context, parse_messages
+from ditflow.agents.parsing import Context, parse, parse_frame, parse_messages
 from ditflow.agents.prompts import load_prompt
-from ditflow.schemas import ParsedRequest, TaskKind
+from ditflow.schemas import InputImage, ParsedRequest, SceneObject, TaskKind
 
 pytestmark = pytest.mark.vllm
 
@@ -39,8 +39,35 @@ def llm(vllm_server):
 def test_server_binds_loopback_and_serves_the_embedded_model(vllm_server):
     assert vllm_server.host == "127.0.0.1"
     models = httpx.get(f"{vllm_server.url}/models", timeout=30).json()["data"]
-    assert [m["id"] for m in models] == [EMBEDDED_NAME]
+    assert [m["id"] for m in models] == [EMBEDDED_NAME, PARSER_NAME]
     assert vllm_server.start_seconds and vllm_server.start_seconds > 0
+
+
+TRIANGLES = InputImage(index=1, description="three green triangles on a black background", background="black",
+                       objects=[SceneObject(id=1, shape="triangle", color="green", position="top-left"),
+                                SceneObject(id=2, shape="triangle", color="green", position="center"),
+                                SceneObject(id=3, shape="triangle", color="green", position="bottom-right")])
+
+
+@pytest.fixture
+def parser_llm(vllm_server):
+    b = OpenAIBackend(vllm_server.url, model=PARSER_NAME, timeout=300.0, retries=1, schema_retries=1)
+    yield b
+    b.close()
+
+
+def test_the_trained_parse_model_served_by_vllm_reads_one_object_among_several(parser_llm):
+    assert parser_llm.writes_frames
+    p = parse_frame(Context(instruction="make the top left triangle red", inputs=[TRIANGLES]), parser_llm)
+    edits = p.request.outputs[0].edits
+    assert p.request.task == "edit" and [(e.op, e.targets, e.color) for e in edits] == [("recolor", [1], "red")]
+    assert parser_llm.stats.valid_first_try == 1
+
+
+def test_the_served_parse_model_writes_a_story_and_the_rules_referee_it(parser_llm):
+    p = parse(Context(instruction="a three-page picture book about a yellow square that turns blue"), parser_llm)
+    assert p.source == "openai" and p.request.task == "article" and p.request.num_outputs == 3
+    assert "yellow" in p.request.outputs[0].description and "blue" in p.request.outputs[-1].description
 
 
 class Sighting(BaseModel):

@@ -50,12 +50,20 @@ def frame_text(frame: ParseFrame) -> str:
     return frame.model_dump_json(exclude_defaults=True)
 
 
-def _check_targets(frame_out, image: InputImage, k: int) -> None:
+# what each op must set for the executor to act on it (the schema leaves them optional, since ops differ)
+NEEDS = {"recolor": ("color",), "resize": ("size",), "reshape": ("shape",), "move": ("position",),
+         "add": ("shape", "position"), "duplicate": ("position",)}
+
+
+def _check_edits(frame_out, image: InputImage, k: int) -> None:
     ids = {o.id for o in image.objects}
     for e in frame_out.edits:
         missing = [t for t in e.targets if t not in ids]
         if missing:
             raise FrameError(f"output {k} edits object(s) {missing}, which image {image.index} does not hold")
+        unset = [f for f in NEEDS.get(e.op, ()) if not getattr(e, f)]
+        if unset:
+            raise FrameError(f"output {k}: a {e.op} with no {' or '.join(unset)}")
 
 
 def compile_frame(frame: ParseFrame, instruction: str, inputs: list[InputImage]) -> ParsedRequest:
@@ -71,7 +79,7 @@ def compile_frame(frame: ParseFrame, instruction: str, inputs: list[InputImage])
         image = inputs[f.source - 1] if f.source else None
         edits = []
         if image is not None and frame.task == "edit" and f.edits and image.objects:
-            _check_targets(f, image, k)
+            _check_edits(f, image, k)
             edits = list(f.edits)
             desc = sc.scene_text(rf.edited_scene(image.objects, image.background, edits))
         elif f.scene:

@@ -878,6 +878,10 @@ def referee(llm: ParsedRequest, rules: ParsedRequest, text: str) -> tuple[Parsed
             o.sources = r.sources
         fixed.append(o)
     fixed += out.outputs[len(fixed):]
+    if out.task in ("edit", "restore") and not all(f.sources for f in fixed):
+        # the instruction's references (the rules') leave an edit with nothing to edit: the readings differ too much
+        notes.append(f"the LLM's {out.task} names an image the instruction does not; using the rules' parse")
+        return rules, notes
     try:
         out = ParsedRequest.model_validate({**out.model_dump(), "outputs": [f.model_dump() for f in fixed]})
     except ValidationError as e:
