@@ -63,6 +63,9 @@ def test_a_clarify_frame_asks_and_makes_no_image():
     # found by the first end-to-end bench: a move with no cell reached the executor and crashed the turn
     (ParseFrame(task="edit", outputs=[FrameOutput(source=1, edits=[ObjectEdit(op="move", targets=[1])])]),
      "a move with no position"),
+    # and a backdrop the world has no colour for ("nice") crashed the repaint
+    (ParseFrame(task="edit", outputs=[FrameOutput(source=1, edits=[ObjectEdit(op="background", color="nice")])]),
+     "does not have"),
     (ParseFrame(task="restore", restore="blur", outputs=[FrameOutput(scene="a red circle")]), "no source"),
 ])
 def test_a_frame_the_context_refutes_is_refused(frame, why):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ditflow.agents import references as rf
 from ditflow.agents import scene as sc
 from ditflow.schemas import (MAX_PROMPT_CHARS, InputImage, OutputSpec, ParsedRequest, ParseFrame, SceneObject)
+from ditflow.world.scenes import BACKGROUNDS, COLORS, POSITION_CELL, SHAPES
 
 SYSTEM = "Write the image request as JSON."
 CLARIFY = ("I could not read that as a request for pictures of shapes (circles, squares, triangles, diamonds); "
@@ -64,6 +65,11 @@ def _check_edits(frame_out, image: InputImage, k: int) -> None:
         unset = [f for f in NEEDS.get(e.op, ()) if not getattr(e, f)]
         if unset:
             raise FrameError(f"output {k}: a {e.op} with no {' or '.join(unset)}")
+        words = {"shape": SHAPES, "size": ("small", "large"), "position": POSITION_CELL,
+                 "color": BACKGROUNDS if e.op == "background" else COLORS}
+        odd = [f"{f} {getattr(e, f)!r}" for f, known in words.items() if getattr(e, f) and getattr(e, f) not in known]
+        if odd:  # the grammar allows any string; the world does not
+            raise FrameError(f"output {k}: a {e.op} to {', '.join(odd)}, which the world does not have")
 
 
 def compile_frame(frame: ParseFrame, instruction: str, inputs: list[InputImage]) -> ParsedRequest:
