@@ -65,13 +65,19 @@ def converted_folder() -> Path:
     g = gguf_path()
     tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".convert-"))
     # The weights are already de-quantised to float32; only the GGUF quantizer marker blocks saving them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    try:  # written aside and renamed, so a crash never leaves a half folder that looks complete
+    return _save_folder(model, tok, folder)
+
+
+def _save_folder(model, tok, folder: Path) -> Path:
+    """Model and tokenizer written aside and renamed into `folder`, so a crash never leaves a half folder that
+    looks complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".save-"))
+    try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if folder.exists():
@@ -111,16 +117,7 @@ def parser_folder() -> Path:
     base = converted_folder()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".merge-"))
-    try:  # written aside and renamed, as in converted_folder
-        model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return _save_folder(model, AutoTokenizer.from_pretrained(base), folder)
 
 
 @lru_cache(maxsize=2)
