@@ -557,6 +557,12 @@ def generation_descriptions(text: str, n: int, task: str, items: list[str]) -> G
 
 
 # ----------------------------------------------------------------------------- the deterministic parser
+def gallery_inputs(gallery: list[GalleryItem]) -> list[InputImage]:
+    """The current set as a turn's inputs, objects and all: what a follow-up edits."""
+    return [InputImage(index=i + 1, description=g.description, objects=g.objects, background=g.background)
+            for i, g in enumerate(gallery[:MAX_INPUTS])]
+
+
 def parse_rules(ctx: Context) -> Parse:
     """Parse `ctx` deterministically. Never raises on content: unusable requests carry a clarification."""
     raw = check_instruction(ctx.instruction)
@@ -574,8 +580,7 @@ def parse_rules(ctx: Context) -> Parse:
     focus: dict[int, list[int]] = {}
     gone: dict[int, list[SceneObject]] = {}
     if follow == "edit":  # "make the second one green": the current set becomes this turn's inputs
-        inputs = [InputImage(index=i + 1, description=g.description, objects=g.objects, background=g.background)
-                  for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+        inputs = gallery_inputs(ctx.gallery)
         focus = {i + 1: _focus_ids(g) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])}
         gone = {i + 1: list(g.gone) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])}
         uses_gallery = True
@@ -1000,8 +1005,7 @@ def parse_frame(ctx: Context, backend) -> Parse:
     images attached, the current set is shown as the images, as the rules read a follow-up; the turn uses it when
     an output is made from one. Raises LLMError when the model gives no valid frame, frames.FrameError when the
     frame contradicts the context."""
-    inputs = ctx.inputs or [InputImage(index=i + 1, description=g.description, objects=g.objects,
-                                       background=g.background) for i, g in enumerate(ctx.gallery[:MAX_INPUTS])]
+    inputs = ctx.inputs or gallery_inputs(ctx.gallery)
     got = backend.complete(fr.frame_messages(ctx.instruction, inputs), ParseFrame, task="parse")
     uses_gallery = not ctx.inputs and any(o.source for o in got.outputs)
     req = fr.compile_frame(got, ctx.instruction, inputs if ctx.inputs or uses_gallery else [])
