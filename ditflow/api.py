@@ -142,7 +142,8 @@ class Session:
         pipeline: an already loaded diffusers pipeline to use instead of loading `model` (tests, host apps).
         session_id: resume this stored session (persist=True only).
         persist: keep turns and checkpoints under `home`; False keeps them in a temp folder until `close()`.
-        home, seed, verify, device, dtype: override the matching `Settings` fields.
+        home, seed, verify, device, dtype, accelerate: override the matching `Settings` fields (`accelerate`:
+            off, auto, or stitch[=F] and/or local[=R|student|FILE]; see `ditflow.pipelines.acceleration`).
         on_progress: called with every `ProgressEvent` of every turn.
         settings: a complete `Settings` (the keyword overrides above still apply on top).
 
@@ -157,10 +158,10 @@ class Session:
     def __init__(self, model: str | None = None, llm: str | None = None, *, pipeline=None,
                  session_id: str | None = None, persist: bool = True, home: str | Path | None = None,
                  seed: int | None = None, verify: bool | None = None, max_repairs: int | None = None,
-                 device: str | None = None, dtype: str | None = None, on_progress: Progress | None = None,
-                 settings: Settings | None = None):
+                 device: str | None = None, dtype: str | None = None, accelerate: str | None = None,
+                 on_progress: Progress | None = None, settings: Settings | None = None):
         overrides = dict(model=model, llm=llm, home=home, seed=seed, verify=verify, max_repairs=max_repairs,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, accelerate=accelerate)
         if settings is None:
             self.settings = Settings.load(**overrides)
             if model is None and pipeline is not None:  # an injected pipeline names itself in records
@@ -175,6 +176,7 @@ class Session:
         self._call_listener: Progress | None = None  # the running call's own on_progress
         self._pipeline = pipeline
         self._pipeline_model = self.settings.model if pipeline is not None else None
+        self._pipeline_accel = "off"  # the acceleration applied to the pipeline: none as loaded, or as injected
         self._llm = None
         self._cancel = threading.Event()
         self._load_lock = threading.Lock()
@@ -242,6 +244,11 @@ class Session:
             self.meta.model = model
             self.store.save(self.meta)
 
+    def set_accelerate(self, setting: str) -> None:
+        """Accelerate from the next turn on: off, auto, or stitch[=F] and/or local[=R|student|FILE]. A bad setting
+        raises ValueError now; one this model cannot have (no student, no small partner) on the next turn."""
+        self.settings.accelerate = setting  # validated on assignment
+
     def set_llm(self, spec: str) -> None:
         """Use another LLM backend from the next turn on; an unknown spec raises ValueError now."""
         from ditflow.agents.llm.base import make_backend
@@ -261,7 +268,15 @@ class Session:
                 self._emit(ProgressEvent(stage="execute", message=f"loading model {self.settings.model}"))
                 self._pipeline = None  # free the old one before loading the next
                 self._pipeline = load_model(self.settings)
-                self._pipeline_model = self.settings.model
+                self._pipeline_model, self._pipeline_accel = self.settings.model, "off"
+            if self._pipeline_accel != self.settings.accelerate:
+                from ditflow.pipelines.acceleration import OFF, apply_acceleration
+
+                acc = apply_acceleration(self._pipeline, self.settings.accelerate, self.settings.device_or_default())
+                self._pipeline_accel = self.settings.accelerate
+                if self.settings.accelerate != OFF:
+                    self._emit(ProgressEvent(stage="execute", notice=True,
+                                             message=f"accelerate {self.settings.accelerate}: {acc.describe()}"))
             return self._pipeline
 
     @property
@@ -421,6 +436,10 @@ class Session:
             record.inputs = [{"path": str(p), "sha256": sha256_file(p)} for p in inputs]
         record.model = record.model or self.settings.model
         record.llm = record.llm or self.settings.llm
+        if self._pipeline is not None:
+            from ditflow.pipelines.acceleration import applied
+
+            record.acceleration = str(applied(self._pipeline))
         if not record.timings.total_s:
             record.timings.total_s = time.perf_counter() - t0
         return record

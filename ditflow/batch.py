@@ -301,7 +301,7 @@ def cli(argv: list[str], command: str = "batch") -> int:
     add_verbose_flag(p)
     args = p.parse_args(argv)
     settings = Settings.load(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                             verify=args.verify, max_repairs=args.max_repairs)
+                             verify=args.verify, max_repairs=args.max_repairs, accelerate=args.accelerate)
     console = Console(stderr=True)
     total = len(load_tasks(args.tasks))
     t0 = time.perf_counter()

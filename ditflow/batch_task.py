@@ -38,6 +38,8 @@ class BatchTask(Strict):
     images: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     model: str | None = Field(None, min_length=1)
+    accelerate: str | None = Field(None, min_length=1, max_length=500, description="this task's acceleration "
+                                   "setting, as `--accelerate` (default: the batch's)")
 
     @field_validator("model")
     @classmethod
@@ -45,6 +47,17 @@ class BatchTask(Strict):
         from ditflow.config import check_model
 
         return v if v is None else check_model(v)
+
+    @field_validator("accelerate")
+    @classmethod
+    def _accelerate(cls, v: str | None) -> str | None:
+        from ditflow.config import validation_error
+        from ditflow.pipelines.acceleration import parse_acceleration
+
+        try:
+            return v if v is None else parse_acceleration(v)
+        except ValueError as e:
+            raise validation_error("accelerate", str(e)) from None
 
 
 class TaskState(BaseModel):
@@ -70,7 +83,9 @@ class Engines:
         self.settings = Settings.model_validate_json(settings_json)
         self.session = None
 
-    def get(self, model: str | None):
+    def get(self, model: str | None, accelerate: str | None = None):
+        """The Session for a task's model and acceleration; the pipeline is reloaded only for another model (an
+        acceleration is applied to the loaded one, and changed in place)."""
         from ditflow.api import Session
 
         want = model or self.settings.model
@@ -78,6 +93,7 @@ class Engines:
             if self.session is not None:
                 self.session.close()
             self.session = Session(settings=self.settings.model_copy(update={"model": want}), persist=False)
+        self.session.set_accelerate(accelerate or self.settings.accelerate)
         return self.session
 
 
@@ -91,7 +107,7 @@ def run_task(engines: Engines, task: BatchTask, out: Path) -> TaskState:
     t0 = time.perf_counter()
     state = TaskState(id=task.id, status="failed")
     try:
-        turn = engines.get(task.model).run(task.instruction, task.images, staging, seed=task.seed,
+        turn = engines.get(task.model, task.accelerate).run(task.instruction, task.images, staging, seed=task.seed,
                                            task=task.model_dump(mode="json"))
         state.images = [p.name for p in turn.image_paths]
         if turn.record.error or not turn.record.images:

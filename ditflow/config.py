@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ditflow.schemas import DEFAULT_REPAIRS, MAX_INPUTS, MAX_INSTRUCTION_CHARS, MAX_REPAIRS
@@ -81,6 +81,9 @@ class Settings(BaseModel):
         max_input_pixels: larger input images are refused with a clear error.
         max_inputs: images per turn.
         allow_pickle: allow non-safetensors weights (a pickle can run code when loaded).
+        accelerate: `off`, `auto` (what the measurements say pays for this model and device), or `stitch[=F]`
+            and/or `local[=R|student|FILE]`, comma-separated (`ditflow.pipelines.acceleration`); applied to every
+            tool call that denoises.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -99,11 +102,22 @@ class Settings(BaseModel):
     max_inputs: int = Field(MAX_INPUTS, ge=0, le=MAX_INPUTS)
     max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1, le=MAX_INSTRUCTION_CHARS)
     allow_pickle: bool = False
+    accelerate: str = Field("off", max_length=500)
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
         return check_model(v)
+
+    @field_validator("accelerate")
+    @classmethod
+    def _accelerate(cls, v: str) -> str:
+        from ditflow.pipelines.acceleration import parse_acceleration
+
+        try:
+            return parse_acceleration(v)
+        except ValueError as e:
+            raise validation_error("accelerate", str(e)) from None
 
     @field_validator("device")
     @classmethod
@@ -116,6 +130,18 @@ class Settings(BaseModel):
         if base != "cpu" and (problem := device_problem(v)):  # now, not after the agents have started
             raise validation_error("device", f"{v}: {problem}")
         return v
+
+    @model_validator(mode="after")
+    def _accelerate_fits(self) -> "Settings":
+        """An acceleration this model cannot have is refused when it is set, before anything loads."""
+        if self.accelerate != "off" and self.model != TINY_MODEL:
+            from ditflow.pipelines.acceleration import check_fits
+
+            try:
+                check_fits(self.accelerate, self.model, self.device or "cpu")
+            except ValueError as e:
+                raise validation_error("accelerate", str(e)) from None
+        return self
 
     @field_validator("home", "output_dir")
     @classmethod
@@ -153,4 +179,5 @@ class Settings(BaseModel):
     def public(self) -> dict[str, Any]:
         """What manifests record: the settings that shape the output (not local paths)."""
         return self.model_dump(mode="json",
-                               include={"model", "llm", "device", "dtype", "seed", "verify", "max_repairs"})
+                               include={"model", "llm", "device", "dtype", "seed", "verify", "max_repairs",
+                                        "accelerate"})

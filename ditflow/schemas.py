@@ -388,6 +388,8 @@ class TurnRecord(BaseModel):
     article_markdown: str | None = None
     model: str = ""
     llm: str = ""
+    acceleration: str = Field("", description="what ran accelerated (`pipelines/acceleration.py`): 'off', or "
+                              "e.g. 'stitch=0.4,local=student' for the setting 'auto'")
     seed: int = 0
     timings: TurnTimings = Field(default_factory=TurnTimings)
     error: str | None = None

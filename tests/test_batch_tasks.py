@@ -30,6 +30,7 @@ def test_jsonl_and_yaml_give_the_same_tasks_with_paths_resolved(tmp_path):
     ('{"id": "../up", "instruction": "x"}\n', "line 1: id: String should match pattern"),
     ('{"id": "a", "instruction": "x", "colour": "red"}\n', "line 1: colour: Extra inputs are not permitted"),
     ('{"id": "a", "instruction": "x", "seed": -1}\n', "line 1: seed"),
+    ('{"id": "a", "instruction": "x", "accelerate": "warp"}\n', "line 1: accelerate: 'warp' is not off, auto"),
     ("\n# nothing\n", "no tasks found"),
 ])
 def test_bad_task_files_fail_with_the_line_and_the_fix(tmp_path, text, message):

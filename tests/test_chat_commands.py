@@ -22,8 +22,8 @@ def test_slash_commands_answer_on_screen(tmp_path):
         t.wait_for(READY, timeout=30)
         t.type("/help")
         screen = t.wait_for("/attach PATH")
-        for cmd in ("/new", "/sessions", "/load ID", "/history", "/images", "/save DIR", "/model", "/llm", "/undo",
-                    "/exit"):
+        for cmd in ("/new", "/sessions", "/load ID", "/history", "/images", "/save DIR", "/model", "/llm",
+                    "/accelerate", "/undo", "/exit"):
             assert cmd in screen
         t.type("/sessions")
         t.wait_for("no stored sessions yet")
@@ -39,6 +39,12 @@ def test_slash_commands_answer_on_screen(tmp_path):
         t.wait_for("unknown LLM backend 'martian'")
         t.type("/model")
         t.wait_for("model: tiny")
+        t.type("/accelerate")
+        t.wait_for("accelerate: off")
+        t.type("/accelerate warp")
+        t.wait_for("error: accelerate: 'warp' is not off, auto")
+        t.type("/accelerate local=4")
+        t.wait_for("accelerate: local=4 (from the next turn)")
         t.type("/undo")
         t.wait_for("nothing to undo")
         t.wait_for_prompt(PROMPT)  # the prompt owns the terminal again, so the Ctrl-C below lands on it
@@ -68,6 +74,12 @@ def test_ctrl_c_between_prompts_keeps_the_chat(tmp_path):
         t.wait_for_prompt(PROMPT)
         t.type("/model")
         t.wait_for("model: tiny")
+        t.type("/accelerate")
+        t.wait_for("accelerate: off")
+        t.type("/accelerate warp")
+        t.wait_for("error: accelerate: 'warp' is not off, auto")
+        t.type("/accelerate local=4")
+        t.wait_for("accelerate: local=4 (from the next turn)")
         t.type("/exit")
         screen = t.wait_for("EXIT=")
         assert "EXIT=0" in screen and "bye" in screen, screen

@@ -38,6 +38,7 @@ COMMANDS = {
     "/save DIR": "save the last turn's images, plan, article and manifest to DIR",
     "/model [NAME]": "show or switch the model (builtin, tiny, a folder, a hub id)",
     "/llm [SPEC]": "show or switch the LLM backend (rules, local, parser, openai, http://host/v1)",
+    "/accelerate [SETTING]": "show or switch acceleration (off, auto, stitch[=F], local[=R|student|FILE])",
     "/undo": "drop the last turn",
     "/attach PATH": "attach an image to the next message (repeat for several)",
     "/exit": "leave (Ctrl-D too)",
@@ -228,6 +229,14 @@ class Chat:
                 self._warm_up()
             else:
                 self.say(f"model: {s.settings.model}")
+        elif name == "/accelerate":
+            if args:
+                try:
+                    s.set_accelerate(" ".join(args))  # checked as set: a bad setting never reaches a turn
+                except ValueError as e:
+                    self.say(f"error: {one_line(e)}", "red")
+                    return True
+            self.say(f"accelerate: {s.settings.accelerate}" + (" (from the next turn)" if args else ""))
         elif name == "/llm":
             if args:
                 s.set_llm(args[0])
@@ -357,7 +366,7 @@ def cli(argv: list[str], command: str = "chat") -> int:
     add_engine_args(p)
     args = p.parse_args(argv)
     session = Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                      verify=args.verify, max_repairs=args.max_repairs, home=args.home)
+                      verify=args.verify, max_repairs=args.max_repairs, accelerate=args.accelerate, home=args.home)
     if args.session:
         session.load(args.session)
     elif args.cont and (latest := session.store.latest()):

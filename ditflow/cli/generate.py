@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ditflow.cli.main import UserError
 from ditflow.logs import add_verbose_flag, route_libraries
+from ditflow.pipelines.acceleration import add_accelerate_flag, apply_acceleration, parse_acceleration
 from ditflow.pipelines.loading import check_model_name
 from ditflow.pipelines.routing import add_clause_routing_flag, set_clause_routing
 from ditflow.schemas import MAX_PANELS, MAX_PROMPT_CHARS, GenerateSpec, GroupSpec, ProgressEvent
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
     add_clause_routing_flag(ap, "Not combined with --local-attention, whose windows take no mask")
+    add_accelerate_flag(ap)
     add_model_args(ap)
     return ap
 
@@ -242,6 +244,12 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError("--stitch-offset needs --stitch-at > 0: the offset is measured on the large model's step "
                         "before the small model's, and the first steps have none")
     local = local_attention_spec(args.local_attention, args.model)
+    if args.accelerate is not None and (local is not None or args.stitch is not None):
+        raise UserError("--accelerate and --local-attention/--stitch both say how to accelerate; give one of them")
+    try:
+        accelerate = None if args.accelerate is None else parse_acceleration(args.accelerate)
+    except ValueError as e:
+        raise UserError(f"--accelerate: {e}") from e
     if local is not None and args.clause_routing:
         raise UserError("--clause-routing and --local-attention do not combine: local attention windows take no "
                         "attention mask; drop one of them")
@@ -258,6 +266,11 @@ def cli(argv: list[str], command: str = "generate") -> int:
     with progress_bar(not args.quiet) as progress:
         pipe = load_model(args.model)
         set_clause_routing(pipe, args.clause_routing)
+        if accelerate is not None:
+            try:
+                apply_acceleration(pipe, accelerate)
+            except ValueError as e:
+                raise UserError(str(e)) from e
         if local is not None:
             apply_local_attention(pipe.transformer, local)
         if args.stitch is not None:

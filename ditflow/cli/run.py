@@ -19,6 +19,7 @@ from ditflow.agents.repair import REPAIR_DIR
 from ditflow.api import ARTICLE_FILE, MANIFEST_FILE, PLAN_FILE, Session, Turn, numbered
 from ditflow.cli.main import EXIT_FAILED, EXIT_MISMATCH, EXIT_OK, EXIT_STATUS_HELP, UserError
 from ditflow.logs import add_verbose_flag
+from ditflow.pipelines.acceleration import add_accelerate_flag
 from ditflow.progress import RichProgress
 from ditflow.schemas import CLARIFY, DEFAULT_REPAIRS, OUT_OF_WORLD, ProgressEvent, TurnRecord
 
@@ -42,6 +43,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip verify/repair")
     p.add_argument("--max-repairs", type=int, metavar="N", help=f"repair attempts per failed output (default {DEFAULT_REPAIRS})")
+    add_accelerate_flag(p)
 
 
 def parser(prog: str = "ditflow run") -> argparse.ArgumentParser:
@@ -134,7 +136,8 @@ def cli(argv: list[str], command: str = "run") -> int:
 
     try:
         with Session(model=args.model, llm=args.llm, seed=args.seed, device=args.device, dtype=args.dtype,
-                     verify=args.verify, max_repairs=args.max_repairs, persist=False) as session, show:
+                     verify=args.verify, max_repairs=args.max_repairs, accelerate=args.accelerate,
+                     persist=False) as session, show:
             turn = session.run(args.instruction, args.images, staging, on_progress=listen)
         error = turn.record.error or ""
         if error.startswith((OUT_OF_WORLD, CLARIFY)):  # a problem with what was asked: nothing written
