@@ -156,13 +156,15 @@ def crossover_entry(results: list[dict], args, threads: int, command: str, commi
 
 
 def _commit() -> str:
-    """The source's commit, '+dirty' when it has uncommitted changes; 'unknown' outside a git checkout."""
+    """The source's commit, '+dirty' when its code (.py, .c) has uncommitted changes (a table being filled entry
+    by entry does not count); 'unknown' outside a git checkout."""
     here = Path(__file__).parent
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True,  # noqa: E731
                                         timeout=10).stdout.strip()
         head = run("rev-parse", "--short", "HEAD")
-        return (head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
+        dirty = head and run("diff", "--name-only", "HEAD", "--", ":(top)*.py", ":(top)*.c")
+        return (head + ("+dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
