@@ -18,12 +18,13 @@ from ditflow.training import distill
 
 
 def _entry(device="cpu", dtype="float32", head_dim=64, points=((100, 0.5, 1.0), (1000, 2.0, 5.0),
-                                                                (10000, 8.0, 20.0))):
-    """An entry with points (tokens, speedup, flop_ratio); the other point fields do not enter the estimate."""
+                                                                (10000, 8.0, 20.0)), backends=("cpu",)):
+    """An entry with points (tokens, speedup, flop_ratio) for each of `backends`; the other point fields do not
+    enter the estimate."""
     return dict(device=device, dtype=dtype, head_dim=head_dim, machine="test", torch="test", commit="test",
                 date="2026-01-01", command="test",
-                points=[dict(tokens=t, grid=[1, 1], radius=1.0, text_len=0, heads=1, speedup=s, flop_ratio=f)
-                        for t, s, f in points])
+                points=[dict(tokens=t, grid=[1, 1], radius=1.0, text_len=0, heads=1, backend=b, speedup=s,
+                             flop_ratio=f) for b in backends for t, s, f in points])
 
 
 def _table(*entries):
@@ -52,6 +53,16 @@ def test_no_entry_for_the_device_or_dtype_says_no():
     assert not crossover.local_pays("cpu", torch.bfloat16, 64, (64, 64), 4, 8, table)
     assert not crossover.local_pays("mps", torch.float32, 64, (64, 64), 4, 8, table)
     assert not crossover.local_pays("cpu", torch.float32, 64, (64, 64), 4, 8, {"entries": []})
+
+
+def test_only_the_calls_own_backend_counts_and_full_work_never_pays():
+    table = _table(_entry(points=((1, 100.0, 1.0),), backends=("cpu", "flex")))
+    pays = lambda b: crossover.local_pays("cpu", torch.float32, 64, (64, 64), 4, 8, table, backend=b)  # noqa: E731
+    assert pays(None) and pays("cpu") and pays("flex")
+    assert not pays("tiled")  # measured for other backends only
+    assert not pays("dense") and not pays("sdpa")  # masked SDPA does all the work: its fraction would mislead
+    slow_small = _table(_entry(points=((100, 0.2, 1.0), (1000, 5.0, 5.0))))
+    assert crossover.realised_fraction(slow_small["entries"][0], 500, "cpu") > 0.2
 
 
 def test_the_nearest_head_dim_answers():
@@ -101,10 +112,16 @@ def test_the_shipped_table_is_valid_and_measured_where_it_is_used():
             (h, w), r, t = p["grid"], p["radius"], p["text_len"]
             assert p["tokens"] == t + h * w
             assert p["flop_ratio"] == pytest.approx(la.flop_ratio((h, w), r, t), rel=1e-4)
-    for d in (32, 64, 128):  # the C kernel: no at a tiny grid, yes at 128² (it measured ~25-35× there)
-        assert not crossover.local_pays("cpu", torch.float32, d, (8, 8), 8, 32, table)
-        assert crossover.local_pays("cpu", torch.float32, d, (128, 128), 8, 32, table)
-    assert not crossover.local_pays("cuda", torch.bfloat16, 128, (64, 64), 8, 512, table)  # flash SDPA wins
+    def pays(device, dtype, d, side, radius, text_len):
+        probe = torch.empty(1, 1, text_len + side * side, 0)
+        backend = "flex" if device == "cuda" else la.choose_backend(probe, (side, side), radius, text_len, False)
+        return crossover.local_pays(device, dtype, d, (side, side), radius, text_len, table, backend=backend)
+
+    for d in (32, 64, 128):  # no at small grids (masked SDPA), yes at 128² (the C kernel measured ~25-35× there)
+        assert not any(pays("cpu", torch.float32, d, side, r, 32) for side in (8, 12, 16) for r in (2, 4, 6, 8))
+        assert pays("cpu", torch.float32, d, 128, 8, 32) and pays("cpu", torch.float32, d, 128, 6, 77)
+    assert not pays("cuda", torch.bfloat16, 128, 64, 8, 512)  # FLUX at 1024²: flash SDPA wins on the H200
+    assert not pays("cuda", torch.float32, 64, 64, 8, 32) and pays("cuda", torch.float32, 64, 256, 8, 32)
 
 
 # ----------------------------------------------------------------------------- when="faster" on a transformer
@@ -128,7 +145,8 @@ def _run(model, **kw):
 
 
 NEVER = {"entries": []}
-ALWAYS = {"entries": [_entry(head_dim=16, points=((1, 1000.0, 1.0),))]}  # the tiny model: 2 heads × 16
+ALWAYS = {"entries": [_entry(head_dim=16, points=((1, 1000.0, 1.0),), backends=("cpu", "tiled", "flex"))]}
+SPARSE = (20, 20)  # 406 tokens at r 2.5: the C kernel's (or tiled) size, where a table can say yes
 
 
 @pytest.fixture
@@ -146,8 +164,9 @@ def transformer():
 
 
 def test_faster_below_the_crossover_is_the_stock_processors_bit_for_bit(transformer, use_table):
-    kw = _inputs(transformer, 12, 10, seed=2)
-    stock = _run(transformer, **kw)
+    kw = _inputs(transformer, *SPARSE, seed=2)
+    small = _inputs(transformer, 12, 10, seed=2)  # 126 tokens: masked SDPA would run, which never pays
+    stock, stock_small = _run(transformer, **kw), _run(transformer, **small)
     install_local_attention(transformer, radius=2.5)
     local = _run(transformer, **kw)
     use_table(NEVER)
@@ -158,8 +177,11 @@ def test_faster_below_the_crossover_is_the_stock_processors_bit_for_bit(transfor
         use_table(ALWAYS)  # a table that says yes: the local path, exactly what "always" computes
         assert torch.equal(_run(transformer, **kw), local) and not torch.equal(local, stock)
         assert handle.counts == {"full": 2, "local": 2} and handle.when == "faster"
+        assert torch.equal(_run(transformer, **small), stock_small)
+        assert handle.counts == {"full": 4, "local": 2}
     finally:
         remove_local_attention(transformer)
+
 
 
 class DenseRouting:
@@ -209,7 +231,7 @@ def test_a_faster_student_leaves_the_teacher_untouched(tmp_path, use_table):
     path = tmp_path / "student.safetensors"
     state = _student_file(teacher, path)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    kw = _inputs(teacher, 12, 10, seed=3)
+    kw = _inputs(teacher, *SPARSE, seed=3)
     teacher_out = _run(teacher, **kw)
 
     use_table(NEVER)
@@ -247,6 +269,7 @@ def test_bench_store_writes_its_own_entry(tmp_path, monkeypatch):
     assert (entry["device"], entry["dtype"], entry["head_dim"]) == ("cpu", "float32", 16)
     assert [p["grid"] for p in entry["points"]] == [[8, 8], [12, 12]]
     assert all(p["heads"] == 2 and p["text_len"] == 32 and p["speedup"] > 0 for p in entry["points"])
+    assert [p["backend"] for p in entry["points"]] == ["dense", "dense"]  # what local (auto) ran there
     assert entry["points"][1]["flop_ratio"] == pytest.approx(la.flop_ratio((12, 12), 8.0, 32), rel=1e-4)
     assert entry["command"].startswith("ditflow bench attention --grids 8 12 --heads 2 --head-dim 16")
     assert entry["machine"] == crossover.machine() and entry["torch"] == torch.__version__

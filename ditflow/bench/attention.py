@@ -144,9 +144,10 @@ def crossover_entry(results: list[dict], args, threads: int, command: str, commi
     points = []
     for res in results:
         auto = next(r for r in res["rows"] if r["method"] == "local (auto)")
-        points.append(dict(tokens=res["tokens"], grid=[res["grid"], res["grid"]], radius=args.radius,
-                           text_len=args.text_len, heads=args.heads, speedup=round(auto["median_speedup"], 4),
-                           flop_ratio=round(res["flop_bound"], 4)))
+        grid, probe = (res["grid"], res["grid"]), torch.empty(1, 1, res["tokens"], 0, device=args.device)
+        points.append(dict(tokens=res["tokens"], grid=list(grid), radius=args.radius, text_len=args.text_len,
+                           heads=args.heads, backend=la.choose_backend(probe, grid, args.radius, args.text_len, False),
+                           speedup=round(auto["median_speedup"], 4), flop_ratio=round(res["flop_bound"], 4)))
     cuda = args.device == "cuda"
     return dict(device=args.device, dtype=crossover.dtype_name(args.dtype), head_dim=args.head_dim, points=points,
                 machine=crossover.machine(args.device), torch=torch.__version__, commit=commit,

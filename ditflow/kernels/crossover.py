@@ -11,8 +11,10 @@ into `crossover.json` beside this file, one entry per (device type, dtype, head_
 
 estimates this call's speed-up as flop_ratio(this call) × the realised fraction interpolated, in log tokens,
 from the nearest entry's points (same device type and dtype, nearest head_dim), and says yes only at
-≥ MIN_SPEEDUP. Below the smallest measured length, or with no entry for the device type and dtype, it says no:
-plain SDPA is never the slower choice there by more than the table knows.
+≥ MIN_SPEEDUP. Below the smallest measured length, or with no entry for the device type and dtype, it says no.
+Given the backend the call would run (`choose_backend`), only points measured with that backend count, and the
+backends that do all of full attention's work (masked SDPA, or SDPA itself) never pay: their speed-up does not
+grow with the bound, so a fraction measured on them says nothing about a sparser call.
 
 DITFLOW_CROSSOVER_TABLE names another table file (tests, or a machine's own measurements).
 """
@@ -30,7 +32,8 @@ from ditflow.kernels.local_attention import flop_ratio
 
 TABLE_PATH = Path(__file__).with_name("crossover.json")
 MIN_SPEEDUP = 1.1  # the safety margin: a noisy table or a slightly different shape must not turn a win into a loss
-POINT_FIELDS = ("tokens", "grid", "radius", "text_len", "heads", "speedup", "flop_ratio")
+FULL_WORK = ("sdpa", "dense")  # local_attention backends that compute every score: never faster than plain SDPA
+POINT_FIELDS = ("tokens", "grid", "radius", "text_len", "heads", "backend", "speedup", "flop_ratio")
 ENTRY_FIELDS = ("device", "dtype", "head_dim", "points", "machine", "torch", "commit", "date", "command")
 
 
@@ -62,7 +65,7 @@ def check_table(table: dict, where: str = "crossover table") -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, mtime: float) -> dict:
+def _load(path: str, mtime_ns: int) -> dict:
     return check_table(json.loads(Path(path).read_text(encoding="utf-8")), path)
 
 
@@ -71,7 +74,7 @@ def load_table(path: Path | str | None = None) -> dict:
     path = Path(path or table_path())
     if not path.exists():
         return {"entries": []}
-    return _load(str(path), path.stat().st_mtime)
+    return _load(str(path), path.stat().st_mtime_ns)
 
 
 def nearest_entry(table: dict, device_type: str, dtype, head_dim: int) -> dict | None:
@@ -80,11 +83,12 @@ def nearest_entry(table: dict, device_type: str, dtype, head_dim: int) -> dict |
     return min(same, key=lambda e: (abs(e["head_dim"] - head_dim), e["head_dim"]), default=None)
 
 
-def realised_fraction(entry: dict, tokens: int) -> float | None:
-    """speedup / flop_ratio at `tokens`, linear in log tokens between measured points, held flat past the largest;
-    None below the smallest."""
-    pts = sorted((p["tokens"], p["speedup"] / p["flop_ratio"]) for p in entry["points"])
-    if tokens < pts[0][0]:
+def realised_fraction(entry: dict, tokens: int, backend: str | None = None) -> float | None:
+    """speedup / flop_ratio at `tokens`, linear in log tokens between measured points (those of `backend`, when
+    given), held flat past the largest; None below the smallest."""
+    pts = sorted((p["tokens"], p["speedup"] / p["flop_ratio"]) for p in entry["points"]
+                 if backend is None or p["backend"] == backend)
+    if not pts or tokens < pts[0][0]:
         return None
     for (t0, f0), (t1, f1) in zip(pts, pts[1:]):
         if tokens <= t1:
@@ -94,19 +98,22 @@ def realised_fraction(entry: dict, tokens: int) -> float | None:
 
 
 def estimated_speedup(device_type: str, dtype, head_dim: int, grid, radius: float, text_len: int,
-                      table: dict | None = None) -> float | None:
+                      table: dict | None = None, backend: str | None = None) -> float | None:
     """Local over plain SDPA for this call as the table predicts it; None where the table does not reach."""
-    entry = nearest_entry(table or load_table(), device_type, dtype, head_dim)
+    entry = nearest_entry(load_table() if table is None else table, device_type, dtype, head_dim)
     if entry is None:
         return None
-    fraction = realised_fraction(entry, text_len + grid[0] * grid[1])
+    fraction = realised_fraction(entry, text_len + grid[0] * grid[1], backend)
     return None if fraction is None else fraction * flop_ratio(tuple(grid), float(radius), text_len)
 
 
 def local_pays(device_type: str, dtype, head_dim: int, grid, radius: float, text_len: int,
-               table: dict | None = None) -> bool:
-    """Whether local attention is worth running for this call: the estimated speed-up ≥ MIN_SPEEDUP."""
-    est = estimated_speedup(device_type, dtype, head_dim, grid, radius, text_len, table)
+               table: dict | None = None, backend: str | None = None) -> bool:
+    """Whether local attention is worth running for this call: the estimated speed-up ≥ MIN_SPEEDUP.
+    `backend`: the one `choose_backend` picks for this call, if known (see the module's docstring)."""
+    if backend in FULL_WORK:
+        return False
+    est = estimated_speedup(device_type, dtype, head_dim, grid, radius, text_len, table, backend)
     return est is not None and est >= MIN_SPEEDUP
 
 

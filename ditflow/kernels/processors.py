@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.kernels.crossover import local_pays
-from ditflow.kernels.local_attention import local_attention
+from ditflow.kernels.local_attention import choose_backend, local_attention
 
 _ATTR = "_ditflow_local_attention"  # where an installed transformer keeps its LocalAttention
 WHEN = ("always", "faster")  # install_local_attention(when=...): local on every call, or only where it pays
@@ -84,8 +84,12 @@ class LocalFluxAttnProcessor:
             raise ValueError(OUTSIDE_FORWARD)
         joint = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
         text_len = encoder_hidden_states.shape[1] if joint else self.geometry.text_len
-        return local_pays(hidden_states.device.type, hidden_states.dtype, attn.head_dim, self.geometry.grid,
-                          self.radius, text_len)
+        grid = self.geometry.grid
+        needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or attn.to_q.weight.requires_grad)
+        probe = hidden_states.new_empty(1, 1, text_len + grid[0] * grid[1], 0)  # what the dispatch looks at
+        backend = self.backend or choose_backend(probe, grid, self.radius, text_len, needs_grad)
+        return local_pays(hidden_states.device.type, hidden_states.dtype, attn.head_dim, grid, self.radius,
+                          text_len, backend=backend)
 
     def _project(self, attn, name: str, x: torch.Tensor) -> torch.Tensor:
         """attn.<name>(x), or the student's projection in its place (moved to the layer's device and dtype once)."""
