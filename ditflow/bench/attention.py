@@ -7,13 +7,22 @@ fraction of that bound realized, the peak extra memory, and the max abs error ag
 
     ditflow bench attention                          # 32², 64², 128²; heads 4 × 64, fp32, text 32, r 8
     ditflow bench attention --grids 16 24 32 48 64 128 256 --threads 2
+    ditflow bench attention --methods "local (auto)" --grids 8 16 32 64 128 --head-dim 32 --heads 8 --store
+
+`--store` writes this run's local (auto) speed-ups into the crossover table the dispatch reads
+(`ditflow/kernels/crossover.json`, or `--table PATH`, or $DITFLOW_CROSSOVER_TABLE), replacing the entry for this
+device type, dtype and head_dim. A stored speed-up is the median over the rounds of SDPA's time over local's in
+the same round, so a shared machine's slow spells fall on both sides of the ratio.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import datetime
 import os
+import shlex
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.bench import _plots
+from ditflow.kernels import crossover
 from ditflow.kernels import local_attention as la
 
 # name → (call, largest grid side it is run at: the slow levers are measured where they matter)
@@ -112,9 +122,10 @@ def bench_grid(side: int, args, methods: list[str]) -> dict:
     rows = []
     for name in calls:
         best = min(times[name])
+        paired = statistics.median(f / t for f, t in zip(times["full SDPA (no mask)"], times[name]))
         rows.append(dict(method=name, ms=best * 1e3, median_ms=statistics.median(times[name]) * 1e3,
-                         speedup=full / best, realized=full / best / bound, peak_mib=memory[name],
-                         max_err=errors.get(name)))
+                         speedup=full / best, median_speedup=paired, realized=full / best / bound,
+                         peak_mib=memory[name], max_err=errors.get(name)))
     return dict(grid=side, tokens=length, flop_bound=bound, masked_fraction=1 - 1 / bound, rows=rows)
 
 
@@ -128,11 +139,43 @@ def print_grid(res: dict) -> None:
         print(f"| {r['method']} | {r['ms']:.1f} | {r['speedup']:.2f}× | {100 * r['realized']:.1f}% | {mem} | {err} |")
 
 
+def crossover_entry(results: list[dict], args, threads: int, command: str, commit: str) -> dict:
+    """This run's local (auto) points as a crossover-table entry (`ditflow/kernels/crossover.py`)."""
+    points = []
+    for res in results:
+        auto = next(r for r in res["rows"] if r["method"] == "local (auto)")
+        grid, probe = (res["grid"], res["grid"]), torch.empty(1, 1, res["tokens"], 0, device=args.device)
+        points.append(dict(tokens=res["tokens"], grid=list(grid), radius=args.radius, text_len=args.text_len,
+                           heads=args.heads, backend=la.choose_backend(probe, grid, args.radius, args.text_len, False),
+                           speedup=round(auto["median_speedup"], 4), flop_ratio=round(res["flop_bound"], 4)))
+    cuda = args.device == "cuda"
+    return dict(device=args.device, dtype=crossover.dtype_name(args.dtype), head_dim=args.head_dim, points=points,
+                machine=crossover.machine(args.device), torch=torch.__version__, commit=commit,
+                date=datetime.date.today().isoformat(), command=command,
+                note=f"{'' if cuda else f'{threads} CPU threads; '}speed-up = median over {args.repeats} interleaved "
+                     f"rounds of SDPA time / local (auto) time")
+
+
+def _commit() -> str:
+    """The source's commit, '+dirty' when its code (.py, .c) has uncommitted changes (a table being filled entry
+    by entry does not count); 'unknown' outside a git checkout."""
+    here = Path(__file__).parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        head = run("rev-parse", "--short", "HEAD")
+        dirty = head and run("diff", "--name-only", "HEAD", "--", ":(top)*.py", ":(top)*.c")
+        return (head + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, threads=2, repeats=5,
          methods: list[str] | None = None, json_out: str | None = None, device: str = "cpu",
-         dtype: str = "float32") -> list[dict]:
+         dtype: str = "float32", store: bool = False, table_file: str | None = None) -> list[dict]:
     torch.set_num_threads(threads)
     _fixed_mmap_threshold()
+    commit = _commit()  # the source measured, named before the run
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here; run on a GPU machine or use --device cpu")
     table = CUDA_METHODS if device == "cuda" else METHODS
@@ -140,6 +183,8 @@ def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, thr
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise ValueError(f"unknown methods {unknown} for {device}; choose from {list(table)}")
+    if "local (auto)" not in methods:
+        raise ValueError('the crossover is measured on "local (auto)"; add it to --methods')
     args = argparse.Namespace(heads=heads, head_dim=head_dim, text_len=text_len, radius=radius, repeats=repeats,
                               device=device, dtype=getattr(torch, dtype))
     probe = torch.empty(1, 1, text_len + max(grids) ** 2, 1, device=device)  # dispatch looks at the length
@@ -157,6 +202,13 @@ def main(grids=(32, 64, 128), heads=4, head_dim=64, text_len=32, radius=8.0, thr
     wins = [g for g in auto if g > max(losses, default=0)]
     print(f"\ncrossover: local (auto) beats full SDPA at every measured grid from {min(wins)}² up" if wins else
           "\ncrossover: local (auto) did not beat full SDPA at the largest measured grid")
+    if store:
+        command = shlex.join(["ditflow", "bench", "attention", "--grids", *map(str, grids), "--heads", str(heads),
+                              "--head-dim", str(head_dim), "--text-len", str(text_len), "--radius", str(radius),
+                              "--threads", str(threads), "--repeats", str(repeats), "--methods", *methods,
+                              "--device", device, "--dtype", dtype, "--store"])
+        path = crossover.store_entry(crossover_entry(results, args, threads, command, commit), table_file)
+        print(f"stored as the {device} {dtype} head_dim {head_dim} entry of {path}")
     if json_out:
         tmp = Path(json_out).with_suffix(".tmp")
         settings = {k: str(v) for k, v in vars(args).items()} | {"threads": threads}
@@ -179,11 +231,15 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", help="also write the results here (atomically)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--store", action="store_true",
+                   help="write this run's local (auto) points into the crossover table the dispatch reads")
+    p.add_argument("--table", help="the crossover table --store writes (default: $DITFLOW_CROSSOVER_TABLE, "
+                                   "else ditflow/kernels/crossover.json)")
     p.add_argument("--plot", nargs="?", const=str(_plots.default_path("attention")), metavar="PNG",
                    help="also draw the speed-up by grid against the FLOP bound (default docs/img/attention.png)")
     a = p.parse_args(argv)
     results = main(a.grids, a.heads, a.head_dim, a.text_len, a.radius, a.threads, a.repeats, a.methods,
-                   a.json_out, a.device, a.dtype)
+                   a.json_out, a.device, a.dtype, a.store, a.table)
     if a.plot:
         print(_plots.attention(results, a.plot, _plots.caption("attention", argv or [], a.device)))
     return 0

@@ -48,6 +48,11 @@ CPU_KERNEL_MIN_TOKENS = 384
 CPU_KERNEL_MIN_FLOP_RATIO = 2.5
 TILE = 8  # tiled backend: query tile side, tokens
 FLEX_BLOCK = 128  # FlexAttention's default block; tiles of 8×16 tokens fill one block
+# The compiled flex path compiles once per shape (dynamic=False); past dynamo's own recompile limit (8) it would
+# run unfused and eager. So it compiles at most this many shapes per process, and a new shape after that runs an
+# exact SDPA path (dense masked, or tiled when long) instead of another compile.
+FLEX_MAX_SHAPES = 8
+_flex_shapes: set[tuple] = set()  # the shapes compiled so far
 LANES = 16  # what the C kernel needs D, T and W padded by (keep in sync with PAD in local_attention_cpu.c)
 
 
@@ -621,12 +626,22 @@ def flex_attention_local(q, k, v, *, grid, radius, text_len=0, scale=None, block
     """FlexAttention over the tile-ordered sequence; compiled on CUDA, eager elsewhere (tests only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    compiled = q.is_cuda if compiled is None else compiled
+    if compiled:
+        classes = None if routing is None else tuple(routing.class_text.shape)
+        shape = (tuple(q.shape), q.dtype, str(q.device), tuple(grid), float(radius), text_len, scale, block, order,
+                 classes)
+        if shape not in _flex_shapes and len(_flex_shapes) >= FLEX_MAX_SHAPES:
+            warnings.warn(f"local attention: {FLEX_MAX_SHAPES} shapes compiled for FlexAttention already; new "
+                          f"shapes run masked SDPA instead of recompiling", stacklevel=2)  # shown once per place
+            fallback = dense_attention if q.shape[2] <= DENSE_MAX_TOKENS else tiled_attention
+            return fallback(q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale, routing=routing)
+        _flex_shapes.add(shape)
     if routing is None:
         bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), order)
     else:
         bm, perm = flex_routed_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), routing,
                                           order)
-    compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex_attention
     out = fn(q[:, :, perm], k[:, :, perm], v[:, :, perm], block_mask=bm, scale=scale)
     return out[:, :, torch.argsort(perm)]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.kernels.local_attention import visible_pairs
-from ditflow.kernels.processors import install_local_attention
+from ditflow.kernels.processors import WHEN, install_local_attention
 from ditflow.pipelines.loading import STUDENT_FILE
 from ditflow.training.settings import add_flags, from_overrides, require_positive
 from ditflow.training.train import cooldown_factor
@@ -311,10 +311,16 @@ def read_student(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tens
     return meta, state
 
 
-def load_student(transformer, path: Path | str):
+def load_student(transformer, path: Path | str, when: str = "always"):
     """Turn a loaded teacher transformer (in place) into the distilled local-attention student. A student made
     from other weights of the same shape (an older large model, say) loads with a warning, not an error: the
-    digest also changes when the right teacher is merely loaded in another dtype, where the projections fit."""
+    digest also changes when the right teacher is merely loaded in another dtype, where the projections fit.
+
+    `when="faster"` (see `install_local_attention`) leaves the transformer's weights as they are and hands the
+    student's projections to the processors, which use them only where local attention runs: below the measured
+    crossover the output is exactly the teacher's."""
+    if when not in WHEN:
+        raise ValueError(f"when must be one of {WHEN}; got {when!r}")
     meta, state = read_student(path)
     if "teacher" in meta and teacher_fingerprint(transformer, skip=state.keys()) != meta["teacher"]:
         warnings.warn(f"{path} was distilled from other weights than this transformer's (or in another dtype); "
@@ -324,10 +330,13 @@ def load_student(transformer, path: Path | str):
     if wrong:
         raise ValueError(f"{path} does not fit this transformer (first mismatch: {wrong[0]}); it was distilled "
                          f"from {meta.get('model', 'another model')}")
+    if when == "faster":
+        weights = {k: v.to(own[k].device, own[k].dtype) for k, v in state.items()}
+        return install_local_attention(transformer, float(meta["radius"]), when=when, weights=weights)
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v.to(own[k].dtype))
-    return install_local_attention(transformer, float(meta["radius"]))
+    return install_local_attention(transformer, float(meta["radius"]), when=when)
 
 
 # ----------------------------------------------------------------------------- evaluation and entry points
