@@ -69,3 +69,31 @@ def test_run_refuses_a_bad_setting_before_anything_loads(tmp_path):
     assert res.returncode == 2 and not (tmp_path / "x").exists()
     assert res.stderr.strip().splitlines() == ["ditflow run: error: accelerate: 'warp' is not off, auto, stitch[=F] "
                                                "or local[=R|student|FILE] (parts separated by commas)"]
+
+
+def test_auto_on_the_builtin_keeps_full_attention_below_the_crossover_and_the_teacher_untouched(tmp_path):
+    from ditflow.api import Session
+    from ditflow.kernels.processors import installed
+    from ditflow.pipelines.routing import clause_routing
+    from ditflow.pipelines.stitch import stitched
+
+    with Session(accelerate="auto", persist=False, verify=False) as s:
+        before = {k: v.clone() for k, v in s.pipeline.transformer.state_dict().items() if ".attn.to_q." in k}
+        turn = s.run("a two-page picture book about a red circle that turns blue", [], tmp_path / "a")
+        local = installed(s.pipeline.transformer)
+        assert turn.record.acceleration == "stitch=0.4,local=student" and stitched(s.pipeline) is not None
+        assert local.when == "faster" and local.counts["full"] > 0 and local.counts["local"] == 0  # 8² grid: SDPA
+        assert clause_routing(s.pipeline).routed_calls > 0  # routing goes on under local attention
+        after = s.pipeline.transformer.state_dict()
+        assert all(v.equal(after[k]) for k, v in before.items())  # the student's projections are not copied in
+
+
+def test_generate_takes_the_setting_and_runs_local_attention_above_the_crossover(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ditflow.cli", "generate", "a red circle", "-o",
+                          str(tmp_path / "a.png"), "--size", "512x512", "--steps", "2", "-q", "--accelerate",
+                          "local=student"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "ditflow.cli", "generate", "a red circle", "-o",
+                          str(tmp_path / "b.png"), "--accelerate", "stitch", "--stitch", "0.2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "give one of them" in res.stderr

@@ -27,7 +27,8 @@ def cli(argv: list[str]) -> int:
     from ditflow.kernels.processors import install_local_attention
     from ditflow.pipelines.loading import BUILTIN_DIR, STUDENT_FILE, load_pipeline
     from ditflow.pipelines.routing import set_clause_routing
-    from ditflow.training.distill import SCORES, DistillConfig, load_student, read_student, score
+    from ditflow.pipelines.student import load_student, read_student
+    from ditflow.training.distill import SCORES, DistillConfig, score
 
     p = argparse.ArgumentParser(prog="ditflow bench clear", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=80, help="held-out canvases (4 panels each)")

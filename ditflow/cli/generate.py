@@ -169,7 +169,7 @@ def apply_local_attention(transformer, spec: float | Path) -> None:
     from safetensors import SafetensorError
 
     from ditflow.kernels.processors import install_local_attention
-    from ditflow.training.distill import load_student
+    from ditflow.pipelines.student import load_student
 
     if isinstance(spec, float):
         install_local_attention(transformer, spec)

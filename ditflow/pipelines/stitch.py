@@ -161,6 +161,10 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
     small_takes_guidance = bool(small.config.get("guidance_embeds", False))
 
     def small_forward(x, args, kwargs):
+        joint = kwargs.get("joint_attention_kwargs") or {}
+        routed = joint.get("attention_mask")
+        if hasattr(routed, "dense") and not _local_everywhere(small):  # a compact clause routing made for the
+            kwargs["joint_attention_kwargs"] = {**joint, "attention_mask": routed.dense()}  # large model's windows
         if not small_takes_guidance:
             kwargs.pop("guidance", None)
         elif kwargs.get("guidance") is None:
@@ -208,6 +212,13 @@ def apply_stitch(pipe, small_transformer, fraction: float, *, at: float = 0.0,
     large.forward = forward  # an instance attribute shadows the method; remove_stitch deletes it
     setattr(large, _ATTR, stitch)
     return stitch
+
+
+def _local_everywhere(transformer) -> bool:
+    from ditflow.kernels.processors import installed
+
+    local = installed(transformer)
+    return local is not None and local.everywhere
 
 
 def remove_stitch(pipe) -> None:

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -32,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ditflow.kernels.local_attention import visible_pairs
-from ditflow.kernels.processors import WHEN, install_local_attention
+from ditflow.kernels.processors import install_local_attention
 from ditflow.pipelines.loading import STUDENT_FILE
+from ditflow.pipelines.student import load_student, read_student, teacher_fingerprint  # noqa: F401  (re-exported)
 from ditflow.training.settings import add_flags, from_overrides, require_positive
 from ditflow.training.train import cooldown_factor
 
@@ -126,18 +126,6 @@ def teacher_samples(pipe, cfg: DistillConfig) -> dict[str, torch.Tensor]:
         seq, pool, _ = pipe.encode_prompt(chunk, prompt_2=None, max_sequence_length=kw["max_sequence_length"])
         latents.append(out), seqs.append(seq), pooled.append(pool)
     return {"x0": torch.cat(latents), "seq": torch.cat(seqs), "pooled": torch.cat(pooled)}
-
-
-def teacher_fingerprint(teacher, skip=()) -> str:
-    """A digest of the teacher's weights, less the tensors named in `skip`: a cache of its samples is stale once
-    they change, and so is a student, whose own projections are the skipped ones."""
-    h = hashlib.sha256()
-    for name, t in teacher.state_dict().items():
-        if name in skip:
-            continue
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def cached_teacher_samples(pipe, cfg: DistillConfig, log=print) -> dict[str, torch.Tensor]:
@@ -297,46 +285,6 @@ def save_student(student, path: Path, meta: dict, dtype: torch.dtype = torch.flo
     save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
     return path
-
-
-def read_student(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """A student file's metadata (radius, model, size) and projections."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if "radius" not in meta:
-        raise ValueError(f"{path} is not a local-attention student file (no radius in its metadata)")
-    return meta, state
-
-
-def load_student(transformer, path: Path | str, when: str = "always"):
-    """Turn a loaded teacher transformer (in place) into the distilled local-attention student. A student made
-    from other weights of the same shape (an older large model, say) loads with a warning, not an error: the
-    digest also changes when the right teacher is merely loaded in another dtype, where the projections fit.
-
-    `when="faster"` (see `install_local_attention`) leaves the transformer's weights as they are and hands the
-    student's projections to the processors, which use them only where local attention runs: below the measured
-    crossover the output is exactly the teacher's."""
-    if when not in WHEN:
-        raise ValueError(f"when must be one of {WHEN}; got {when!r}")
-    meta, state = read_student(path)
-    if "teacher" in meta and teacher_fingerprint(transformer, skip=state.keys()) != meta["teacher"]:
-        warnings.warn(f"{path} was distilled from other weights than this transformer's (or in another dtype); "
-                      f"redistill it with `ditflow train distill` if the images look wrong", stacklevel=2)
-    own = dict(transformer.named_parameters())
-    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"{path} does not fit this transformer (first mismatch: {wrong[0]}); it was distilled "
-                         f"from {meta.get('model', 'another model')}")
-    if when == "faster":
-        weights = {k: v.to(own[k].device, own[k].dtype) for k, v in state.items()}
-        return install_local_attention(transformer, float(meta["radius"]), when=when, weights=weights)
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v.to(own[k].dtype))
-    return install_local_attention(transformer, float(meta["radius"]), when=when)
 
 
 # ----------------------------------------------------------------------------- evaluation and entry points
