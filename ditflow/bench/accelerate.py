@@ -6,7 +6,10 @@ each request's median seconds per setting, the ratio to the first setting, and h
 faster run that only got faster by failing shows up as such.
 
 The requests touch every tool that denoises: a single generation, a composed scene, a picture book's canvas, an
-object edit and a restoration of pictures drawn here with PIL (not by the model).
+object edit and a restoration of pictures drawn here with PIL (not by the model). The agents keep canvases near
+the model's native size (64 × 64 px on the builtin, an 8² token grid), far below where local attention beats
+SDPA (`kernels/crossover.json`); `--canvas 512` adds a row that calls the generate tool itself on a 512 × 512
+canvas (a 64² grid) through the same Sessions, to show the setting where the crossover turns local attention on.
 """
 from __future__ import annotations
 
@@ -55,6 +58,27 @@ def noisy(path: Path) -> Path:
 INPUTS = {"triangles": triangles, "noisy": noisy}
 
 
+def _canvas_run(session, name: str, setting: str, rep: int, prompt: str, px: int) -> dict:
+    """The generate tool on a px × px canvas with the Session's (accelerated) pipeline; not verified."""
+    from ditflow.kernels.processors import installed
+    from ditflow.pipelines.acceleration import applied
+    from ditflow.schemas import GenerateSpec
+    from ditflow.toolkit.generate import generate
+
+    pipe = session.pipeline
+    local = installed(pipe.transformer)
+    before = dict(local.counts) if local else {}
+    t0 = time.perf_counter()
+    generate(pipe, GenerateSpec(prompt=prompt, seed=rep, width=px, height=px))
+    seconds = time.perf_counter() - t0
+    ran = str(applied(pipe))
+    if local:
+        ran += f" (attention calls local {local.counts['local'] - before.get('local', 0)}, " \
+               f"full {local.counts['full'] - before.get('full', 0)})"
+    return {"request": name, "setting": setting, "repeat": rep, "seconds": seconds, "acceleration": ran,
+            "images": 1, "verified": 0, "checked": 0, "error": None}
+
+
 def cli(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -68,12 +92,15 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--requests", nargs="+", choices=[r[0] for r in REQUESTS], metavar="NAME",
                    help="a subset of: " + ", ".join(repr(r[0]) for r in REQUESTS))
     p.add_argument("--repeats", type=int, default=2, help="runs per request and setting; the median is reported")
+    p.add_argument("--canvas", type=int, nargs="*", default=[], metavar="PX",
+                   help="also time the generate tool itself on PX × PX canvases (multiples of 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", type=Path, help="write the per-run results here")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     requests = [r for r in REQUESTS if not args.requests or r[0] in args.requests]
+    requests += [(f"generate {px}×{px}", "a red circle", px) for px in args.canvas]
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="ditflow-bench-accelerate-"))
     inputs = {name: make(work / f"{name}.png") for name, make in INPUTS.items()}
@@ -86,6 +113,9 @@ def cli(argv: list[str]) -> int:
             order = args.settings if rep % 2 == 0 else args.settings[::-1]  # alternate who goes first
             for s in order:
                 out = work / f"{name.replace(' ', '-')}-{rep}-{args.settings.index(s)}"
+                if isinstance(needs, int):  # the tool itself on a large canvas
+                    runs.append(_canvas_run(sessions[s], name, s, rep, instruction, needs))
+                    continue
                 t0 = time.perf_counter()
                 turn = sessions[s].run(instruction, [inputs[needs]] if needs else [], out)
                 seconds = time.perf_counter() - t0
