@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ditflow.kernels import crossover
 from ditflow.kernels import local_attention as la
+from ditflow.kernels.local_attention import TextRouting
 from ditflow.kernels.processors import install_local_attention, remove_local_attention
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.training import distill
@@ -184,16 +185,6 @@ def test_faster_below_the_crossover_is_the_stock_processors_bit_for_bit(transfor
 
 
 
-class DenseRouting:
-    """Stands in for a compact routing mask: what the full path needs is its `.dense()`."""
-
-    def __init__(self, mask):
-        self.mask = mask
-
-    def dense(self):
-        return self.mask
-
-
 def test_faster_passes_the_attention_mask_to_full_attention(transformer, use_table):
     rows, cols, text_len = 6, 6, 6
     length = text_len + rows * cols
@@ -205,7 +196,8 @@ def test_faster_passes_the_attention_mask_to_full_attention(transformer, use_tab
     install_local_attention(transformer, radius=2, when="faster")
     try:
         assert torch.equal(_run(transformer, **_inputs(transformer, rows, cols, mask=mask)), stock)
-        assert torch.equal(_run(transformer, **_inputs(transformer, rows, cols, mask=DenseRouting(mask))), stock)
+        compact = TextRouting.from_dense(mask, text_len)  # what clause routing hands local attention
+        assert torch.equal(_run(transformer, **_inputs(transformer, rows, cols, mask=compact)), stock)
     finally:
         remove_local_attention(transformer)
 

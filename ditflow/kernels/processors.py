@@ -44,6 +44,15 @@ class Geometry:
     grid: tuple[int, int] | None = None
     text_len: int = 0
     read_mask: tuple | None = None  # (dense mask, text_len, its TextRouting): every layer gets the same mask
+    dense_of: tuple | None = None  # (TextRouting, its dense mask): the full-attention path's, made once per call
+
+    def densify(self, mask):
+        """A `TextRouting` as the dense mask the stock processors take, built once for all layers; else `mask`."""
+        if not isinstance(mask, TextRouting):
+            return mask
+        if self.dense_of is None or self.dense_of[0] is not mask:
+            self.dense_of = (mask, mask.dense())
+        return self.dense_of[1]
 
 
 def routing_of_mask(attention_mask, text_len: int, geometry: Geometry | None = None) -> TextRouting | None:
@@ -133,7 +142,7 @@ class LocalFluxAttnProcessor:
                  image_rotary_emb=None):
         if self.full is not None and not self.pays(attn, hidden_states, encoder_hidden_states):
             self.counts["full"] += 1
-            mask = attention_mask.dense() if hasattr(attention_mask, "dense") else attention_mask  # TextRouting
+            mask = self.geometry.densify(attention_mask)
             return self.full(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=mask,
                              image_rotary_emb=image_rotary_emb)
         self.counts["local"] += 1
