@@ -1,0 +1,490 @@
+"""`ditflow bench flux-width`: local attention and clause routing at FLUX.1's real width, block by block, on CPU.
+
+Everything else we measure runs at the builtin model's width (8 heads × 32) or on random tensors (4 × 64). This
+bench builds a FLUX.1-shaped diffusers `FluxTransformer2DModel` with FLUX.1's widths (3072 hidden, 24 heads × 128,
+T5's 4096-wide text states, CLIP's 768-wide pooled vector, RoPE axes 16/56/56, guidance embedding) and random,
+seeded fp32 weights, cut to one double-stream and one single-stream block, and runs both blocks through our
+processors at FLUX.1's 512 text tokens and 16 px per image token:
+
+- attention alone, on the q, k, v our processor builds in that block (projections, QK-norm and RoPE done): full
+  SDPA (what FLUX runs) against CLEAR local attention (auto backend), with the FLOP bound and the share of it
+  realised, and the max abs error against the exact masked reference (masked SDPA, a few heads at a time);
+- clause routing, a two-panel layout: the left and right halves of the image each read the shared text and
+  their own clause. The stock path is full SDPA with a dense (B, 1, L, L) bool mask (`pipelines/routing.py`);
+- each whole block with diffusers' own processor and with local attention, each with and without routing;
+- peak memory of each call: the rise of the process's resident high-water mark (VmHWM, reset through
+  /proc/self/clear_refs) over its resident size before the call, so it counts what the call allocates, not the
+  weights; and the routing masks' own sizes;
+- T-Stitch plumbing at that width: `apply_stitch` between this transformer and a half-width one, through a
+  minimal pipeline-like object, with local attention in both (see `stitch_check`);
+- at the first size, two block-level oracles: local attention whose circle covers the grid against diffusers'
+  own processor, and the auto backend against the dense one, through the whole block.
+
+Timings are best of `--repeats`, methods interleaved round-robin (the machine may be shared). The weights are
+random, so only timings, memory and exactness mean anything here; docs/scaling.md projects a whole FLUX.1 step
+(19 double + 38 single blocks) from the block times.
+
+    ditflow bench flux-width                          # 512², 1024², 2048²; r 16; 2 threads
+    ditflow bench flux-width --sizes 512 1024 --json out/flux_width.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ditflow.bench.attention import _fixed_mmap_threshold, peak_extra_mib
+from ditflow.kernels import local_attention as la
+from ditflow.kernels import processors
+
+# FLUX.1's transformer (black-forest-labs/FLUX.1-dev transformer/config.json), cut to one block of each kind
+FLUX1 = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+             axes_dims_rope=(16, 56, 56))
+FLUX1_DEPTH = {"double": 19, "single": 38}  # blocks of each kind in FLUX.1 [dev] and [schnell]
+TEXT_LEN = 512  # FLUX.1-dev's T5 max_sequence_length
+PX_PER_TOKEN = 16  # the VAE downsamples 8×, then latents are packed 2×2
+SIZES = (512, 1024, 2048)
+# CLEAR's default window: its distill.py trains window_size 16 unless told otherwise, and its README ships 8, 16
+# and 32, warning that 8 often repeats patterns (https://github.com/Huage001/CLEAR). We take that size as our
+# radius (dy² + dx² < r²); the paper's code was not at hand to check whether its edge is strict.
+RADIUS = 16.0
+SHARED_TEXT = 16  # two-panel routing: leading text tokens every image token reads (the tag and overview)
+HEAD_CHUNK = 6  # heads per masked-SDPA call of the exact reference
+GOAL_ERR, GOAL_SHARE = 1e-4, 0.40  # the issue's bar at 2048²: exact to 1e-4, ≥ 40% of the FLOP bound
+STITCH_STEPS, STITCH_FRACTION, STITCH_AT = 4, 0.5, 1.0  # the small model takes the last 2 of 4 steps
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once it has what it needs, so the rest of a forward never runs."""
+
+
+# ----------------------------------------------------------------------------- the model and its inputs
+def build_transformer(seed: int = 0, **overrides):
+    """A FLUX.1-shaped transformer (FLUX1, with `overrides`) with seeded random fp32 weights; no download."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**(FLUX1 | overrides)).eval()
+
+
+def transformer_inputs(config, grid: tuple[int, int], text_len: int = TEXT_LEN, seed: int = 0) -> dict:
+    """One denoising call's kwargs, as FluxPipeline makes them: packed latents, text states, ids, t, guidance."""
+    from diffusers import FluxPipeline
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = grid
+    out = dict(hidden_states=torch.randn(1, h * w, config.in_channels, generator=g),
+               encoder_hidden_states=torch.randn(1, text_len, config.joint_attention_dim, generator=g),
+               pooled_projections=torch.randn(1, config.pooled_projection_dim, generator=g),
+               timestep=torch.tensor([0.7]),
+               img_ids=FluxPipeline._prepare_latent_image_ids(1, h, w, "cpu", torch.float32),
+               txt_ids=torch.zeros(text_len, 3), return_dict=False)
+    if config.guidance_embeds:
+        out["guidance"] = torch.tensor([3.5])
+    return out
+
+
+def block_inputs(transformer, inputs: dict) -> dict:
+    """The kwargs diffusers hands its first double block (embedded states, temb, RoPE), stopping right there.
+
+    The single block is fed the same ones: its timing and exactness do not depend on the values it gets."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    hook = transformer.transformer_blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            transformer(**inputs)
+    except _Stop:
+        pass
+    finally:
+        hook.remove()
+    return {k: v for k, v in seen.items() if k != "joint_attention_kwargs"}
+
+
+def use_local(transformer, radius: float, grid: tuple[int, int], text_len: int, backend: str | None = None):
+    """Install local attention and give its processors the geometry the transformer's pre-hook would: the
+    blocks are then called directly."""
+    handle = processors.install_local_attention(transformer, radius, backend=backend)
+    handle.geometry.grid, handle.geometry.text_len = tuple(grid), int(text_len)
+    return handle
+
+
+@contextmanager
+def captured_attention(stop: bool = True):
+    """Record the (q, k, v, kwargs) our processor hands `local_attention`; with `stop`, end the call there."""
+    seen = []
+    original = processors.local_attention
+
+    def record(q, k, v, **kw):
+        seen.append((q.detach().contiguous(), k.detach().contiguous(), v.detach().contiguous(), kw))
+        if stop:
+            raise _Stop
+        return original(q, k, v, **kw)
+
+    processors.local_attention = record
+    try:
+        yield seen
+    finally:
+        processors.local_attention = original
+
+
+def attention_inputs(block, kwargs: dict):
+    """(q, k, v, kwargs) of `block`'s attention, (B, heads, L, D) after RoPE; local attention must be installed."""
+    with captured_attention() as seen, torch.no_grad():
+        try:
+            block(**kwargs)
+        except _Stop:
+            pass
+    if not seen:
+        raise ValueError("the block did not call local attention: install it first (use_local)")
+    return seen[0]
+
+
+# ----------------------------------------------------------------------------- routing: a two-panel caption
+def two_panel_routing(grid: tuple[int, int], text_len: int = TEXT_LEN, shared: int = SHARED_TEXT):
+    """(owners, inside) of a two-panel caption that fills the text: `shared` leading tokens every image token
+    reads, then the left panel's clause, then the right's, each half of the rest; the regions are the image's
+    left and right halves. `routing.routing_mask(owners, inside)` is then the stock path's (L, L) mask."""
+    from diffusers import FluxPipeline
+
+    from ditflow.pipelines.routing import Layout, Region, regions_of_tokens
+
+    if not 0 <= shared < text_len - 1:
+        raise ValueError(f"shared text tokens must leave room for two clauses of the {text_len}; got {shared}")
+    half = shared + (text_len - shared) // 2
+    owners = torch.full((text_len,), -1, dtype=torch.long)
+    owners[shared:half], owners[half:] = 0, 1
+    layout = Layout((Region((0.0, 0.0, 1.0, 0.5), 0, 0), Region((0.0, 0.5, 1.0, 1.0), 0, 0)))
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, grid[0], grid[1], "cpu", torch.float32)
+    return owners, regions_of_tokens(img_ids, layout)
+
+
+def stock_routing_mask(owners, inside) -> torch.Tensor:
+    """(1, 1, L, L) bool: what `pipelines/routing.py` passes diffusers' processor as its attention mask."""
+    from ditflow.pipelines.routing import routing_mask
+
+    return routing_mask(owners, inside)[None, None]
+
+
+# ----------------------------------------------------------------------------- measuring
+def masked_reference(q, k, v, mask: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+    """Exact attention under a dense bool mask ((L, L) or (B, 1, L, L)), `chunk` heads per SDPA call."""
+    with torch.no_grad():
+        return torch.cat([F.scaled_dot_product_attention(q[:, h:h + chunk], k[:, h:h + chunk], v[:, h:h + chunk],
+                                                         attn_mask=mask)
+                          for h in range(0, q.shape[1], chunk)], dim=1)
+
+
+def measure(calls: dict, repeats: int) -> dict:
+    """name → dict(out, s (best), peak_mib) for each zero-argument call; the first call of each is also the
+    memory measurement and counts as a repeat, then the calls take turns."""
+    out = {}
+    with torch.no_grad():
+        for name, fn in calls.items():
+            box = {}
+
+            def first(fn=fn, box=box):
+                t0 = time.perf_counter()
+                box["out"] = fn()
+                box["s"] = time.perf_counter() - t0
+
+            peak = peak_extra_mib(first)
+            out[name] = dict(out=box["out"], times=[box["s"]], peak_mib=peak)
+        for _ in range(repeats - 1):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                out[name]["times"].append(time.perf_counter() - t0)
+    for row in out.values():
+        row["s"] = min(row.pop("times"))
+    return out
+
+
+def max_err(a, b) -> float:
+    a = a[0] if isinstance(a, tuple) else a
+    b = b[0] if isinstance(b, tuple) else b
+    return float((a.float() - b.float()).abs().max())
+
+
+def block_outputs_err(a, b) -> float:
+    """Max abs difference of two block outputs ((text, image) or (image, text) tuples)."""
+    return max(max_err(x, y) for x, y in zip(a, b))
+
+
+def attention_rows(q, k, v, grid, radius, text_len, owners, inside, repeats, backend=None) -> dict:
+    """Full SDPA, local attention, and the stock routed path (SDPA + dense mask) on one block's q, k, v."""
+    length = q.shape[2]
+    kw = dict(grid=tuple(grid), radius=radius, text_len=text_len)
+    dense_routing = stock_routing_mask(owners, inside)
+    calls = {"SDPA (FLUX)": lambda: F.scaled_dot_product_attention(q, k, v),
+             "local": lambda: la.local_attention(q, k, v, backend=backend, **kw),
+             "SDPA + mask (stock)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense_routing)}
+    res = measure(calls, repeats)
+    local_ref = masked_reference(q, k, v, la.local_mask(tuple(grid), float(radius), text_len))
+    routing_ref = masked_reference(q, k, v, dense_routing)
+    full = res["SDPA (FLUX)"]["s"]
+    bounds = {"SDPA (FLUX)": 1.0, "local": la.flop_ratio(tuple(grid), radius, text_len),
+              "SDPA + mask (stock)": length * length / float(dense_routing.sum())}
+    refs = {"local": local_ref, "SDPA + mask (stock)": routing_ref}
+    rows = []
+    for name, r in res.items():
+        rows.append(dict(method=name, ms=1e3 * r["s"], speedup=full / r["s"], flop_bound=bounds[name],
+                         share=full / r["s"] / bounds[name], peak_mib=r["peak_mib"],
+                         max_err=max_err(r["out"], refs[name]) if name in refs else None))
+    return dict(rows=rows, backend=backend or la.choose_backend(q, tuple(grid), radius, text_len, False))
+
+
+def block_rows(transformer, block, kwargs, grid, radius, text_len, owners, inside, repeats,
+               backend=None) -> list[dict]:
+    """The whole block: diffusers' processor and local attention, each with and without the routing mask."""
+    dense_routing = stock_routing_mask(owners, inside)
+    routed = kwargs | dict(joint_attention_kwargs={"attention_mask": dense_routing})
+
+    def stock(kw):
+        def call():
+            processors.remove_local_attention(transformer)
+            return block(**kw)
+        return call
+
+    def local(kw):
+        def call():
+            if processors.installed(transformer) is None:
+                use_local(transformer, radius, grid, text_len, backend)
+            return block(**kw)
+        return call
+
+    calls = {"diffusers (SDPA)": stock(kwargs), "local": local(kwargs),
+             "diffusers + mask (stock)": stock(routed)}
+    res = measure(calls, repeats)
+    processors.remove_local_attention(transformer)
+    base = res["diffusers (SDPA)"]["s"]
+    return [dict(method=name, s=r["s"], speedup=base / r["s"], peak_mib=r["peak_mib"]) for name, r in res.items()]
+
+
+def block_oracles(transformer, block, kwargs, grid, radius, text_len, backend=None) -> dict:
+    """Through the whole block: local attention with a covering circle against diffusers' own processor, and the
+    `backend` (None: auto) against the dense one at `radius`. Max abs differences of the block outputs."""
+    cover = float(grid[0] + grid[1])  # dy² + dx² < r² for every pair of the grid
+    with torch.no_grad():
+        processors.remove_local_attention(transformer)
+        stock = block(**kwargs)
+        use_local(transformer, cover, grid, text_len)
+        covering = block(**kwargs)
+        use_local(transformer, radius, grid, text_len, backend="dense")
+        dense = block(**kwargs)
+        use_local(transformer, radius, grid, text_len, backend)
+        auto = block(**kwargs)
+        processors.remove_local_attention(transformer)
+    return {"covering circle vs diffusers": block_outputs_err(covering, stock),
+            "local vs dense backend": block_outputs_err(auto, dense)}
+
+
+def stitch_check(large, grid, radius: float, text_len: int = TEXT_LEN, seed: int = 0) -> dict:
+    """T-Stitch at FLUX width: `apply_stitch` between `large` and a half-width random transformer (half the
+    heads, one double block; the same latent and text widths), both with local attention, through a minimal pipeline-like
+    object whose scheduler is stepped as FluxPipeline steps it. Checks that the small model takes exactly the
+    steps `small_step_range` gives it, and that every stitched call equals calling that model directly, bit for
+    bit. It checks routing and plumbing only; the models are random."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ditflow.pipelines.stitch import apply_stitch, remove_stitch, small_step_range
+
+    shape = {key: large.config[key] for key in FLUX1}
+    small = build_transformer(seed + 1, **shape | dict(num_layers=1, num_single_layers=0,
+                                                       num_attention_heads=max(1, shape["num_attention_heads"] // 2)))
+    pipe = SimpleNamespace(transformer=large, scheduler=FlowMatchEulerDiscreteScheduler())
+    kw = transformer_inputs(large.config, grid, text_len, seed)
+    for model in (large, small):
+        processors.install_local_attention(model, radius)
+    try:
+        with torch.no_grad():
+            direct = {"large": large(**kw)[0], "small": small(**kw)[0]}
+            pipe.scheduler.set_timesteps(STITCH_STEPS)
+            stitch = apply_stitch(pipe, small, STITCH_FRACTION, at=STITCH_AT)
+            window = small_step_range(STITCH_FRACTION, STITCH_AT, STITCH_STEPS)
+            errors = []
+            for i, t in enumerate(pipe.scheduler.timesteps):
+                out = large(**kw)[0]
+                errors.append(max_err(out, direct["small" if i in window else "large"]))
+                pipe.scheduler.step(out, t, kw["hidden_states"])  # advances the step index, as the pipeline does
+            remove_stitch(pipe)
+    finally:
+        for model in (large, small):
+            processors.remove_local_attention(model)
+    calls = dict(stitch.calls)
+    ok = calls == {"small": len(window), "large": STITCH_STEPS - len(window), "reused": 0} and max(errors) == 0
+    return dict(steps=STITCH_STEPS, small_steps=list(window), calls=calls, max_err=max(errors), ok=ok,
+                small_params=sum(p.numel() for p in small.parameters()))
+
+
+def mask_sizes(owners, inside, batch: int = 1) -> dict:
+    """Bytes of the routing layout: compact (a class per image token, a text row per class) and dense."""
+    n, t = inside.shape[0], owners.numel()
+    classes = inside.shape[1]
+    length = n + t
+    return dict(compact=batch * (n * 8 + classes * t), dense_bool=batch * length * length,
+                dense_float=batch * length * length * 4)
+
+
+# ----------------------------------------------------------------------------- one size, the projection, the run
+def run_size(transformer, size: int, radius: float = RADIUS, repeats: int = 2, text_len: int = TEXT_LEN,
+             seed: int = 0, oracles: bool = False, backend: str | None = None) -> dict:
+    """Everything for one image size; `backend` forces a local-attention backend (None: the auto dispatch)."""
+    if size % PX_PER_TOKEN:
+        raise ValueError(f"image size {size} is not a multiple of {PX_PER_TOKEN} px (one packed FLUX token)")
+    side = size // PX_PER_TOKEN
+    grid = (side, side)
+    t0 = time.perf_counter()
+    inputs = transformer_inputs(transformer.config, grid, text_len, seed)
+    kwargs = block_inputs(transformer, inputs)
+    owners, inside = two_panel_routing(grid, text_len, min(SHARED_TEXT, text_len // 4))
+    blocks = {"double": transformer.transformer_blocks[0], "single": transformer.single_transformer_blocks[0]}
+    out = dict(size=size, grid=side, tokens=text_len + side * side, radius=radius, text_len=text_len,
+               masks=mask_sizes(owners, inside), blocks={})
+    for kind, block in blocks.items():
+        use_local(transformer, radius, grid, text_len)
+        q, k, v, _ = attention_inputs(block, kwargs)
+        processors.remove_local_attention(transformer)
+        att = attention_rows(q, k, v, grid, radius, text_len, owners, inside, repeats, backend)
+        del q, k, v
+        res = dict(attention=att, block=block_rows(transformer, block, kwargs, grid, radius, text_len, owners,
+                                                   inside, repeats, backend))
+        if oracles:
+            res["oracles"] = block_oracles(transformer, block, kwargs, grid, radius, text_len, backend)
+        out["blocks"][kind] = res
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def projection(res: dict, depth: dict = FLUX1_DEPTH) -> dict:
+    """A whole FLUX.1 step (19 double + 38 single blocks) from one size's block times; embedders, final layer
+    and the VAE left out. A projection, not a measurement."""
+    def step(method):
+        return sum(depth[kind] * next(r["s"] for r in b["block"] if r["method"] == method)
+                   for kind, b in res["blocks"].items())
+
+    def attention_share(kind):
+        att = {r["method"]: r["ms"] / 1e3 for r in res["blocks"][kind]["attention"]["rows"]}
+        blk = next(r["s"] for r in res["blocks"][kind]["block"] if r["method"] == "diffusers (SDPA)")
+        return att["SDPA (FLUX)"] / blk
+
+    stock, local = step("diffusers (SDPA)"), step("local")
+    routed = step("diffusers + mask (stock)")
+    return dict(size=res["size"], stock_s=stock, local_s=local, speedup=stock / local, stock_routed_s=routed,
+                attention_share={kind: attention_share(kind) for kind in res["blocks"]})
+
+
+def print_results(results: list[dict], stitch: dict | None, header: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(header)
+    att = Table("size", "block", "method", "ms", "×SDPA", "bound", "of it", "+MiB", "max err",
+                title="attention alone, one block's q, k, v (+MiB: peak resident rise)")
+    blk = Table("size", "block", "method", "s", "×diffusers", "+MiB", title="whole block")
+    for res in results:
+        label = f"{res['size']}²"
+        for kind, b in res["blocks"].items():
+            for r in b["attention"]["rows"]:
+                mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+                err = "–" if r["max_err"] is None else f"{r['max_err']:.1e}"
+                name = r["method"].replace("local", f"local ({b['attention']['backend']})", 1)
+                att.add_row(label, kind, name, f"{r['ms']:.0f}", f"{r['speedup']:.2f}×",
+                            f"{r['flop_bound']:.2f}×", f"{100 * r['share']:.0f}%", mem, err)
+            for r in b["block"]:
+                mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+                blk.add_row(label, kind, r["method"], f"{r['s']:.2f}", f"{r['speedup']:.2f}×", mem)
+    console.print(att)
+    console.print(blk)
+    masks = Table("size", "tokens L", "routing: compact", "dense (B,1,L,L) bool", "as float",
+                  title="routing masks, batch 1")
+    for res in results:
+        m = res["masks"]
+        masks.add_row(f"{res['size']}²", str(res["tokens"]), f"{m['compact'] / 2**10:.0f} KiB",
+                      f"{m['dense_bool'] / 2**20:.0f} MiB", f"{m['dense_float'] / 2**20:.0f} MiB")
+    console.print(masks)
+    for res in results:
+        for kind, b in res["blocks"].items():
+            for name, err in b.get("oracles", {}).items():
+                console.print(f"block oracle, {res['size']}², {kind} block: {name}: max abs err {err:.1e}")
+    proj = Table("size", "diffusers step", "local step", "speed-up", "routed (stock) step", "attention share",
+                 title=f"PROJECTION: one FLUX.1 step = {FLUX1_DEPTH['double']} double + {FLUX1_DEPTH['single']} "
+                       "single blocks × the block times above (embedders, final layer, VAE left out)")
+    for res in results:
+        p = projection(res)
+        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in p["attention_share"].items())
+        proj.add_row(f"{res['size']}²", f"{p['stock_s']:.1f} s", f"{p['local_s']:.1f} s", f"{p['speedup']:.2f}×",
+                     f"{p['stock_routed_s']:.1f} s", share)
+    console.print(proj)
+    if stitch is not None:
+        console.print(f"T-Stitch at FLUX width ({stitch['size']}²): small model ({stitch['small_params'] / 1e6:.0f}M "
+                      f"params) on steps {stitch['small_steps']} of {stitch['steps']}, calls {stitch['calls']}, "
+                      f"stitched vs direct max abs err {stitch['max_err']:.1e}: {'ok' if stitch['ok'] else 'FAILED'}")
+
+
+def main(sizes=SIZES, radius: float = RADIUS, threads: int = 2, repeats: int = 2, seed: int = 0,
+         text_len: int = TEXT_LEN, stitch: bool = True, json_out: str | None = None, quiet: bool = False,
+         backend: str | None = None, **overrides) -> dict:
+    """Run the bench; `overrides` change FLUX1's config (the tests shrink the width)."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be ≥ 1; got {repeats}")
+    torch.set_num_threads(threads)
+    _fixed_mmap_threshold()
+    t0 = time.perf_counter()
+    transformer = build_transformer(seed, **overrides)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (FLUX1 | overrides).items()}
+    results = [run_size(transformer, size, radius, repeats, text_len, seed, oracles=(i == 0), backend=backend)
+               for i, size in enumerate(sizes)]
+    stitched = None
+    if stitch:
+        stitched = stitch_check(transformer, (sizes[0] // PX_PER_TOKEN,) * 2, radius, text_len, seed)
+        stitched["size"] = sizes[0]
+    report = dict(settings=dict(config=config, radius=radius, threads=threads, repeats=repeats, seed=seed,
+                                text_len=text_len, shared_text=SHARED_TEXT, backend=backend or "auto",
+                                torch=torch.__version__),
+                  results=results, projection=[projection(r) for r in results], stitch=stitched,
+                  seconds=time.perf_counter() - t0)
+    if not quiet:
+        print_results(results, stitched, f"FLUX-width blocks: {config['num_attention_heads']} heads × "
+                                          f"{config['attention_head_dim']}, text {text_len}, r {radius}, fp32, "
+                                          f"{threads} CPU threads, best of {repeats}")
+        print(f"took {report['seconds']:.0f} s")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(json_out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, json_out)
+    return report
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ditflow bench flux-width", description=__doc__.splitlines()[0],
+                                epilog="example: ditflow bench flux-width --sizes 512 1024 --json out/fw.json")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                   help=f"image sides in px, multiples of {PX_PER_TOKEN} (default 512 1024 2048: grids 32², 64², 128²)")
+    p.add_argument("--radius", type=float, default=RADIUS, help=f"local window radius in tokens (default {RADIUS:g}, "
+                                                                "CLEAR's default window for FLUX)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed calls per method, best kept (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=[b for b in la.BACKENDS if b != "sdpa"],
+                   help="force one local-attention backend (default: the auto dispatch)")
+    p.add_argument("--no-stitch", dest="stitch", action="store_false", help="skip the T-Stitch check")
+    p.add_argument("--json", dest="json_out", help="also write the results here (atomically)")
+    a = p.parse_args(argv)
+    main(a.sizes, a.radius, a.threads, a.repeats, a.seed, stitch=a.stitch, json_out=a.json_out, backend=a.backend)
+    return 0
