@@ -6,9 +6,9 @@ drawing the same held-out 2×2 canvases (128×128 px: a 16×16 token grid, where
 with the same seeds, scored by the shapes world's scorer at three grains (`distill.score`). Goal: the student keeps
 ≥ 95% of the teacher's score. Training and this score share one scorer; this bench only scores what ships.
 
-All three run without clause routing: local attention windows take no attention mask, so a model with local
-attention is never routed, and the teacher is scored as the student was distilled from it. `--routed-teacher`
-adds the teacher as the builtin loads (routed), to show what choosing local attention gives up on canvases.
+All three run without clause routing, so the teacher is scored as the student was distilled from it (routing now
+combines with local attention, but the student was distilled unrouted). `--routed-teacher` adds the teacher as
+the builtin loads (routed), to show what choosing local attention gives up on canvases.
 
     ditflow bench clear --n 80
     ditflow bench clear --n 80 --variants teacher --routed-teacher

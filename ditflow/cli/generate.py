@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--local-attention", default=None, metavar="R_OR_FILE",
                     help="CLEAR local attention in the transformer: a window radius in tokens (e.g. 4), a student "
                          "file from `ditflow train distill`, or 'student' for the one shipped in the model's folder")
-    add_clause_routing_flag(ap, "Not combined with --local-attention, whose windows take no mask")
+    add_clause_routing_flag(ap, "With --local-attention as well, an image token keeps its window of image tokens "
+                                "and only the text it reads is routed")
     add_model_args(ap)
     return ap
 
@@ -242,9 +243,6 @@ def cli(argv: list[str], command: str = "generate") -> int:
         raise UserError("--stitch-offset needs --stitch-at > 0: the offset is measured on the large model's step "
                         "before the small model's, and the first steps have none")
     local = local_attention_spec(args.local_attention, args.model)
-    if local is not None and args.clause_routing:
-        raise UserError("--clause-routing and --local-attention do not combine: local attention windows take no "
-                        "attention mask; drop one of them")
     w, h = size or (None, None)
     specs = [GenerateSpec(prompt=p, seed=args.seed, steps=args.steps, guidance_scale=args.cfg, width=w, height=h,
                           classifier_guidance=args.classifier_guidance) for p in prompts]

@@ -15,9 +15,15 @@ Backends, a small registry like diffusers' `attention_dispatch` (`backend=None` 
     flex   FlexAttention with a BlockMask built analytically over a 2-D tile ordering of the tokens (CUDA)
 Geometry (masks, index tensors, block masks) is cached per (grid, radius, text_len, ...), so a new resolution
 costs one cache miss and nothing is rebuilt by hand.
+
+Every backend also takes a `TextRouting`: which TEXT keys each query reads (clause routing, pipelines/routing.py),
+on top of the window. Image keys stay as the window says. Image queries fall into a few classes, each reading its own
+subset of the text keys; text queries may read a subset of the text keys too. It is compact, (B, N) classes and
+(B, C, T) text sets, so it never needs the (L, L) mask that FLUX's L = 16896 would make 285 MB per image.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import hashlib
@@ -28,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -102,6 +109,118 @@ def local_mask(grid: tuple[int, int], radius: float, text_len: int, device: str 
     return mask
 
 
+# ----------------------------------------------------------------------------- routing: the text keys a query reads
+@dataclass(frozen=True)
+class TextRouting:
+    """Which text keys each query reads; image keys are untouched.
+
+    Image query i of batch item b is in class `image_class[b, i]` and reads the text keys `class_text[b, class]`;
+    text query j reads the text keys `text_text[b, j]` (None: all of them). Which image keys a query reads does not
+    change: the window for an image query, all of them for a text query, so no query ever reads nothing. A batch of
+    1 serves every batch item. Made by clause routing (`pipelines/routing.py`) or from a dense mask (`from_dense`).
+    """
+
+    image_class: torch.Tensor  # (B, N) int64: each image query's class
+    class_text: torch.Tensor  # (B, C, T) bool: the text keys each class reads
+    text_text: torch.Tensor | None = None  # (B, T, T) bool: the text keys each text query reads; None = all
+
+    def __post_init__(self):
+        cls, ct, tt = self.image_class, self.class_text, self.text_text
+        if cls.ndim != 2 or cls.dtype.is_floating_point or cls.dtype.is_complex or cls.dtype == torch.bool:
+            raise ValueError(f"image_class must be a (batch, image tokens) integer tensor; got {cls.dtype} "
+                             f"{tuple(cls.shape)}")
+        if ct.ndim != 3 or ct.dtype != torch.bool or ct.shape[0] != cls.shape[0] or ct.shape[1] < 1:
+            raise ValueError(f"class_text must be a (batch {cls.shape[0]}, classes ≥ 1, text tokens) bool tensor; "
+                             f"got {ct.dtype} {tuple(ct.shape)}")
+        if ct.shape[2] < 1:
+            raise ValueError("a text routing needs text tokens: with text_len 0 there is nothing to route")
+        if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= ct.shape[1]):
+            raise ValueError(f"image_class holds classes outside 0..{ct.shape[1] - 1}")
+        if tt is not None and (tt.dtype != torch.bool or tuple(tt.shape) != (ct.shape[0], ct.shape[2], ct.shape[2])):
+            raise ValueError(f"text_text must be a (batch, T, T) = {(ct.shape[0], ct.shape[2], ct.shape[2])} bool "
+                             f"tensor or None; got {tt.dtype} {tuple(tt.shape)}")
+
+    @property
+    def text_len(self) -> int:
+        return self.class_text.shape[2]
+
+    @property
+    def image_len(self) -> int:
+        return self.image_class.shape[1]
+
+    def image_text(self) -> torch.Tensor:
+        """(B, N, T) bool: the text keys each image query reads."""
+        idx = self.image_class.long()[..., None].expand(-1, -1, self.text_len)
+        return torch.gather(self.class_text, 1, idx)
+
+    def text_rows(self) -> torch.Tensor | None:
+        """(B, 1, T, L) bool mask of the text queries' rows (every image key), or None when they read everything."""
+        if self.text_text is None:
+            return None
+        b, t, n = self.class_text.shape[0], self.text_len, self.image_len
+        return torch.cat([self.text_text, self.text_text.new_ones(b, t, n)], dim=2)[:, None]
+
+    def dense(self, image_image: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, L, L) bool, True = attend, L = T + N: this routing with `image_image` ((N, N) bool, default all
+        True) as the image → image part; text → image is all True. O(L²): for references and short sequences."""
+        b, t, n = self.class_text.shape[0], self.text_len, self.image_len
+        if image_image is not None and tuple(image_image.shape) != (n, n):
+            raise ValueError(f"image_image must be ({n}, {n}); got {tuple(image_image.shape)}")
+        mask = torch.ones(b, 1, t + n, t + n, dtype=torch.bool, device=self.class_text.device)
+        if self.text_text is not None:
+            mask[:, 0, :t, :t] = self.text_text
+        mask[:, 0, t:, :t] = self.image_text()
+        if image_image is not None:
+            mask[:, 0, t:, t:] = image_image.to(mask.device)
+        return mask
+
+    @classmethod
+    def from_dense(cls, mask: torch.Tensor, text_len: int) -> "TextRouting":
+        """The routing a dense bool mask (True = attend) makes: (B|1, 1|heads, L, L), or (L, L), or (B, L, L),
+        text first. Its image → image and text → image parts must be all True, and every head must agree;
+        anything else is not a routing of text keys (ValueError)."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"a text routing is read from a boolean mask (True = attend); got {got}")
+        if mask.ndim not in (2, 3, 4) or mask.shape[-1] != mask.shape[-2]:
+            raise ValueError(f"a text routing is read from a (batch, 1 or heads, L, L) mask; got {tuple(mask.shape)}")
+        m = mask.reshape((-1, 1) + tuple(mask.shape[-2:])) if mask.ndim < 4 else mask  # (B, heads, L, L)
+        length, t = m.shape[-1], int(text_len)
+        if not 0 < t < length:
+            raise ValueError(f"text_len {text_len} must leave text and image tokens in a mask of {length}: with "
+                             "no text there is nothing to route")
+        if m.shape[1] > 1:
+            if not bool((m == m[:, :1]).all()):
+                raise ValueError("the mask differs between heads; a text routing is one per query")
+            m = m[:, :1]
+        m = m[:, 0]  # (B, L, L)
+        if not bool(m[:, :, t:].all()):
+            raise ValueError("the mask hides image keys; a text routing only chooses which text keys each query "
+                             "reads (image → image and text → image must be all True)")
+        text_text = None if bool(m[:, :t, :t].all()) else m[:, :t, :t].clone()
+        rows = m[:, t:, :t]  # (B, N, T)
+        per = [torch.unique(r, dim=0, return_inverse=True) for r in rows]
+        classes = max(c.shape[0] for c, _ in per)
+        class_text = rows.new_ones(m.shape[0], classes, t)
+        for i, (c, _) in enumerate(per):
+            class_text[i, :c.shape[0]] = c
+        image_class = torch.stack([inv.reshape(-1) for _, inv in per]).long()
+        return cls(image_class, class_text, text_text)
+
+    def for_batch(self, batch: int, device) -> "TextRouting":
+        """This routing for `batch` items on `device` (a batch of 1 repeated)."""
+        if self.class_text.shape[0] not in (1, batch):
+            raise ValueError(f"the routing is for a batch of {self.class_text.shape[0]}, the attention's is {batch}")
+        out = self
+        if self.class_text.shape[0] != batch:
+            out = TextRouting(self.image_class.expand(batch, -1), self.class_text.expand(batch, -1, -1),
+                              None if self.text_text is None else self.text_text.expand(batch, -1, -1))
+        if out.class_text.device != torch.device(device):
+            out = TextRouting(out.image_class.to(device), out.class_text.to(device),
+                              None if out.text_text is None else out.text_text.to(device))
+        return out
+
+
 def _check(q, k, v, grid, radius, text_len) -> tuple[int, int]:
     if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one (batch, heads, tokens, head_dim) shape; got "
@@ -117,10 +236,26 @@ def _check(q, k, v, grid, radius, text_len) -> tuple[int, int]:
     return h, w
 
 
+def _check_routing(routing: TextRouting | None, q, grid, text_len) -> TextRouting | None:
+    if routing is None:
+        return None
+    if not isinstance(routing, TextRouting):
+        raise ValueError(f"routing must be a TextRouting or None; got {type(routing).__name__}")
+    if text_len == 0:
+        raise ValueError("a text routing needs text tokens: with text_len 0 there is nothing to route")
+    if routing.text_len != text_len or routing.image_len != grid[0] * grid[1]:
+        raise ValueError(f"the routing is for {routing.text_len} text and {routing.image_len} image tokens; this "
+                         f"sequence has {text_len} and {grid[0]}×{grid[1]}")
+    return routing.for_batch(q.shape[0], q.device)
+
+
 # ----------------------------------------------------------------------------- backend: dense (reference)
-def dense_attention(q, k, v, *, grid, radius, text_len=0, scale=None):
-    """Masked SDPA with the full (L, L) mask: the oracle the other backends are tested against."""
+def dense_attention(q, k, v, *, grid, radius, text_len=0, scale=None, routing: TextRouting | None = None):
+    """Masked SDPA with the full (L, L) mask (with a routing, (B, 1, L, L)): the oracle the other backends are
+    tested against."""
     mask = local_mask(tuple(grid), float(radius), text_len, str(q.device))
+    if routing is not None:
+        mask = routing.dense(image_image=mask[text_len:, text_len:])  # the window AND the routing
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -144,8 +279,10 @@ def _tile_mask(grid, radius, text_len, tile, device) -> torch.Tensor:
     return torch.cat([txt, img], dim=2).to(device)
 
 
-def tiled_attention(q, k, v, *, grid, radius, text_len=0, scale=None, tile: int = TILE):
-    """Image queries in tile×tile blocks; each block attends to its halo plus the text in one batched SDPA."""
+def tiled_attention(q, k, v, *, grid, radius, text_len=0, scale=None, tile: int = TILE,
+                    routing: TextRouting | None = None):
+    """Image queries in tile×tile blocks; each block attends to its halo plus the text in one batched SDPA.
+    A routing replaces the tile mask's text columns with each query's own (one mask per batch item)."""
     b, heads, length, d = q.shape
     h, w = grid
     r, t, n_txt = reach(radius), tile, text_len
@@ -167,12 +304,23 @@ def tiled_attention(q, k, v, *, grid, radius, text_len=0, scale=None, tile: int 
         txt = x[:, :, :n_txt].reshape(b * heads, 1, n_txt, d).expand(-1, nty * ntx, -1, -1)
         return torch.cat([txt, xi], dim=2)
 
-    out = F.scaled_dot_product_attention(qi, halos(k), halos(v), attn_mask=mask, scale=scale)
+    if routing is None:
+        out = F.scaled_dot_product_attention(qi, halos(k), halos(v), attn_mask=mask, scale=scale)
+    else:  # (B, heads, tiles, t², ·): the mask varies per batch item, not per head
+        reads = routing.image_text()  # (B, N, T)
+        txt = reads.new_ones(b, nty * t, ntx * t, n_txt)  # padded queries read all: no NaN
+        txt[:, :h, :w] = reads.reshape(b, h, w, n_txt)
+        txt = txt.reshape(b, nty, t, ntx, t, n_txt).permute(0, 1, 3, 2, 4, 5).reshape(b, 1, nty * ntx, t * t, n_txt)
+        mask = torch.cat([txt, mask[None, None, :, :, n_txt:].expand(b, -1, -1, -1, -1)], dim=-1)
+        split = lambda x: x.reshape(b, heads, *x.shape[1:])  # noqa: E731
+        out = F.scaled_dot_product_attention(split(qi), split(halos(k)), split(halos(v)), attn_mask=mask,
+                                             scale=scale)
     out = out.reshape(b, heads, nty, ntx, t, t, d).permute(0, 1, 2, 4, 3, 5, 6)
     out = out.reshape(b, heads, nty * t, ntx * t, d)[:, :, :h, :w].reshape(b, heads, h * w, d)
     if n_txt == 0:
         return out
-    out_txt = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)  # text sees everything
+    text_rows = None if routing is None else routing.text_rows()  # text reads every image key
+    out_txt = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, attn_mask=text_rows, scale=scale)
     return torch.cat([out_txt, out], dim=2)
 
 
@@ -243,7 +391,7 @@ def cpu_kernel(defines: tuple[str, ...] = ()):
             errors.append([str(e)])
             continue
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        fn.argtypes = [p] * 7 + [i64] * 9 + [ctypes.c_float, i64, ctypes.c_int]
+        fn.argtypes = [p] * 9 + [i64] * 10 + [ctypes.c_float, i64, ctypes.c_int]
         fn.restype = ctypes.c_int
         return fn
     warnings.warn(f"local attention: could not build the C kernel ({errors[-1][0] if errors else '?'}); "
@@ -256,15 +404,18 @@ def _half_widths_i32(radius: float) -> torch.Tensor:
     return torch.tensor(half_widths(radius), dtype=torch.int32)
 
 
-def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool = True):
+def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool = True,
+                  routing: TextRouting | None = None):
     """The C kernel for image queries, one SDPA call for the text queries. No autograd.
 
-    `pair=False` scores one query per pass instead of two adjacent ones (a benchmark lever only).
+    `pair=False` scores one query per pass instead of two adjacent ones (a benchmark lever only). A routing gives
+    the kernel each image query's class and each class's text keys as lane masks (int32 -1 = read, 0 = not): a key
+    a query's class does not read gets probability exactly 0; the text queries' SDPA gets the text_text rows.
     """
     fn = cpu_kernel()
     b, heads, length, d = q.shape
     if fn is None or d > 256:
-        return tiled_attention(q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale)
+        return tiled_attention(q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale, routing=routing)
     h, w = grid
     n_txt, bh, dp = text_len, b * heads, -(-d // LANES) * LANES  # head dim padded with zeros to 16 lanes
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -286,13 +437,22 @@ def cpu_attention(q, k, v, *, grid, radius, text_len=0, scale=None, pair: bool =
         kt[..., w:] = 0
         ktxt = F.pad(f32(k[:, :, :n_txt]).reshape(bh, n_txt, dp).transpose(-1, -2), (0, LANES)).contiguous()
         strides = torch.tensor([*q32.stride()[:3], *v32.stride()[:3], *out.stride()[:3]], dtype=torch.int64)
+        classes, cls_ptr, tmask_ptr = 0, None, None
+        if routing is not None:
+            cls = routing.image_class.to(torch.int32).contiguous()  # (B, N)
+            classes = routing.class_text.shape[1]
+            tmask = torch.zeros(b, classes, n_txt + LANES, dtype=torch.int32)  # (B, C, Tp); padding lanes unread
+            tmask[..., :n_txt] = -routing.class_text.to(torch.int32)
+            cls_ptr, tmask_ptr = cls.data_ptr(), tmask.data_ptr()
         rc = fn(q32.data_ptr(), v32.data_ptr(), out.data_ptr(), strides.data_ptr(), kt.data_ptr(), ktxt.data_ptr(),
-                half.data_ptr(), b, heads, h, w, dp, n_txt, n_txt + LANES, w + LANES, reach(radius), scale,
-                int(pair), torch.get_num_threads())
+                half.data_ptr(), cls_ptr, tmask_ptr, b, heads, h, w, dp, n_txt, n_txt + LANES, w + LANES,
+                reach(radius), classes, scale, int(pair), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("local attention C kernel could not allocate its per-thread buffers")
-        if n_txt:  # text queries see everything: one SDPA call, written in place
-            out[:, :, :n_txt, :d] = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, scale=scale)
+        if n_txt:  # text queries see every key (a routing may hide text keys): one SDPA call, written in place
+            text_rows = None if routing is None else routing.text_rows()
+            out[:, :, :n_txt, :d] = F.scaled_dot_product_attention(q[:, :, :n_txt], k, v, attn_mask=text_rows,
+                                                                   scale=scale)
         out = out[..., :d] if dp > d else out
         return out.to(q.dtype)
 
@@ -316,17 +476,24 @@ def _flex_tile(block: int) -> tuple[int, int]:
     return th, block // th
 
 
+@dataclass(frozen=True)
+class _FlexBlocks:
+    """The block structure of one geometry: BlockMask's index tensors, the permutation, and each position's token."""
+
+    kv: tuple  # (kv_num_blocks, kv_indices): partial blocks
+    full: tuple  # (full_kv_num_blocks, full_kv_indices)
+    perm: torch.Tensor  # new position → old position
+    ys: torch.Tensor  # (L,) grid row of each new position (0 for text)
+    xs: torch.Tensor
+    is_text: torch.Tensor  # (L,) bool
+
+
 @functools.lru_cache(maxsize=16)
-def flex_block_mask(grid, radius, text_len, block, device, order: str = "tile"):
-    """(BlockMask, permutation) for the joint sequence reordered as [image tokens in tile order | text].
-
-    `order="row"` keeps image tokens row-major instead (the baseline the tile order is measured against).
-
-    Built analytically from each block's bounding box: a block pair is empty when the boxes are ≥ r apart,
-    full when their farthest corners are < r apart, partial otherwise; mask_mod decides partial blocks exactly.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-
+def _flex_blocks(grid, radius, text_len, block, device, order: str = "tile", routed: int = 0) -> _FlexBlocks:
+    """Block pairs of the joint sequence reordered as [image tokens in tile order | text]: empty when the blocks'
+    boxes are ≥ r apart, full when their farthest corners are < r apart, partial otherwise. `routed` 1: image
+    queries read only some text keys, so a block of image queries over a block of text keys is partial; 2: text
+    queries too, so every block pair over text keys is."""
     h, w = grid
     n_img, length = h * w, text_len + h * w
     if order not in ("tile", "row"):
@@ -356,6 +523,8 @@ def flex_block_mask(grid, radius, text_len, block, device, order: str = "tile"):
     both_img = has_img[:, None] & has_img[None]
     any_pair = has_text[:, None] | has_text[None] | (both_img & allowed(gap_y, gap_x, radius))
     all_pairs = ~has_img[:, None] | ~has_img[None] | allowed(span_y, span_x, radius)
+    if routed:  # the routing hides some text keys from image queries (1), and from text queries (2)
+        all_pairs = all_pairs & ~(has_text[None] & (has_img[:, None] | (has_text[:, None] & (routed > 1))))
     full = any_pair & all_pairs
     partial = any_pair & ~all_pairs
 
@@ -363,18 +532,81 @@ def flex_block_mask(grid, radius, text_len, block, device, order: str = "tile"):
         order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)
         return sel.sum(1).to(torch.int32)[None, None].to(device), order.to(torch.int32)[None, None].to(device)
 
-    ys_d, xs_d, txt_d = ys.to(device), xs.to(device), is_text.to(device)
-    r2 = float(radius) * float(radius)
+    return _FlexBlocks(indices(partial), indices(full), perm.to(device), ys.to(device), xs.to(device),
+                       is_text.to(device))
+
+
+def _window_mod(g: _FlexBlocks, radius: float):
+    """mask_mod of the window alone: text on either side, or dy² + dx² < r²."""
+    ys, xs, txt, r2 = g.ys, g.xs, g.is_text, float(radius) * float(radius)
 
     def mask_mod(b, hd, q_idx, kv_idx):
-        dy, dx = ys_d[q_idx] - ys_d[kv_idx], xs_d[q_idx] - xs_d[kv_idx]
-        return txt_d[q_idx] | txt_d[kv_idx] | (dy * dy + dx * dx < r2)
+        dy, dx = ys[q_idx] - ys[kv_idx], xs[q_idx] - xs[kv_idx]
+        return txt[q_idx] | txt[kv_idx] | (dy * dy + dx * dx < r2)
 
-    kv_num, kv_idx = indices(partial)
-    full_num, full_idx = indices(full)
-    bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=16)
+def flex_block_mask(grid, radius, text_len, block, device, order: str = "tile"):
+    """(BlockMask, permutation) for the joint sequence reordered as [image tokens in tile order | text].
+
+    `order="row"` keeps image tokens row-major instead (the baseline the tile order is measured against).
+
+    Built analytically from each block's bounding box (`_flex_blocks`); mask_mod decides partial blocks exactly.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    g = _flex_blocks(grid, radius, text_len, block, device, order)
+    length = text_len + grid[0] * grid[1]
+    bm = BlockMask.from_kv_blocks(*g.kv, *g.full, BLOCK_SIZE=block, mask_mod=_window_mod(g, radius),
                                   seq_lengths=(length, length))
-    return bm, perm.to(device)
+    return bm, g.perm
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_routed_blocks(grid, radius, text_len, block, device, order, routed):
+    """The routed block structure as a BlockMask whose mask_mod each call replaces (its transposes cost ~10 ms)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    g = _flex_blocks(grid, radius, text_len, block, device, order, routed)
+    length = text_len + grid[0] * grid[1]
+    bm = BlockMask.from_kv_blocks(*g.kv, *g.full, BLOCK_SIZE=block, mask_mod=_window_mod(g, radius),
+                                  seq_lengths=(length, length))
+    return g, bm
+
+
+_ROUTED_LAST: list = []  # [(routing, key, result)]: every layer of one forward call gets the same routing
+
+
+def flex_routed_block_mask(grid, radius, text_len, block, device, routing: TextRouting, order: str = "tile"):
+    """`flex_block_mask` with a routing: the blocks come from the cache, the mask_mod reads the routing's class
+    table. Its class count is padded to a power of two, so a compiled kernel sees few shapes as captions change.
+    The last routing's mask is kept, since every layer of a forward call asks for it."""
+    key = (tuple(grid), float(radius), text_len, block, str(device), order)
+    if _ROUTED_LAST and _ROUTED_LAST[0][0] is routing and _ROUTED_LAST[0][1] == key:
+        return _ROUTED_LAST[0][2]
+    g, structure = _flex_routed_blocks(*key, 1 if routing.text_text is None else 2)
+    window = _window_mod(g, radius)
+    txt = g.is_text
+    text_idx = torch.where(txt, g.perm, 0)  # new position → text index (0 for image tokens)
+    image_idx = torch.where(txt, 0, g.perm - text_len)  # new position → image index (0 for text tokens)
+    cls = routing.image_class[:, image_idx]  # (B, L): each new position's class (text positions: unused)
+    ct = routing.class_text
+    classes = 1 << (ct.shape[1] - 1).bit_length()
+    ct = torch.cat([ct, ct.new_zeros(ct.shape[0], classes - ct.shape[1], ct.shape[2])], dim=1)  # (B, C', T)
+    tt = routing.text_text
+
+    def mask_mod(b, hd, q_idx, kv_idx):
+        reads = ct[b, cls[b, q_idx], text_idx[kv_idx]]  # the image query's class reads this text key
+        reads = txt[q_idx] | reads if tt is None else torch.where(txt[q_idx], tt[b, text_idx[q_idx],
+                                                                                 text_idx[kv_idx]], reads)
+        return window(b, hd, q_idx, kv_idx) & (~txt[kv_idx] | reads)
+
+    bm = copy.copy(structure)
+    bm.mask_mod = mask_mod
+    _ROUTED_LAST[:] = [(routing, key, (bm, g.perm))]
+    return bm, g.perm
 
 
 @functools.lru_cache(maxsize=1)
@@ -385,11 +617,15 @@ def _compiled_flex():
 
 
 def flex_attention_local(q, k, v, *, grid, radius, text_len=0, scale=None, block: int = FLEX_BLOCK,
-                         compiled: bool | None = None, order: str = "tile"):
+                         compiled: bool | None = None, order: str = "tile", routing: TextRouting | None = None):
     """FlexAttention over the tile-ordered sequence; compiled on CUDA, eager elsewhere (tests only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), order)
+    if routing is None:
+        bm, perm = flex_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), order)
+    else:
+        bm, perm = flex_routed_block_mask(tuple(grid), float(radius), text_len, block, str(q.device), routing,
+                                          order)
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex_attention
     out = fn(q[:, :, perm], k[:, :, perm], v[:, :, perm], block_mask=bm, scale=scale)
@@ -412,7 +648,8 @@ def choose_backend(q: torch.Tensor, grid: tuple[int, int], radius: float, text_l
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid: tuple[int, int], radius: float,
-                    text_len: int = 0, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+                    text_len: int = 0, scale: float | None = None, backend: str | None = None,
+                    routing: TextRouting | None = None) -> torch.Tensor:
     """CLEAR local attention. q, k, v: (B, heads, T + H·W, head_dim), text first; returns the same shape.
 
     Args:
@@ -421,14 +658,20 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, grid: 
         text_len: T, the number of text tokens in front.
         scale: softmax scale, as in `F.scaled_dot_product_attention` (default 1/√head_dim).
         backend: one of BACKENDS, or None to pick the fastest exact one for the device and autograd state.
+        routing: which text keys each query reads (`TextRouting`, batch 1 or B), on top of the window; needs
+            text_len > 0. Every backend is exact with it.
     """
     grid = _check(q, k, v, grid, radius, text_len)
+    routing = _check_routing(routing, q, grid, text_len)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     backend = backend or choose_backend(q, grid, radius, text_len, needs_grad)
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        mask = None if routing is None else routing.dense()  # the circle covers the grid: only the routing masks
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if backend not in IMPLS:
         raise ValueError(f"unknown local-attention backend {backend!r}; choose from {BACKENDS}")
     if backend == "cpu" and needs_grad:
         raise ValueError("the cpu local-attention backend has no backward; use backend='tiled' or 'dense' to train")
-    return IMPLS[backend](q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale)
+    if routing is None:
+        return IMPLS[backend](q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale)
+    return IMPLS[backend](q, k, v, grid=grid, radius=radius, text_len=text_len, scale=scale, routing=routing)

@@ -13,6 +13,8 @@
  *                          load; Wp ≥ W + 16 (zero padding) so a load never leaves the row
  *   ktxt   (BH, D, Tp)     text keys transposed, Tp ≥ T + 16
  *   half   (2R + 1)        w(dy) for dy = -R..R
+ *   cls    (B, H·W) int32  each image query's routing class, or NULL: every query reads every text key
+ *   tmask  (B, C, Tp) int32 per class, -1 for a text key it reads and 0 for one it does not (lane masks)
  * Only the image rows of out are written; the caller does the text queries.
  * Work items are (bh, grid row) pairs, taken atomically by `threads` OpenMP threads (pthreads without it).
  *
@@ -46,7 +48,10 @@ typedef float vf __attribute__((vector_size(VL * 4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
 
+typedef int32_t viu __attribute__((vector_size(VL * 4), aligned(4)));
+
 static inline vf loadv(const float *p) { return *(const vfu *)p; }
+static inline vi loadvi(const int32_t *p) { return *(const viu *)p; }
 static inline vf selectv(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 static inline vf splat(float x) { return (vf){} + x; }
 
@@ -62,8 +67,9 @@ typedef struct {
     float *out;
     const int64_t *st; /* strides of q, v, out in floats: batch, head, token */
     const int32_t *half;
+    const int32_t *cls, *tmask; /* routing (NULL: none): class per image query, text lane masks per class */
     float scale;
-    int64_t heads, BH, H, W, D, T, Tp, Wp, R, max_chunks; /* max_chunks: a query pair's chunk list, at most */
+    int64_t heads, BH, H, W, D, T, Tp, Wp, R, C, max_chunks; /* max_chunks: a query pair's chunk list, at most */
     int64_t pair;  /* 1: two queries per pass (the default); 0: one, to measure what pairing buys */
     int64_t next;  /* next work item (bh·H + y) */
     int failed;    /* a worker could not allocate its buffers */
@@ -149,21 +155,32 @@ static inline __attribute__((always_inline)) void query_pair(const Args *a, int6
         case 2: score_group(q0, q1, ch + c, 2, D, a->scale, s0 + c, s1 + c); break;
         case 1: score_group(q0, q1, ch + c, 1, D, a->scale, s0 + c, s1 + c); break;
     }
-    /* 3. softmax over each query's own lanes; lanes outside its window get probability exactly 0 */
+    /* 3. softmax over each query's own lanes; lanes outside its window, and text keys its routing class does not
+          read (the first nr chunks are the text's), get probability exactly 0. Image keys are never routed, so
+          every query keeps at least itself. */
     vi lane;
     for (int j = 0; j < VL; ++j) lane[j] = j;
+    const int32_t *r0 = NULL, *r1 = NULL;
+    int64_t nr = 0;
+    if (a->cls) {
+        const int32_t *cb = a->cls + b * a->H * W + y * W;
+        r0 = a->tmask + (b * a->C + cb[x]) * a->Tp, r1 = a->tmask + (b * a->C + cb[x1]) * a->Tp;
+        nr = (a->T + VL - 1) / VL;
+    }
     vf m0 = splat(-INFINITY), m1 = m0;
     for (c = 0; c < n; ++c) {
-        const vi ok0 = (lane >= ch[c].lo[0]) & (lane <= ch[c].hi[0]);
-        const vi ok1 = (lane >= ch[c].lo[1]) & (lane <= ch[c].hi[1]);
+        vi ok0 = (lane >= ch[c].lo[0]) & (lane <= ch[c].hi[0]);
+        vi ok1 = (lane >= ch[c].lo[1]) & (lane <= ch[c].hi[1]);
+        if (c < nr) ok0 &= loadvi(r0 + c * VL), ok1 &= loadvi(r1 + c * VL);
         m0 = selectv(ok0 & (s0[c] > m0), s0[c], m0);
         m1 = selectv(ok1 & (s1[c] > m1), s1[c], m1);
     }
     const float max0 = hmax(m0), max1 = hmax(m1);
     vf sum0 = {}, sum1 = {};
     for (c = 0; c < n; ++c) {
-        const vi ok0 = (lane >= ch[c].lo[0]) & (lane <= ch[c].hi[0]);
-        const vi ok1 = (lane >= ch[c].lo[1]) & (lane <= ch[c].hi[1]);
+        vi ok0 = (lane >= ch[c].lo[0]) & (lane <= ch[c].hi[0]);
+        vi ok1 = (lane >= ch[c].lo[1]) & (lane <= ch[c].hi[1]);
+        if (c < nr) ok0 &= loadvi(r0 + c * VL), ok1 &= loadvi(r1 + c * VL);
         s0[c] = selectv(ok0, exp_nonpos(s0[c] - max0), splat(0.0f));
         s1[c] = selectv(ok1, exp_nonpos(s1[c] - max1), splat(0.0f));
         sum0 += s0[c], sum1 += s1[c];
@@ -219,14 +236,14 @@ static void *worker(void *arg) {
 
 /* Returns 0 on success, -1 on bad arguments or if no worker could allocate its buffers (caller falls back). */
 int local_attention_f32(const float *q, const float *v, float *out, const int64_t *strides, const float *kt,
-                        const float *ktxt, const int32_t *half, int64_t B, int64_t heads, int64_t H, int64_t W,
-                        int64_t D, int64_t T, int64_t Tp, int64_t Wp, int64_t R, float scale, int64_t pair,
-                        int threads) {
-    if (D % PAD || D > 256 || Tp < T + PAD || Wp < W + PAD) return -1;
+                        const float *ktxt, const int32_t *half, const int32_t *cls, const int32_t *tmask, int64_t B,
+                        int64_t heads, int64_t H, int64_t W, int64_t D, int64_t T, int64_t Tp, int64_t Wp, int64_t R,
+                        int64_t C, float scale, int64_t pair, int threads) {
+    if (D % PAD || D > 256 || Tp < T + PAD || Wp < W + PAD || (cls && (!tmask || C < 1))) return -1;
     int64_t max_chunks = (T + VL - 1) / VL;
     for (int64_t i = 0; i <= 2 * R; ++i) max_chunks += (2 * half[i] + 2 + VL - 1) / VL; /* a pair's run: 2w + 2 */
-    Args a = {q, v, kt, ktxt, out, strides, half, scale, heads, B * heads, H, W, D, T, Tp, Wp, R, max_chunks,
-              pair != 0, 0, 0};
+    Args a = {q, v, kt, ktxt, out, strides, half, cls, tmask, scale, heads, B * heads, H, W, D, T, Tp, Wp, R, C,
+              max_chunks, pair != 0, 0, 0};
     threads = threads < 1 ? 1 : threads > 256 ? 256 : threads;
 #if defined(_OPENMP) && !defined(NO_OPENMP) /* NO_OPENMP: the tests build the pthread path */
     /* In a torch process this is torch's own libgomp (same soname, already loaded), so the work runs on the

@@ -8,6 +8,9 @@ The processor projects, normalises and applies RoPE as FLUX does, then calls `lo
 `[text | image]` sequence. The token grid and text length are not visible to a processor (single-stream blocks
 see one concatenated sequence), so a forward pre-hook on the transformer reads them from `img_ids`/`txt_ids`
 on every call; a new resolution therefore needs no rebuild, only a geometry cache miss in the kernel.
+
+An `attention_mask` in `joint_attention_kwargs` may route text keys (clause routing, `pipelines/routing.py`): a
+`TextRouting`, or a dense bool mask whose image-key columns are all True, read once per mask into one.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ditflow.kernels.local_attention import local_attention
+from ditflow.kernels.local_attention import TextRouting, local_attention
 
 _ATTR = "_ditflow_local_attention"  # where an installed transformer keeps its LocalAttention
 
@@ -27,6 +30,27 @@ class Geometry:
 
     grid: tuple[int, int] | None = None
     text_len: int = 0
+    read_mask: tuple | None = None  # (dense mask, text_len, its TextRouting): every layer gets the same mask
+
+
+def routing_of_mask(attention_mask, text_len: int, geometry: Geometry | None = None) -> TextRouting | None:
+    """`attention_mask` as a local-attention processor takes it: None, a `TextRouting`, or a dense bool mask that
+    only routes text keys (`TextRouting.from_dense`, read once per mask object when `geometry` keeps it)."""
+    if attention_mask is None or isinstance(attention_mask, TextRouting):
+        return attention_mask
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"local attention takes an attention_mask that is a TextRouting or a bool tensor; got "
+                         f"{type(attention_mask).__name__}")
+    kept = geometry.read_mask if geometry is not None else None
+    if kept is not None and kept[0] is attention_mask and kept[1] == text_len:
+        return kept[2]
+    try:
+        routing = TextRouting.from_dense(attention_mask, text_len)
+    except ValueError as e:
+        raise ValueError(f"local attention takes an attention mask only when it routes text keys: {e}") from e
+    if geometry is not None:
+        geometry.read_mask = (attention_mask, text_len, routing)
+    return routing
 
 
 def grid_of(img_ids: torch.Tensor) -> tuple[int, int]:
@@ -50,6 +74,9 @@ class LocalFluxAttnProcessor:
         geometry: shared with the transformer's pre-hook, which fills in the grid and text length.
         backend: a `local_attention` backend name, or None to pick per call (C kernel for inference on CPU,
             a differentiable one when training, FlexAttention on CUDA).
+
+    `attention_mask` (from `joint_attention_kwargs`) may be a `TextRouting` or a dense bool mask convertible by
+    `TextRouting.from_dense`: which text keys each query reads, on top of the window. Anything else: ValueError.
     """
 
     def __init__(self, radius: float, geometry: Geometry, backend: str | None = None):
@@ -59,8 +86,6 @@ class LocalFluxAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None):
-        if attention_mask is not None:
-            raise ValueError("local attention does not take an attention mask; remove_local_attention() first")
         if self.geometry.grid is None:
             raise ValueError("local attention processors ran outside their transformer's forward; call the "
                              "transformer itself (its pre-hook supplies the token grid)")
@@ -87,8 +112,10 @@ class LocalFluxAttnProcessor:
             q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
             k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
         text_len = encoder_hidden_states.shape[1] if joint else self.geometry.text_len
+        routing = routing_of_mask(attention_mask, text_len, self.geometry)
         out = local_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), grid=self.geometry.grid,
-                              radius=self.radius, text_len=text_len, backend=self.backend)  # (B, heads, L, D)
+                              radius=self.radius, text_len=text_len, backend=self.backend,
+                              routing=routing)  # (B, heads, L, D)
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # (B, L, heads·D)
         if encoder_hidden_states is None:
             return out
@@ -106,6 +133,11 @@ class LocalAttention:
     original: dict = field(repr=False)
     hook: object = field(repr=False)
     layers: tuple[str, ...] = ()
+
+    @property
+    def everywhere(self) -> bool:
+        """Whether every attention layer is local: only then may an attention mask be a `TextRouting`."""
+        return set(self.layers) == set(self.original)
 
 
 def install_local_attention(transformer, radius: float, *, layers=None, backend: str | None = None) -> LocalAttention:

@@ -14,6 +14,11 @@ An image token inside a region reads the shared text (tags, overview, special an
 of the regions it is in; a token in no region reads everything. Image ↔ image attention stays whole, so panels
 still see each other (the in-context consistency ChatDiT relies on), and text tokens still read the whole image.
 
+Routing only chooses text keys, so it combines exactly with CLEAR local attention: on a transformer whose every
+attention layer is local (`kernels/processors.py`), the hook passes a compact `TextRouting` (each image token's class,
+the set of regions it lies in, and the text each class reads) built from the owners and regions, never the
+(L, L) mask, which at FLUX's L = 16896 would be 285 MB per image; otherwise it passes the dense mask.
+
 Each caption is routed by its own layout: true CFG's empty negative prompt names nothing and runs unmasked, and a
 caption without a layout leaves the call untouched. It is training-free; docs/benchmarks.md (builtin section)
 measures it.
@@ -30,6 +35,8 @@ from ditflow.world.scenes import POSITION_CELL
 
 if TYPE_CHECKING:  # torch loads where routing runs: naming the flag or a caption's layout needs none of it
     import torch
+
+    from ditflow.kernels.local_attention import TextRouting
 
 _ATTR = "_ditflow_clause_routing"
 
@@ -137,31 +144,63 @@ def regions_of_tokens(img_ids: torch.Tensor, layout: Layout) -> torch.Tensor:
     return (y[:, None] >= top) & (y[:, None] < bottom) & (x[:, None] >= left) & (x[:, None] < right)
 
 
-def routing_mask(owners: torch.Tensor, inside: torch.Tensor, separate_clauses: bool = False) -> torch.Tensor:
-    """(L + N, L + N) boolean joint-attention mask, text tokens first as in FLUX. Image token i reads text token j
-    if j is shared (owner -1), if i lies in j's region, or if i lies in no region; every other pair attends as
-    usual, except that with `separate_clauses` a clause's text tokens do not read another clause's."""
+def text_routing(owners: torch.Tensor, inside: torch.Tensor, separate_clauses: bool = False) -> TextRouting:
+    """The routing of one caption, compact (batch 1): image tokens fall into classes by the set of regions they lie
+    in (a row of `inside`, (N, R)), and class S reads text token j if j is shared (owner -1), if j's region is in S,
+    or if S is empty. With `separate_clauses` a clause's text tokens do not read another clause's."""
     import torch
 
-    n_text = owners.numel()
-    n = n_text + inside.shape[0]
-    mask = torch.ones(n, n, dtype=torch.bool)
+    from ditflow.kernels.local_attention import TextRouting
+
     owned = owners >= 0
-    mask[n_text:, :n_text] = ~owned[None, :] | inside[:, owners.clamp(min=0)] | ~inside.any(1)[:, None]
+    sets, image_class = torch.unique(inside, dim=0, return_inverse=True)  # (C, R) region sets, (N,) class
+    class_text = ~owned[None, :] | sets[:, owners.clamp(min=0)] | ~sets.any(1)[:, None]  # (C, T)
+    text_text = None
     if separate_clauses:
-        mask[:n_text, :n_text] = ~(owned[:, None] & owned[None, :] & (owners[:, None] != owners[None, :]))
-    return mask
+        text_text = ~(owned[:, None] & owned[None, :] & (owners[:, None] != owners[None, :]))[None]
+    return TextRouting(image_class.reshape(1, -1).long(), class_text[None], text_text)
+
+
+def routing_mask(owners: torch.Tensor, inside: torch.Tensor, separate_clauses: bool = False) -> torch.Tensor:
+    """(L + N, L + N) boolean joint-attention mask, text tokens first as in FLUX: `text_routing` made dense. Image
+    token i reads text token j if j is shared (owner -1), if i lies in j's region, or if i lies in no region; every
+    other pair attends as usual, except that with `separate_clauses` a clause's text tokens do not read another
+    clause's."""
+    return text_routing(owners, inside, separate_clauses).dense()[0, 0]
+
+
+def batch_routing(routings: list[TextRouting | None], text_len: int, image_len: int) -> TextRouting:
+    """One routing per image (None: unrouted, one class reading all text) as one batch; classes padded."""
+    import torch
+
+    from ditflow.kernels.local_attention import TextRouting
+
+    classes = max(1 if r is None else r.class_text.shape[1] for r in routings)
+    b = len(routings)
+    image_class = torch.zeros(b, image_len, dtype=torch.long)
+    class_text = torch.ones(b, classes, text_len, dtype=torch.bool)
+    text_text = None
+    for i, r in enumerate(routings):
+        if r is None:
+            continue
+        image_class[i] = r.image_class[0]
+        class_text[i, :r.class_text.shape[1]] = r.class_text[0]
+        if r.text_text is not None:
+            text_text = torch.ones(b, text_len, text_len, dtype=torch.bool) if text_text is None else text_text
+            text_text[i] = r.text_text[0]
+    return TextRouting(image_class, class_text, text_text)
 
 
 # ----------------------------------------------------------------------------- routing a pipeline
 @dataclass
 class ClauseRouting:
-    """The state behind `enable_clause_routing`: captions per text-embedding tensor, and masks made from them."""
+    """The state behind `enable_clause_routing`: captions per text-embedding tensor, and the routings (compact, or
+    as dense masks) made from them."""
 
     tokenizer: object
     hook: object = None
     captions: list = field(default_factory=list)  # [(prompt_embeds, prompts, max_len)], newest last
-    masks: dict = field(default_factory=dict)  # (id(prompt_embeds), token rows, cols) → mask or None
+    masks: dict = field(default_factory=dict)  # (id(prompt_embeds), token rows, cols, dense) → routing/mask or None
     routed_calls: int = 0
 
     def remember(self, embeds: torch.Tensor, prompts: list[str], max_len: int) -> None:
@@ -169,29 +208,39 @@ class ClauseRouting:
         self.masks.clear()
 
     def mask_for(self, embeds: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, L, L) bool joint-attention mask for the captions behind `embeds`, or None when none is routed."""
+        return self._lookup(embeds, img_ids, dense=True)
+
+    def text_routing_for(self, embeds: torch.Tensor, img_ids: torch.Tensor) -> TextRouting | None:
+        """The same routing in compact form, for local attention: made from the owners and regions directly, with
+        no (L, L) mask; None when no caption is routed."""
+        return self._lookup(embeds, img_ids, dense=False)
+
+    def _lookup(self, embeds, img_ids, dense: bool):
         entry = next((c for c in self.captions if c[0] is embeds), None)
         if entry is None:
             return None
         rows, cols = int(img_ids[:, 1].max()) + 1, int(img_ids[:, 2].max()) + 1
-        key = (id(embeds), rows, cols)
+        key = (id(embeds), rows, cols, dense)
         if key not in self.masks:
-            mask = self._build(entry[1], entry[2], img_ids, rows, cols)
-            self.masks[key] = None if mask is None or mask.shape[0] != embeds.shape[0] else mask.to(embeds.device)
+            routing = self._build(entry[1], entry[2], img_ids, rows, cols)
+            if routing is None or routing.class_text.shape[0] != embeds.shape[0]:
+                self.masks[key] = None
+            else:
+                routing = routing.for_batch(embeds.shape[0], embeds.device)
+                self.masks[key] = routing.dense() if dense else routing
         return self.masks[key]
 
-    def _build(self, prompts, max_len, img_ids, rows, cols) -> torch.Tensor | None:
-        import torch
-
-        masks = []
+    def _build(self, prompts, max_len, img_ids, rows, cols) -> TextRouting | None:
+        routings = []
         for prompt in prompts:
             layout = caption_layout(prompt, rows, cols)
             owners = None if layout is None else token_owners(self.tokenizer, prompt, layout, max_len)
-            masks.append(None if owners is None else routing_mask(owners, regions_of_tokens(img_ids, layout),
-                                                                  layout.separate_clauses))
-        if all(m is None for m in masks):
+            routings.append(None if owners is None else text_routing(owners, regions_of_tokens(img_ids, layout),
+                                                                     layout.separate_clauses))
+        if all(r is None for r in routings):
             return None
-        whole = torch.ones(max_len + img_ids.shape[0], max_len + img_ids.shape[0], dtype=torch.bool)
-        return torch.stack([whole if m is None else m for m in masks])[:, None]
+        return batch_routing(routings, max_len, img_ids.shape[0])
 
 
 def enable_clause_routing(pipe) -> ClauseRouting:
@@ -269,11 +318,13 @@ def _routing_hook(routing: ClauseRouting):
 
         joint = kwargs.get("joint_attention_kwargs") or {}
         img_ids, embeds = kwargs.get("img_ids"), kwargs.get("encoder_hidden_states")
-        # local attention windows take no mask; Kontext-style reference images (img_ids axis 0 ≠ 0) are not panels
-        if ("attention_mask" in joint or local_attention(module) is not None or img_ids is None or embeds is None
-                or img_ids.ndim != 2 or bool((img_ids[:, 0] != 0).any())):
+        # Kontext-style reference images (img_ids axis 0 ≠ 0) are not panels
+        if ("attention_mask" in joint or img_ids is None or embeds is None or img_ids.ndim != 2
+                or bool((img_ids[:, 0] != 0).any())):
             return None
-        mask = routing.mask_for(embeds, img_ids)
+        local = local_attention(module)  # local on every layer: the compact routing; otherwise the dense mask
+        compact = local is not None and local.everywhere
+        mask = routing.text_routing_for(embeds, img_ids) if compact else routing.mask_for(embeds, img_ids)
         if mask is None:
             return None
         routing.routed_calls += 1
