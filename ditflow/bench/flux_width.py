@@ -10,15 +10,17 @@ processors at FLUX.1's 512 text tokens and 16 px per image token:
   SDPA (what FLUX runs) against CLEAR local attention (auto backend), with the FLOP bound and the share of it
   realised, and the max abs error against the exact masked reference (masked SDPA, a few heads at a time);
 - clause routing, a two-panel layout: the left and right halves of the image each read the shared text and
-  their own clause. The stock path is full SDPA with a dense (B, 1, L, L) bool mask (`pipelines/routing.py`);
+  their own clause. The stock path is full SDPA with a dense (B, 1, L, L) bool mask; local attention takes the
+  compact `TextRouting` (both built by `pipelines/routing.py`), and its reference is masked SDPA under the window
+  and the routing together;
 - each whole block with diffusers' own processor and with local attention, each with and without routing;
 - peak memory of each call: the rise of the process's resident high-water mark (VmHWM, reset through
   /proc/self/clear_refs) over its resident size before the call, so it counts what the call allocates, not the
   weights; and the routing masks' own sizes;
 - T-Stitch plumbing at that width: `apply_stitch` between this transformer and a half-width one, through a
   minimal pipeline-like object, with local attention in both (see `stitch_check`);
-- at the first size, two block-level oracles: local attention whose circle covers the grid against diffusers'
-  own processor, and the auto backend against the dense one, through the whole block.
+- at the first size, block-level oracles, each without and with the routing: local attention whose circle
+  covers the grid against diffusers' own processor, and the auto backend against the dense one.
 
 Timings are best of `--repeats` (half as many from 2048² on), the first call included, methods interleaved
 round-robin (the machine may be shared). The weights are random, so only timings, memory and exactness mean
@@ -32,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -153,13 +157,31 @@ def attention_inputs(block, kwargs: dict):
 
 
 # ----------------------------------------------------------------------------- routing: a two-panel caption
-def two_panel_routing(grid: tuple[int, int], text_len: int = TEXT_LEN, shared: int = SHARED_TEXT):
-    """(owners, inside) of a two-panel caption that fills the text: `shared` leading tokens every image token
-    reads, then the left panel's clause, then the right's, each half of the rest; the regions are the image's
-    left and right halves. `routing.routing_mask(owners, inside)` is then the stock path's (L, L) mask."""
+@dataclass(frozen=True)
+class PanelRouting:
+    """One routing layout in the forms each path takes: the compact `TextRouting` local attention reads, and the
+    dense (B, 1, L, L) bool mask diffusers' processor needs (what `pipelines/routing.py` passes it)."""
+
+    owners: torch.Tensor  # (T,) region of each text token, -1 = shared
+    inside: torch.Tensor  # (N, R) whether each image token lies in each region
+    compact: la.TextRouting
+    dense: torch.Tensor  # (1, 1, L, L) bool
+
+    def mib(self) -> dict:
+        c = self.compact
+        compact = sum(t.numel() * t.element_size() for t in (c.image_class, c.class_text, c.text_text)
+                      if t is not None)
+        return dict(compact=compact / 2**20, dense_bool=self.dense.numel() / 2**20,
+                    dense_float=4 * self.dense.numel() / 2**20)
+
+
+def two_panel_routing(grid: tuple[int, int], text_len: int = TEXT_LEN, shared: int = SHARED_TEXT) -> PanelRouting:
+    """A two-panel caption that fills the text: `shared` leading tokens every image token reads (tag and
+    overview), then the left panel's clause, then the right's, each half of the rest; the regions are the
+    image's left and right halves. Built by `pipelines/routing.py`, as a routed pipeline call builds it."""
     from diffusers import FluxPipeline
 
-    from ditflow.pipelines.routing import Layout, Region, regions_of_tokens
+    from ditflow.pipelines.routing import Layout, Region, regions_of_tokens, text_routing
 
     if not 0 <= shared < text_len - 1:
         raise ValueError(f"shared text tokens must leave room for two clauses of the {text_len}; got {shared}")
@@ -168,14 +190,9 @@ def two_panel_routing(grid: tuple[int, int], text_len: int = TEXT_LEN, shared: i
     owners[shared:half], owners[half:] = 0, 1
     layout = Layout((Region((0.0, 0.0, 1.0, 0.5), 0, 0), Region((0.0, 0.5, 1.0, 1.0), 0, 0)))
     img_ids = FluxPipeline._prepare_latent_image_ids(1, grid[0], grid[1], "cpu", torch.float32)
-    return owners, regions_of_tokens(img_ids, layout)
-
-
-def stock_routing_mask(owners, inside) -> torch.Tensor:
-    """(1, 1, L, L) bool: what `pipelines/routing.py` passes diffusers' processor as its attention mask."""
-    from ditflow.pipelines.routing import routing_mask
-
-    return routing_mask(owners, inside)[None, None]
+    inside = regions_of_tokens(img_ids, layout)
+    compact = text_routing(owners, inside)
+    return PanelRouting(owners, inside, compact, compact.dense())
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -223,35 +240,36 @@ def block_outputs_err(a, b) -> float:
     return max(max_err(x, y) for x, y in zip(a, b))
 
 
-def attention_rows(q, k, v, grid, radius, text_len, owners, inside, repeats, backend=None) -> dict:
-    """Full SDPA, local attention, and the stock routed path (SDPA + dense mask) on one block's q, k, v."""
+def attention_rows(q, k, v, grid, radius, text_len, routing: PanelRouting, repeats, backend=None) -> dict:
+    """Full SDPA, local attention, the stock routed path (SDPA + dense mask) and local attention with the compact
+    routing, on one block's q, k, v; each against its exact masked reference."""
     length = q.shape[2]
     kw = dict(grid=tuple(grid), radius=radius, text_len=text_len)
-    dense_routing = stock_routing_mask(owners, inside)
     calls = {"SDPA (FLUX)": lambda: F.scaled_dot_product_attention(q, k, v),
              "local": lambda: la.local_attention(q, k, v, backend=backend, **kw),
-             "SDPA + mask (stock)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense_routing)}
+             "SDPA + mask (stock)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=routing.dense),
+             "local + routing": lambda: la.local_attention(q, k, v, backend=backend, routing=routing.compact, **kw)}
     res = measure(calls, repeats)
-    local_ref = masked_reference(q, k, v, la.local_mask(tuple(grid), float(radius), text_len))
-    routing_ref = masked_reference(q, k, v, dense_routing)
+    window = la.local_mask(tuple(grid), float(radius), text_len)
+    both = routing.compact.dense(image_image=window[text_len:, text_len:])  # (1, 1, L, L): the window and routing
+    masks = {"SDPA (FLUX)": None, "local": window, "SDPA + mask (stock)": routing.dense, "local + routing": both}
+    held = {"SDPA + mask (stock)": routing.mib()["dense_bool"], "local + routing": routing.mib()["compact"]}
     full = res["SDPA (FLUX)"]["s"]
-    bounds = {"SDPA (FLUX)": 1.0, "local": la.flop_ratio(tuple(grid), radius, text_len),
-              "SDPA + mask (stock)": length * length / float(dense_routing.sum())}
-    refs = {"local": local_ref, "SDPA + mask (stock)": routing_ref}
     rows = []
     for name, r in res.items():
-        rows.append(dict(method=name, ms=1e3 * r["s"], speedup=full / r["s"], flop_bound=bounds[name],
-                         share=full / r["s"] / bounds[name], peak_mib=r["peak_mib"],
-                         max_err=max_err(r["out"], refs[name]) if name in refs else None))
+        mask = masks[name]
+        bound = 1.0 if mask is None else length * length / float(mask.sum())
+        err = None if mask is None else max_err(r["out"], masked_reference(q, k, v, mask))
+        rows.append(dict(method=name, ms=1e3 * r["s"], speedup=full / r["s"], flop_bound=bound,
+                         share=full / r["s"] / bound, peak_mib=r["peak_mib"], mask_mib=held.get(name, 0.0),
+                         max_err=err))
     return dict(rows=rows, backend=backend or la.choose_backend(q, tuple(grid), radius, text_len, False))
 
 
-def block_rows(transformer, block, kwargs, grid, radius, text_len, owners, inside, repeats,
+def block_rows(transformer, block, kwargs, grid, radius, text_len, routing: PanelRouting, repeats,
                backend=None) -> list[dict]:
-    """The whole block: diffusers' processor and local attention, each with and without the routing mask."""
-    dense_routing = stock_routing_mask(owners, inside)
-    routed = kwargs | dict(joint_attention_kwargs={"attention_mask": dense_routing})
-
+    """The whole block: diffusers' processor and local attention, each without and with the routing (the dense
+    mask for diffusers', the compact routing for ours)."""
     def stock(kw):
         def call():
             processors.remove_local_attention(transformer)
@@ -265,38 +283,49 @@ def block_rows(transformer, block, kwargs, grid, radius, text_len, owners, insid
             return block(**kw)
         return call
 
+    def routed(mask):
+        return kwargs | dict(joint_attention_kwargs={"attention_mask": mask})
+
     calls = {"diffusers (SDPA)": stock(kwargs), "local": local(kwargs),
-             "diffusers + mask (stock)": stock(routed)}
+             "diffusers + mask (stock)": stock(routed(routing.dense)),
+             "local + routing": local(routed(routing.compact))}
     res = measure(calls, repeats)
     processors.remove_local_attention(transformer)
+    held = {"diffusers + mask (stock)": routing.mib()["dense_bool"], "local + routing": routing.mib()["compact"]}
     base = res["diffusers (SDPA)"]["s"]
-    return [dict(method=name, s=r["s"], speedup=base / r["s"], peak_mib=r["peak_mib"]) for name, r in res.items()]
+    return [dict(method=name, s=r["s"], speedup=base / r["s"], peak_mib=r["peak_mib"], mask_mib=held.get(name, 0.0))
+            for name, r in res.items()]
 
 
-def block_oracles(transformer, block, kwargs, grid, radius, text_len, backend=None) -> dict:
-    """Through the whole block: local attention with a covering circle against diffusers' own processor, and the
-    `backend` (None: auto) against the dense one at `radius`. Max abs differences of the block outputs."""
+def block_oracles(transformer, block, kwargs, grid, radius, text_len, routing: PanelRouting, backend=None) -> dict:
+    """Through the whole block, max abs differences of the block outputs: local attention with a covering circle
+    against diffusers' own processor, without and with the routing (compact for ours, the dense mask for
+    diffusers'); and `backend` (None: auto) against the dense backend at `radius`, without and with it."""
+    routed = kwargs | dict(joint_attention_kwargs={"attention_mask": routing.compact})
+    stock_routed = kwargs | dict(joint_attention_kwargs={"attention_mask": routing.dense})
     cover = float(grid[0] + grid[1])  # dy² + dx² < r² for every pair of the grid
     with torch.no_grad():
         processors.remove_local_attention(transformer)
-        stock = block(**kwargs)
+        stock, stock_r = block(**kwargs), block(**stock_routed)
         use_local(transformer, cover, grid, text_len)
-        covering = block(**kwargs)
+        covering, covering_r = block(**kwargs), block(**routed)
         use_local(transformer, radius, grid, text_len, backend="dense")
-        dense = block(**kwargs)
+        dense, dense_r = block(**kwargs), block(**routed)
         use_local(transformer, radius, grid, text_len, backend)
-        auto = block(**kwargs)
+        auto, auto_r = block(**kwargs), block(**routed)
         processors.remove_local_attention(transformer)
     return {"covering circle vs diffusers": block_outputs_err(covering, stock),
-            "local vs dense backend": block_outputs_err(auto, dense)}
+            "covering circle + routing vs diffusers + mask": block_outputs_err(covering_r, stock_r),
+            "local vs dense backend": block_outputs_err(auto, dense),
+            "local + routing vs dense backend + routing": block_outputs_err(auto_r, dense_r)}
 
 
 def stitch_check(large, grid, radius: float, text_len: int = TEXT_LEN, seed: int = 0) -> dict:
     """T-Stitch at FLUX width: `apply_stitch` between `large` and a half-width random transformer (half the
-    heads, one double block; the same latent and text widths), both with local attention, through a minimal pipeline-like
-    object whose scheduler is stepped as FluxPipeline steps it. Checks that the small model takes exactly the
-    steps `small_step_range` gives it, and that every stitched call equals calling that model directly, bit for
-    bit. It checks routing and plumbing only; the models are random."""
+    heads, one double block; the same latent and text widths), both with local attention, through a minimal
+    pipeline-like object whose scheduler is stepped as FluxPipeline steps it. Checks that the small model takes
+    exactly the steps `small_step_range` gives it, and that every stitched call equals calling that model
+    directly, bit for bit. It checks step routing and plumbing only; the models are random."""
     from types import SimpleNamespace
 
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -331,15 +360,6 @@ def stitch_check(large, grid, radius: float, text_len: int = TEXT_LEN, seed: int
                 small_params=sum(p.numel() for p in small.parameters()))
 
 
-def mask_sizes(owners, inside, batch: int = 1) -> dict:
-    """Bytes of the routing layout: compact (a class per image token, a text row per class) and dense."""
-    n, t = inside.shape[0], owners.numel()
-    classes = inside.shape[1]
-    length = n + t
-    return dict(compact=batch * (n * 8 + classes * t), dense_bool=batch * length * length,
-                dense_float=batch * length * length * 4)
-
-
 # ----------------------------------------------------------------------------- one size, the projection, the run
 def run_size(transformer, size: int, radius: float = RADIUS, repeats: int = 2, text_len: int = TEXT_LEN,
              seed: int = 0, oracles: bool = False, backend: str | None = None) -> dict:
@@ -352,20 +372,20 @@ def run_size(transformer, size: int, radius: float = RADIUS, repeats: int = 2, t
     t0 = time.perf_counter()
     inputs = transformer_inputs(transformer.config, grid, text_len, seed)
     kwargs = block_inputs(transformer, inputs)
-    owners, inside = two_panel_routing(grid, text_len, min(SHARED_TEXT, text_len // 4))
+    routing = two_panel_routing(grid, text_len, min(SHARED_TEXT, text_len // 4))
     blocks = {"double": transformer.transformer_blocks[0], "single": transformer.single_transformer_blocks[0]}
     out = dict(size=size, grid=side, tokens=text_len + side * side, radius=radius, text_len=text_len,
-               repeats=repeats, masks=mask_sizes(owners, inside), blocks={})
+               repeats=repeats, masks_mib=routing.mib(), blocks={})
     for kind, block in blocks.items():
         use_local(transformer, radius, grid, text_len)
         q, k, v, _ = attention_inputs(block, kwargs)
         processors.remove_local_attention(transformer)
-        att = attention_rows(q, k, v, grid, radius, text_len, owners, inside, repeats, backend)
+        att = attention_rows(q, k, v, grid, radius, text_len, routing, repeats, backend)
         del q, k, v
-        res = dict(attention=att, block=block_rows(transformer, block, kwargs, grid, radius, text_len, owners,
-                                                   inside, repeats, backend))
+        res = dict(attention=att, block=block_rows(transformer, block, kwargs, grid, radius, text_len, routing,
+                                                   repeats, backend))
         if oracles:
-            res["oracles"] = block_oracles(transformer, block, kwargs, grid, radius, text_len, backend)
+            res["oracles"] = block_oracles(transformer, block, kwargs, grid, radius, text_len, routing, backend)
         out["blocks"][kind] = res
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -384,53 +404,61 @@ def projection(res: dict, depth: dict = FLUX1_DEPTH) -> dict:
         return att["SDPA (FLUX)"] / blk
 
     stock, local = step("diffusers (SDPA)"), step("local")
-    routed = step("diffusers + mask (stock)")
-    return dict(size=res["size"], stock_s=stock, local_s=local, speedup=stock / local, stock_routed_s=routed,
+    stock_routed, local_routed = step("diffusers + mask (stock)"), step("local + routing")
+    return dict(size=res["size"], stock_s=stock, local_s=local, speedup=stock / local, stock_routed_s=stock_routed,
+                local_routed_s=local_routed, routed_speedup=stock_routed / local_routed,
                 attention_share={kind: attention_share(kind) for kind in res["blocks"]})
+
+
+def _mib(r) -> str:
+    """Peak resident rise of a call, plus the routing mask it was handed (held before the call)."""
+    if r["peak_mib"] is None:
+        return "n/a"
+    held = r.get("mask_mib", 0.0)
+    return f"{r['peak_mib']:.0f}" + (f" + {held:.3g}" if held else "")
 
 
 def print_results(results: list[dict], stitch: dict | None, header: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # a log keeps the tables whole
     console.print(header)
-    att = Table("size", "block", "method", "ms", "×SDPA", "bound", "of it", "+MiB", "max err",
-                title="attention alone, one block's q, k, v (+MiB: peak resident rise)")
-    blk = Table("size", "block", "method", "s", "×diffusers", "+MiB", title="whole block")
+    att = Table("size", "block", "method", "ms", "×SDPA", "bound", "of it", "MiB", "max err",
+                title="attention alone, one block's q, k, v (MiB: peak resident rise + the mask handed in)")
+    blk = Table("size", "block", "method", "s", "×diffusers", "MiB", title="whole block")
     for res in results:
         label = f"{res['size']}²"
         for kind, b in res["blocks"].items():
             for r in b["attention"]["rows"]:
-                mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
                 err = "–" if r["max_err"] is None else f"{r['max_err']:.1e}"
                 name = r["method"].replace("local", f"local ({b['attention']['backend']})", 1)
                 att.add_row(label, kind, name, f"{r['ms']:.0f}", f"{r['speedup']:.2f}×",
-                            f"{r['flop_bound']:.2f}×", f"{100 * r['share']:.0f}%", mem, err)
+                            f"{r['flop_bound']:.2f}×", f"{100 * r['share']:.0f}%", _mib(r), err)
             for r in b["block"]:
-                mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-                blk.add_row(label, kind, r["method"], f"{r['s']:.2f}", f"{r['speedup']:.2f}×", mem)
+                blk.add_row(label, kind, r["method"], f"{r['s']:.2f}", f"{r['speedup']:.2f}×", _mib(r))
     console.print(att)
     console.print(blk)
-    masks = Table("size", "tokens L", "routing: compact", "dense (B,1,L,L) bool", "as float",
-                  title="routing masks, batch 1")
+    masks = Table("size", "tokens L", "compact routing", "dense (B,1,L,L) bool", "as float",
+                  title="the routing's masks, batch 1")
     for res in results:
-        m = res["masks"]
-        masks.add_row(f"{res['size']}²", str(res["tokens"]), f"{m['compact'] / 2**10:.0f} KiB",
-                      f"{m['dense_bool'] / 2**20:.0f} MiB", f"{m['dense_float'] / 2**20:.0f} MiB")
+        m = res["masks_mib"]
+        masks.add_row(f"{res['size']}²", str(res["tokens"]), f"{m['compact'] * 2**10:.0f} KiB",
+                      f"{m['dense_bool']:.0f} MiB", f"{m['dense_float']:.0f} MiB")
     console.print(masks)
     for res in results:
         for kind, b in res["blocks"].items():
             for name, err in b.get("oracles", {}).items():
                 console.print(f"block oracle, {res['size']}², {kind} block: {name}: max abs err {err:.1e}")
-    proj = Table("size", "diffusers step", "local step", "speed-up", "routed (stock) step", "attention share",
-                 title=f"PROJECTION: one FLUX.1 step = {FLUX1_DEPTH['double']} double + {FLUX1_DEPTH['single']} "
-                       "single blocks × the block times above (embedders, final layer, VAE left out)")
+    proj = Table("size", "diffusers", "local", "speed-up", "diffusers + mask", "local + routing", "speed-up",
+                 "SDPA share", title=f"PROJECTION, seconds per FLUX.1 step: {FLUX1_DEPTH['double']} double + "
+                                     f"{FLUX1_DEPTH['single']} single blocks × the block times above (embedders, "
+                                     "final layer, VAE left out); SDPA share: of a diffusers block's time")
     for res in results:
         p = projection(res)
         share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in p["attention_share"].items())
-        proj.add_row(f"{res['size']}²", f"{p['stock_s']:.1f} s", f"{p['local_s']:.1f} s", f"{p['speedup']:.2f}×",
-                     f"{p['stock_routed_s']:.1f} s", share)
+        proj.add_row(f"{res['size']}²", f"{p['stock_s']:.0f}", f"{p['local_s']:.0f}", f"{p['speedup']:.2f}×",
+                     f"{p['stock_routed_s']:.0f}", f"{p['local_routed_s']:.0f}", f"{p['routed_speedup']:.2f}×", share)
     console.print(proj)
     if stitch is not None:
         console.print(f"T-Stitch at FLUX width ({stitch['size']}²): small model ({stitch['small_params'] / 1e6:.0f}M "
@@ -478,12 +506,14 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ditflow bench flux-width", description=__doc__.splitlines()[0],
                                 epilog="example: ditflow bench flux-width --sizes 512 1024 --json out/fw.json")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
-                   help=f"image sides in px, multiples of {PX_PER_TOKEN} (default 512 1024 2048: grids 32², 64², 128²)")
-    p.add_argument("--radius", type=float, default=RADIUS, help=f"local window radius in tokens (default {RADIUS:g}, "
-                                                                "CLEAR's default window for FLUX)")
+                   help=f"image sides in px, multiples of {PX_PER_TOKEN} (default 512 1024 2048: grids 32², 64², "
+                        "128²)")
+    p.add_argument("--radius", type=float, default=RADIUS,
+                   help=f"local window radius in tokens (default {RADIUS:g}, CLEAR's default window for FLUX)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help=f"timed calls per method, best kept; half as many (at least 1) from a "
-                        f"{LARGE_GRID}² grid (2048²) on (default 2)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help=f"timed calls per method, best kept; half as many (at least 1) from a {LARGE_GRID}² grid "
+                        "(2048²) on (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=[b for b in la.BACKENDS if b != "sdpa"],
                    help="force one local-attention backend (default: the auto dispatch)")
