@@ -22,8 +22,8 @@ processors at FLUX.1's 512 text tokens and 16 px per image token:
 - at the first size, block-level oracles, each without and with the routing: local attention whose circle
   covers the grid against diffusers' own processor, and the auto backend against the dense one.
 
-Timings are best of `--repeats` (half as many from 2048² on), the first call included, methods interleaved
-round-robin (the machine may be shared). The weights are random, so only timings, memory and exactness mean
+Timings are best of `--repeats` (for whole blocks half as many from 2048² on, where a call takes minutes), the
+first call included, methods interleaved round-robin (the machine may be shared). The weights are random, so only timings, memory and exactness mean
 anything here; docs/scaling.md projects a whole FLUX.1 step (19 double + 38 single blocks) from the block times.
 
     ditflow bench flux-width                          # 512², 1024², 2048²; r 16; 2 threads
@@ -60,7 +60,7 @@ SIZES = (512, 1024, 2048)
 # radius (dy² + dx² < r²); the paper's code was not at hand to check whether its edge is strict.
 RADIUS = 16.0
 SHARED_TEXT = 16  # two-panel routing: leading text tokens every image token reads (the tag and overview)
-LARGE_GRID = 128  # from this grid side on, half the repeats (at least 1), as `bench attention` does at 256
+LARGE_GRID = 128  # from this grid side on, whole blocks get half the repeats (at least 1): minutes a call
 HEAD_CHUNK = 6  # heads per masked-SDPA call of the exact reference
 GOAL_ERR, GOAL_SHARE = 1e-4, 0.40  # the issue's bar at 2048²: exact to 1e-4, ≥ 40% of the FLOP bound
 STITCH_STEPS, STITCH_FRACTION, STITCH_AT = 4, 0.5, 1.0  # the small model takes the last 2 of 4 steps
@@ -368,14 +368,14 @@ def run_size(transformer, size: int, radius: float = RADIUS, repeats: int = 2, t
         raise ValueError(f"image size {size} is not a multiple of {PX_PER_TOKEN} px (one packed FLUX token)")
     side = size // PX_PER_TOKEN
     grid = (side, side)
-    repeats = repeats if side < LARGE_GRID else max(1, repeats // 2)  # a 2048² block call takes minutes
+    block_repeats = repeats if side < LARGE_GRID else max(1, repeats // 2)  # a 2048² block call takes minutes
     t0 = time.perf_counter()
     inputs = transformer_inputs(transformer.config, grid, text_len, seed)
     kwargs = block_inputs(transformer, inputs)
     routing = two_panel_routing(grid, text_len, min(SHARED_TEXT, text_len // 4))
     blocks = {"double": transformer.transformer_blocks[0], "single": transformer.single_transformer_blocks[0]}
     out = dict(size=size, grid=side, tokens=text_len + side * side, radius=radius, text_len=text_len,
-               repeats=repeats, masks_mib=routing.mib(), blocks={})
+               repeats=repeats, block_repeats=block_repeats, masks_mib=routing.mib(), blocks={})
     for kind, block in blocks.items():
         use_local(transformer, radius, grid, text_len)
         q, k, v, _ = attention_inputs(block, kwargs)
@@ -383,7 +383,7 @@ def run_size(transformer, size: int, radius: float = RADIUS, repeats: int = 2, t
         att = attention_rows(q, k, v, grid, radius, text_len, routing, repeats, backend)
         del q, k, v
         res = dict(attention=att, block=block_rows(transformer, block, kwargs, grid, radius, text_len, routing,
-                                                   repeats, backend))
+                                                   block_repeats, backend))
         if oracles:
             res["oracles"] = block_oracles(transformer, block, kwargs, grid, radius, text_len, routing, backend)
         out["blocks"][kind] = res
@@ -491,8 +491,8 @@ def main(sizes=SIZES, radius: float = RADIUS, threads: int = 2, repeats: int = 2
     if not quiet:
         print_results(results, stitched, f"FLUX-width blocks: {config['num_attention_heads']} heads × "
                                           f"{config['attention_head_dim']}, text {text_len}, r {radius}, fp32, "
-                                          f"{threads} CPU threads, best of {repeats} "
-                                          f"(from {LARGE_GRID}² on, of {max(1, repeats // 2)})")
+                                          f"{threads} CPU threads, best of {repeats} (whole blocks "
+                                          f"from {LARGE_GRID}² on: of {max(1, repeats // 2)})")
         print(f"took {report['seconds']:.0f} s")
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -512,8 +512,8 @@ def cli(argv: list[str] | None = None) -> int:
                    help=f"local window radius in tokens (default {RADIUS:g}, CLEAR's default window for FLUX)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2,
-                   help=f"timed calls per method, best kept; half as many (at least 1) from a {LARGE_GRID}² grid "
-                        "(2048²) on (default 2)")
+                   help=f"timed calls per method, best kept; whole blocks get half as many (at least 1) from a "
+                        f"{LARGE_GRID}² grid (2048²) on (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=[b for b in la.BACKENDS if b != "sdpa"],
                    help="force one local-attention backend (default: the auto dispatch)")
