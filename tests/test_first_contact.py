@@ -95,7 +95,7 @@ def test_bench_help_says_what_each_benchmark_measures(tmp_path):
     rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in r.stdout.splitlines()
             if line.startswith("  ") and len(line.split()) > 1}
     for name in available():
-        source = (Path(bench.__file__).parent / f"{name}.py").read_text()
+        source = bench.module_path(name).read_text()
         first_line = ast.get_docstring(ast.parse(source)).splitlines()[0]
         assert rows.get(name) and rows[name] in first_line and not rows[name].startswith("`"), name
 

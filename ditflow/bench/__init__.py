@@ -1,4 +1,5 @@
-"""`ditflow bench NAME ...`: each benchmark is a module `ditflow/bench/NAME.py` with `cli(argv) -> int`.
+"""`ditflow bench NAME ...`: each benchmark is a module `ditflow/bench/NAME.py` with `cli(argv) -> int`; a module
+name's underscores are hyphens on the command line (`flux_width.py` is `ditflow bench flux-width`).
 Figures are printed as ratios measured side by side in one run; docs/benchmarks.md records them."""
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ from pathlib import Path
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """The benchmarks' names as typed: module names with hyphens for underscores."""
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def module_path(name: str) -> Path:
+    """The source file of benchmark `name`."""
+    return Path(__file__).with_name(f"{name.replace('-', '_')}.py")
 
 
 def measures(name: str) -> str:
     """What benchmark `name` measures: its module docstring's first line, after the "`ditflow bench NAME`: " that
     opens it; read from the source, so --help imports no benchmark."""
-    line = pydoc.synopsis(str(Path(__file__).with_name(f"{name}.py"))) or ""
+    line = pydoc.synopsis(str(module_path(name))) or ""
     return line.split("`: ", 1)[-1]
 
 
@@ -38,4 +45,4 @@ def cli(argv: list[str], command: str = "bench") -> int:
     from ditflow.logs import route_libraries
 
     route_libraries()  # before a benchmark imports diffusers: the libraries' warnings go to the log, not the table
-    return int(importlib.import_module(f"ditflow.bench.{argv[0]}").cli(argv[1:]) or 0)
+    return int(importlib.import_module(f"ditflow.bench.{argv[0].replace('-', '_')}").cli(argv[1:]) or 0)

@@ -46,6 +46,7 @@ DENSE_MAX_TOKENS = 4096  # above this the (L, L) mask costs more than the tiles'
 # about a third of the FLOP bound, and has a fixed cost of ~0.5 ms, so it needs both a sparse mask and some size.
 CPU_KERNEL_MIN_TOKENS = 384
 CPU_KERNEL_MIN_FLOP_RATIO = 2.5
+MASK_BLOCK_PAIRS = 1 << 22  # local_mask: image pairs per pass (32 MB per int64 temporary)
 TILE = 8  # tiled backend: query tile side, tokens
 FLEX_BLOCK = 128  # FlexAttention's default block; tiles of 8×16 tokens fill one block
 # The compiled flex path compiles once per shape (dynamic=False); past dynamo's own recompile limit (8) it would
@@ -103,14 +104,19 @@ def flop_ratio(grid: tuple[int, int], radius: float, text_len: int) -> float:
 
 @functools.lru_cache(maxsize=8)
 def local_mask(grid: tuple[int, int], radius: float, text_len: int, device: str = "cpu") -> torch.Tensor:
-    """(L, L) bool, True = attend; L = text_len + H·W. The dense reference; O(L²) memory."""
+    """(L, L) bool, True = attend; L = text_len + H·W. The dense reference; O(L²) memory, one byte per pair.
+
+    The rule is evaluated a block of query rows at a time: over all N² pairs at once its int64 offsets took
+    10 GB at a 128² grid (FLUX at 2048²) for a 272 MB mask."""
     h, w = grid
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    img = allowed(ys[:, None] - ys[None], xs[:, None] - xs[None], radius)  # (N, N)
-    length = text_len + h * w
+    n, length = h * w, text_len + h * w
     mask = torch.ones(length, length, dtype=torch.bool, device=device)
-    mask[text_len:, text_len:] = img
+    rows = max(1, MASK_BLOCK_PAIRS // n)
+    for a in range(0, n, rows):  # (rows, N) image pairs per pass
+        mask[text_len + a:text_len + a + rows, text_len:] = allowed(ys[a:a + rows, None] - ys[None],
+                                                                    xs[a:a + rows, None] - xs[None], radius)
     return mask
 
 
