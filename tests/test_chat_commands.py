@@ -74,12 +74,6 @@ def test_ctrl_c_between_prompts_keeps_the_chat(tmp_path):
         t.wait_for_prompt(PROMPT)
         t.type("/model")
         t.wait_for("model: tiny")
-        t.type("/accelerate")
-        t.wait_for("accelerate: off")
-        t.type("/accelerate warp")
-        t.wait_for("error: accelerate: 'warp' is not off, auto")
-        t.type("/accelerate local=4")
-        t.wait_for("accelerate: local=4 (from the next turn)")
         t.type("/exit")
         screen = t.wait_for("EXIT=")
         assert "EXIT=0" in screen and "bye" in screen, screen
