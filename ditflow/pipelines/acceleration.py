@@ -28,8 +28,9 @@ STITCH_PARTNER = {"builtin": "builtin-small-late", "builtin-large": "builtin-sma
 # What `auto` turns on, by model and device type, from measurements only (docs/benchmarks.md): on the builtin the
 # late expert's stitch (1.53× on CPU); the student's local attention, which the crossover table leaves off at the
 # builtin's usual canvases and turns on for large ones. T-Stitch is not measured on CUDA, nothing on other models.
-AUTO_TABLE = {("builtin", "cpu"): f"stitch={STITCH_SHARE},local={STUDENT}", ("builtin", "cuda"): f"local={STUDENT}",
-        ("builtin-large", "cpu"): f"stitch={STITCH_SHARE},local={STUDENT}"}
+AUTO_TABLE = {("builtin", "cpu"): f"stitch={STITCH_SHARE},local={STUDENT}",
+              ("builtin-large", "cpu"): f"stitch={STITCH_SHARE},local={STUDENT}",
+              ("builtin", "cuda"): f"local={STUDENT}"}
 _ATTR = "ditflow_acceleration"  # where a pipeline keeps the Acceleration applied to it
 
 
@@ -66,9 +67,15 @@ class Acceleration:
 def parse_acceleration(text: str) -> str:
     """The setting in its canonical spelling ("off", "auto", "stitch=0.4,local=student"), or a ValueError whose
     message is one line. Nothing is loaded: a student file is checked when it is applied."""
+    acc = _parse(text)
+    return acc if acc == AUTO else str(acc)
+
+
+def _parse(text: str) -> Acceleration | str:
+    """AUTO, or the Acceleration `text` spells out (off: an empty one)."""
     spec = str(text).strip()
     if spec.lower() in (OFF, ""):
-        return OFF
+        return Acceleration()
     if spec.lower() == AUTO:
         return AUTO
     stitch, local = None, None
@@ -90,7 +97,7 @@ def parse_acceleration(text: str) -> str:
         else:
             raise ValueError(f"{part!r} is not off, auto, stitch[=F] or local[=R|student|FILE] (parts separated by "
                              "commas)")
-    return str(Acceleration(stitch, local))
+    return Acceleration(stitch, local)
 
 
 def _local_value(value: str) -> float | str:
@@ -107,15 +114,8 @@ def _local_value(value: str) -> float | str:
 
 def resolve(setting: str, model: str, device: str) -> Acceleration:
     """The Acceleration a setting means for `model` on `device` ("cpu", "cuda:0", ...)."""
-    setting = parse_acceleration(setting)
-    if setting == AUTO:
-        setting = auto_setting(model, device)
-    if setting == OFF:
-        return Acceleration()
-    parts = dict(p.split("=", 1) for p in setting.split(","))
-    local = parts.get("local")
-    return Acceleration(float(parts["stitch"]) if "stitch" in parts else None,
-                        None if local is None else _local_value(local))
+    acc = _parse(setting)
+    return _parse(auto_setting(model, device)) if acc == AUTO else acc
 
 
 def auto_setting(model: str, device: str) -> str:
