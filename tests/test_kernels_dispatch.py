@@ -16,6 +16,7 @@ from ditflow.kernels.local_attention import TextRouting
 from ditflow.kernels.processors import install_local_attention, remove_local_attention
 from ditflow.pipelines.tiny import tiny_flux_pipeline
 from ditflow.training import distill
+from flux_inputs import transformer_inputs
 
 
 def _entry(device="cpu", dtype="float32", head_dim=64, points=((100, 0.5, 1.0), (1000, 2.0, 5.0),
@@ -126,20 +127,6 @@ def test_the_shipped_table_is_valid_and_measured_where_it_is_used():
 
 
 # ----------------------------------------------------------------------------- when="faster" on a transformer
-def _inputs(transformer, rows, cols, text_len=6, seed=0, mask=None):
-    from diffusers import FluxPipeline
-
-    g = torch.Generator().manual_seed(seed)
-    cfg = transformer.config
-    return dict(hidden_states=torch.randn(1, rows * cols, cfg.in_channels, generator=g),
-                encoder_hidden_states=torch.randn(1, text_len, cfg.joint_attention_dim, generator=g),
-                pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
-                timestep=torch.tensor([0.7]),
-                img_ids=FluxPipeline._prepare_latent_image_ids(1, rows, cols, "cpu", torch.float32),
-                txt_ids=torch.zeros(text_len, 3), return_dict=False,
-                joint_attention_kwargs=None if mask is None else {"attention_mask": mask})
-
-
 def _run(model, **kw):
     with torch.no_grad():
         return model(**kw)[0]
@@ -165,8 +152,8 @@ def transformer():
 
 
 def test_faster_below_the_crossover_is_the_stock_processors_bit_for_bit(transformer, use_table):
-    kw = _inputs(transformer, *SPARSE, seed=2)
-    small = _inputs(transformer, 12, 10, seed=2)  # 126 tokens: masked SDPA would run, which never pays
+    kw = transformer_inputs(transformer, *SPARSE, seed=2)
+    small = transformer_inputs(transformer, 12, 10, seed=2)  # 126 tokens: masked SDPA would run, which never pays
     stock, stock_small = _run(transformer, **kw), _run(transformer, **small)
     install_local_attention(transformer, radius=2.5)
     local = _run(transformer, **kw)
@@ -190,14 +177,14 @@ def test_faster_passes_the_attention_mask_to_full_attention(transformer, use_tab
     length = text_len + rows * cols
     mask = torch.ones(1, 1, length, length, dtype=torch.bool)
     mask[..., text_len:, :3] = False  # image tokens do not read the first three text tokens
-    stock = _run(transformer, **_inputs(transformer, rows, cols, mask=mask))
-    assert not torch.equal(stock, _run(transformer, **_inputs(transformer, rows, cols)))  # the mask matters
+    stock = _run(transformer, **transformer_inputs(transformer, rows, cols, mask=mask))
+    assert not torch.equal(stock, _run(transformer, **transformer_inputs(transformer, rows, cols)))  # the mask matters
     use_table(NEVER)
     install_local_attention(transformer, radius=2, when="faster")
     try:
-        assert torch.equal(_run(transformer, **_inputs(transformer, rows, cols, mask=mask)), stock)
+        assert torch.equal(_run(transformer, **transformer_inputs(transformer, rows, cols, mask=mask)), stock)
         compact = TextRouting.from_dense(mask, text_len)  # what clause routing hands local attention
-        assert torch.equal(_run(transformer, **_inputs(transformer, rows, cols, mask=compact)), stock)
+        assert torch.equal(_run(transformer, **transformer_inputs(transformer, rows, cols, mask=compact)), stock)
     finally:
         remove_local_attention(transformer)
 
@@ -223,7 +210,7 @@ def test_a_faster_student_leaves_the_teacher_untouched(tmp_path, use_table):
     path = tmp_path / "student.safetensors"
     state = _student_file(teacher, path)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    kw = _inputs(teacher, *SPARSE, seed=3)
+    kw = transformer_inputs(teacher, *SPARSE, seed=3)
     teacher_out = _run(teacher, **kw)
 
     use_table(NEVER)

@@ -7,22 +7,7 @@ import torch
 from ditflow.kernels import local_attention as la
 from ditflow.kernels.processors import grid_of, install_local_attention, installed, remove_local_attention
 from ditflow.pipelines.tiny import tiny_flux_pipeline
-
-
-def _inputs(transformer, rows: int, cols: int, text_len: int = 6, seed: int = 0):
-    from diffusers import FluxPipeline
-
-    g = torch.Generator().manual_seed(seed)
-    cfg = transformer.config
-    return dict(
-        hidden_states=torch.randn(1, rows * cols, cfg.in_channels, generator=g),
-        encoder_hidden_states=torch.randn(1, text_len, cfg.joint_attention_dim, generator=g),
-        pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
-        timestep=torch.tensor([0.7]),
-        img_ids=FluxPipeline._prepare_latent_image_ids(1, rows, cols, "cpu", torch.float32),
-        txt_ids=torch.zeros(text_len, 3),
-        return_dict=False,
-    )
+from flux_inputs import transformer_inputs
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +22,7 @@ def _run(model, **kw):
 
 def test_covering_radius_reproduces_diffusers_processor(transformer):
     """Oracle: with a window that covers the grid, local attention is diffusers' own full attention."""
-    kw = _inputs(transformer, 6, 9)
+    kw = transformer_inputs(transformer, 6, 9)
     ref = _run(transformer, **kw)
     install_local_attention(transformer, radius=20)
     try:
@@ -48,7 +33,7 @@ def test_covering_radius_reproduces_diffusers_processor(transformer):
 
 
 def test_small_radius_changes_output_and_matches_dense_backend(transformer):
-    kw = _inputs(transformer, 12, 10, seed=2)
+    kw = transformer_inputs(transformer, 12, 10, seed=2)
     full = _run(transformer, **kw)
     install_local_attention(transformer, radius=2.5, backend="dense")
     dense = _run(transformer, **kw)
@@ -65,7 +50,7 @@ def test_any_resolution_without_rebuilding(transformer):
     handle = install_local_attention(transformer, radius=3)
     try:
         for rows, cols in [(4, 4), (8, 16), (16, 8), (5, 7)]:
-            out = _run(transformer, **_inputs(transformer, rows, cols))
+            out = _run(transformer, **transformer_inputs(transformer, rows, cols))
             assert out.shape == (1, rows * cols, transformer.config.in_channels) and torch.isfinite(out).all()
             assert handle.geometry.grid == (rows, cols)
     finally:
@@ -85,7 +70,7 @@ def test_layer_subset_and_unknown_layer(transformer):
 
 
 def test_non_grid_ids_raise(transformer):
-    kw = _inputs(transformer, 4, 4)
+    kw = transformer_inputs(transformer, 4, 4)
     kw["img_ids"] = kw["img_ids"].flip(0)  # not row-major
     install_local_attention(transformer, radius=2)
     try:
@@ -93,13 +78,13 @@ def test_non_grid_ids_raise(transformer):
             _run(transformer, **kw)
     finally:
         remove_local_attention(transformer)
-    assert grid_of(_inputs(transformer, 3, 5)["img_ids"]) == (3, 5)
+    assert grid_of(transformer_inputs(transformer, 3, 5)["img_ids"]) == (3, 5)
 
 
 def test_gradients_reach_the_projections():
     model = tiny_flux_pipeline(seed=2).transformer.train()
     install_local_attention(model, radius=2)
-    kw = _inputs(model, 8, 8)
+    kw = transformer_inputs(model, 8, 8)
     model(**kw)[0].square().mean().backward()
     grads = [p.grad for n, p in model.named_parameters() if n.endswith("attn.to_q.weight")]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -14,6 +14,7 @@ from ditflow.kernels.local_attention import TextRouting
 from ditflow.kernels.processors import install_local_attention, remove_local_attention
 from ditflow.pipelines import routing as clause
 from ditflow.pipelines.tiny import tiny_flux_pipeline
+from flux_inputs import transformer_inputs
 
 TOL = 1e-5  # fp32 max abs error
 
@@ -215,22 +216,6 @@ def test_clause_routing_builds_the_compact_form_of_its_mask():
 
 
 # ----------------------------------------------------------------------------- the processor on a Flux transformer
-def _inputs(transformer, rows, cols, text_len, batch=2, seed=0):
-    from diffusers import FluxPipeline
-
-    g = torch.Generator().manual_seed(seed)
-    cfg = transformer.config
-    return dict(
-        hidden_states=torch.randn(batch, rows * cols, cfg.in_channels, generator=g),
-        encoder_hidden_states=torch.randn(batch, text_len, cfg.joint_attention_dim, generator=g),
-        pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, generator=g),
-        timestep=torch.tensor([0.7] * batch),
-        img_ids=FluxPipeline._prepare_latent_image_ids(1, rows, cols, "cpu", torch.float32),
-        txt_ids=torch.zeros(text_len, 3),
-        return_dict=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def transformer():
     return tiny_flux_pipeline(seed=1).transformer.eval()
@@ -239,13 +224,13 @@ def transformer():
 def _run(model, routing_or_mask=None, **kw):
     with torch.no_grad():
         extra = {} if routing_or_mask is None else {"joint_attention_kwargs": {"attention_mask": routing_or_mask}}
-        return model(**kw, **extra)[0]
+        return model(**{**kw, **extra})[0]
 
 
 @pytest.mark.parametrize("backend", [None, "cpu", "tiled", "flex"])
 def test_routed_local_processor_matches_diffusers_with_the_combined_mask(transformer, backend):
     rows, cols, t, r = 12, 10, 9, 2.5
-    kw = _inputs(transformer, rows, cols, t, seed=2)
+    kw = transformer_inputs(transformer, rows, cols, t, batch=2, seed=2)
     routing = random_routing(2, rows, cols, t, 4, seed=5)
     ref = _run(transformer, reference_mask(rows, cols, r, t, routing), **kw)  # stock processors, the mask by hand
     install_local_attention(transformer, radius=r, backend=backend)
@@ -260,7 +245,7 @@ def test_routed_local_processor_matches_diffusers_with_the_combined_mask(transfo
 
 
 def test_the_processor_refuses_a_mask_that_is_not_a_text_routing(transformer):
-    kw = _inputs(transformer, 4, 4, 3, batch=1)
+    kw = transformer_inputs(transformer, 4, 4, 3)
     install_local_attention(transformer, radius=2)
     try:
         with pytest.raises(ValueError, match="routes text keys"):
