@@ -30,6 +30,7 @@ def test_jsonl_and_yaml_give_the_same_tasks_with_paths_resolved(tmp_path):
     ('{"id": "../up", "instruction": "x"}\n', "line 1: id: String should match pattern"),
     ('{"id": "a", "instruction": "x", "colour": "red"}\n', "line 1: colour: Extra inputs are not permitted"),
     ('{"id": "a", "instruction": "x", "seed": -1}\n', "line 1: seed"),
+    ('{"id": "a", "instruction": "x", "model": "~0"}\n', "line 1: model: model folder ~0 does not exist"),
     ('{"id": "a", "instruction": "x", "accelerate": "warp"}\n', "line 1: accelerate: 'warp' is not off, auto"),
     ("\n# nothing\n", "no tasks found"),
 ])

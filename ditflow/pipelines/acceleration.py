@@ -17,6 +17,7 @@ and inpaint pipelines share its transformer (`toolkit/flux.py: derived`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def student_file(model: str, local: str) -> Path:
     from ditflow.pipelines.loading import STUDENT_FILE, _resolve
 
     if local != STUDENT:
-        path = Path(local).expanduser()
+        path = Path(os.path.expanduser(local))  # "~nobody/x" stays as written
         if not path.is_file():
             raise ValueError(f"accelerate local={local}: not a radius, 'student', or an existing student file")
         return path

@@ -179,7 +179,7 @@ def _resolve(model: str | os.PathLike) -> tuple[Path | str, str]:
     name, _, sub = str(model).partition("#")
     if name in BUILTIN_NAMES:
         return BUILTIN_DIR, sub or name
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))  # "~nobody" stays as written; Path.expanduser raises on it
     return (path if path.exists() or name.startswith((".", "/", "~")) else name), sub
 
 
